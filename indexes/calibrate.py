@@ -1,0 +1,41 @@
+"""Open-set threshold calibration on the support set itself (leave-one-out).
+
+Each sampled support item is queried against the index with itself left out; its open_set_score is what a
+new image of a known class would score. The threshold is the `target_accept` quantile of those scores, so
+that share of known images is accepted and anything farther out is reported `unknown`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scanner.verdict import decide
+
+MAX_CALIBRATION_ITEMS = 5000  # a stratified sample keeps enrollment fast on large indexes
+
+
+def leave_one_out_scores(hnsw, labels: np.ndarray, k: int, rng_seed: int = 0) -> np.ndarray:
+    n = len(labels)
+    if n < 2:
+        return np.zeros(0, dtype=np.float32)
+    ids = np.arange(n)
+    if n > MAX_CALIBRATION_ITEMS:
+        ids = np.sort(np.random.default_rng(rng_seed).choice(n, MAX_CALIBRATION_ITEMS, replace=False))
+    kq = min(k + 1, n)
+    vectors = np.asarray(hnsw.get_items(ids), dtype=np.float32)
+    found, dist = hnsw.knn_query(vectors, k=kq)
+    keep = found != ids[:, None]  # drop the item itself
+    # keep exactly kq-1 neighbours per row (if the item was not among its own results, drop the farthest)
+    rows_labels = np.full((len(ids), kq - 1), "", dtype=object)
+    rows_sims = np.zeros((len(ids), kq - 1), dtype=np.float32)
+    for r in range(len(ids)):
+        sel = np.flatnonzero(keep[r])[: kq - 1]
+        rows_labels[r, : len(sel)] = labels[found[r, sel]]
+        rows_sims[r, : len(sel)] = 1.0 - dist[r, sel]
+    return decide(rows_labels, rows_sims).open_set_score
+
+
+def threshold_from_scores(scores: np.ndarray, target_accept: float) -> float:
+    if scores.size == 0:
+        return 2.0  # nothing to calibrate on: reject nothing
+    return float(np.quantile(scores, target_accept))

@@ -1,0 +1,98 @@
+"""The index manifest contract: `manifest.json` in the index directory, the one file a reader opens first.
+
+It names the current generation's data files with their sha256, so a reader sees one consistent snapshot
+(writers never modify a named file; they write a new generation and swap the manifest atomically), and a
+corrupt or tampered file is refused before hnswlib or pyarrow parse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanner.errors import UsageError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FileEntry:
+    name: str
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class OpenSetCalibration:
+    threshold: float = 2.0  # open_set_score above this -> `unknown`; 2.0 (the maximum) rejects nothing
+    method: str = "leave-one-out"
+    target_accept: float = 0.95  # share of support images (left out in turn) accepted as known
+    k: int = 11
+    calibrated_on: int = 0  # how many support items the quantile was taken over
+
+
+@dataclass
+class IndexManifest:
+    model_id: str
+    model_sha256: str
+    dim: int
+    generation: int = 0
+    space: str = "cosine"
+    hnsw: dict[str, int] = field(default_factory=lambda: {"M": 32, "ef_construction": 200, "ef_search": 128})
+    counts: dict[str, int] = field(default_factory=dict)
+    files: dict[str, FileEntry] = field(default_factory=dict)  # role ("support", "hnsw") -> file
+    open_set: OpenSetCalibration = field(default_factory=OpenSetCalibration)
+    created_at: str = ""
+    updated_at: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "IndexManifest":
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            if int(data.get("format_version", 0)) > FORMAT_VERSION:
+                raise ValueError(f"format_version {data['format_version']} is newer than this imgscan understands")
+            data["files"] = {role: FileEntry(**entry) for role, entry in data.get("files", {}).items()}
+            data["open_set"] = OpenSetCalibration(**data.get("open_set", {}))
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"{where}: corrupt index manifest ({exc})") from None
+
+
+def read_manifest(directory: Path) -> IndexManifest:
+    path = directory / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"{directory}: no support index here (no {MANIFEST_FILE}); create one with "
+            f"`imgscan enroll LABEL IMAGES... --index {directory}`"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable index manifest ({exc})") from None
+    return IndexManifest.from_json(text, str(path))
+
+
+def write_manifest(directory: Path, manifest: IndexManifest) -> None:
+    """Atomic: write a temporary file, fsync, rename over the old manifest."""
+    tmp = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST_FILE)

@@ -1,0 +1,340 @@
+"""The support index directory: what is enrolled, the HNSW graph over it, and the manifest naming both.
+
+    INDEX_DIR/
+      manifest.json              the contract (indexes/manifest.py): model, dim, counts, files + sha256, threshold
+      support-gNNNNNN.parquet    support items: support_id, label, sha, source_path, enrolled_at, embedding
+      support-gNNNNNN.hnsw       hnswlib graph (cosine) whose ids are row numbers of the Parquet table
+      .lock                      writers' flock
+
+Writers (enroll, remove) take the lock, write generation N+1 under new names, then atomically replace the
+manifest; readers that opened generation N keep a consistent snapshot. The previous generation's files stay
+until the next write, so a reader that read the old manifest a moment ago can still open them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexes.calibrate import leave_one_out_scores, threshold_from_scores
+from indexes.lock import exclusive_lock
+from indexes.manifest import FileEntry, IndexManifest, read_manifest, write_manifest
+from scanner.errors import UsageError
+from scanner.model import sha256_file
+from scanner.verdict import UNKNOWN_LABEL
+
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
+
+def support_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("support_id", pa.string()),
+            ("label", pa.string()),
+            ("sha", pa.string()),
+            ("source_path", pa.string()),
+            ("enrolled_at", pa.timestamp("us", tz="UTC")),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def check_label(label: str) -> str:
+    if label == UNKNOWN_LABEL:
+        raise UsageError(f"label '{UNKNOWN_LABEL}' is reserved for images far from every enrolled class")
+    if not LABEL_PATTERN.match(label):
+        raise UsageError(f"label {label!r}: use letters, digits and . _ + - (up to 100 characters)")
+    return label
+
+
+@dataclass
+class Neighbors:
+    labels: np.ndarray  # object [n, k], nearest first
+    support_ids: np.ndarray  # object [n, k]
+    sims: np.ndarray  # float32 [n, k], cosine similarity
+
+
+@dataclass
+class SupportTable:
+    """The Parquet table in memory, as columns (row number = hnsw id)."""
+
+    support_id: np.ndarray
+    label: np.ndarray
+    sha: np.ndarray
+    source_path: np.ndarray
+    enrolled_at: list
+    embedding: np.ndarray  # float32 [n, dim]
+
+    @classmethod
+    def empty(cls, dim: int) -> "SupportTable":
+        e = np.zeros(0, dtype=object)
+        return cls(e, e.copy(), e.copy(), e.copy(), [], np.zeros((0, dim), dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def to_arrow(self, dim: int) -> pa.Table:
+        return pa.table(
+            {
+                "support_id": pa.array(self.support_id.tolist(), pa.string()),
+                "label": pa.array(self.label.tolist(), pa.string()),
+                "sha": pa.array(self.sha.tolist(), pa.string()),
+                "source_path": pa.array(self.source_path.tolist(), pa.string()),
+                "enrolled_at": pa.array(self.enrolled_at, pa.timestamp("us", tz="UTC")),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(self.embedding.reshape(-1), pa.float32()), dim
+                ),
+            },
+            schema=support_schema(dim),
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, dim: int) -> "SupportTable":
+        emb = table.column("embedding").combine_chunks()
+        flat = emb.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return cls(
+            support_id=np.array(table.column("support_id").to_pylist(), dtype=object),
+            label=np.array(table.column("label").to_pylist(), dtype=object),
+            sha=np.array(table.column("sha").to_pylist(), dtype=object),
+            source_path=np.array(table.column("source_path").to_pylist(), dtype=object),
+            enrolled_at=table.column("enrolled_at").to_pylist(),
+            embedding=flat.reshape(len(table), dim),
+        )
+
+    def select(self, keep: np.ndarray) -> "SupportTable":
+        return SupportTable(
+            self.support_id[keep], self.label[keep], self.sha[keep], self.source_path[keep],
+            [t for t, k in zip(self.enrolled_at, keep) if k], self.embedding[keep],
+        )
+
+
+def _verified(directory: Path, entry: FileEntry) -> Path:
+    """Check a data file against the manifest before any parser sees it (hnswlib can crash on a bad file)."""
+    path = directory / entry.name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(path) from None
+    if size != entry.bytes or sha256_file(path) != entry.sha256:
+        raise UsageError(f"{path}: index file is corrupt (size or sha256 differs from {directory / 'manifest.json'})")
+    return path
+
+
+def _new_hnsw(manifest: IndexManifest, capacity: int):
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=manifest.dim)
+    index.init_index(max_elements=max(capacity, 1), M=manifest.hnsw["M"], ef_construction=manifest.hnsw["ef_construction"])
+    return index
+
+
+def _load_hnsw(path: Path, manifest: IndexManifest, capacity: int):
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=manifest.dim)
+    index.load_index(str(path), max_elements=max(capacity, manifest.total, 1))
+    return index
+
+
+@dataclass
+class SupportIndex:
+    directory: Path
+    manifest: IndexManifest
+    table: SupportTable
+    hnsw: object | None = field(repr=False, default=None)
+
+    @property
+    def name(self) -> str:
+        """Written into every verdict row: which index, at which generation."""
+        return f"{self.directory.name}@g{self.manifest.generation}"
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.open_set.threshold
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, capacity_extra: int = 0) -> "SupportIndex":
+        """Open the current generation, verifying every file against the manifest first."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UsageError(
+                f"{directory}: no support index here; create one with `imgscan enroll LABEL IMAGES... --index {directory}`"
+            )
+        for attempt in range(5):
+            manifest = read_manifest(directory)
+            try:
+                return cls._load(directory, manifest, capacity_extra)
+            except FileNotFoundError:
+                # A writer swapped generations between our manifest read and file open: read the manifest again.
+                time.sleep(0.05 * (attempt + 1))
+        raise UsageError(f"{directory}: index files named by manifest.json are missing")
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: IndexManifest, capacity_extra: int) -> "SupportIndex":
+        if "support" not in manifest.files:
+            return cls(directory, manifest, SupportTable.empty(manifest.dim), None)
+        support_path = _verified(directory, manifest.files["support"])
+        hnsw_path = _verified(directory, manifest.files["hnsw"])
+        try:
+            table = pq.read_table(support_path)
+        except (pa.ArrowException, OSError) as exc:
+            raise UsageError(f"{support_path}: unreadable support table ({exc})") from None
+        if table.schema != support_schema(manifest.dim):
+            raise UsageError(f"{support_path}: support table schema differs from this imgscan's")
+        support = SupportTable.from_arrow(table, manifest.dim)
+        if len(support) != manifest.total:
+            raise UsageError(f"{support_path}: {len(support)} rows, manifest counts {manifest.total}")
+        hnsw = _load_hnsw(hnsw_path, manifest, len(support) + capacity_extra)
+        if hnsw.get_current_count() != len(support):
+            raise UsageError(f"{hnsw_path}: {hnsw.get_current_count()} vectors, manifest counts {len(support)}")
+        hnsw.set_ef(max(manifest.hnsw["ef_search"], 2 * manifest.open_set.k))
+        return cls(directory, manifest, support, hnsw)
+
+    def check_model(self, model_id: str, model_sha256: str) -> None:
+        if self.manifest.model_sha256 != model_sha256:
+            raise UsageError(
+                f"{self.directory}: index was built with model {self.manifest.model_id}, not {model_id}; "
+                "embeddings of different models cannot be compared (use the index's model, or enroll into a new --index)"
+            )
+
+    def search(self, embeddings: np.ndarray, k: int) -> Neighbors:
+        n = embeddings.shape[0]
+        k = min(k, len(self.table))
+        if n == 0 or k == 0:
+            empty = np.zeros((n, 0), dtype=object)
+            return Neighbors(empty, empty.copy(), np.zeros((n, 0), dtype=np.float32))
+        self.hnsw.set_ef(max(self.manifest.hnsw["ef_search"], 2 * k))
+        ids, dist = self.hnsw.knn_query(np.ascontiguousarray(embeddings, dtype=np.float32), k=k)
+        ids = ids.astype(np.int64)
+        return Neighbors(self.table.label[ids], self.table.support_id[ids], (1.0 - dist).astype(np.float32))
+
+
+@dataclass
+class EnrollResult:
+    added: int
+    duplicates: list[tuple[str, str]]  # (source_path, label it is already enrolled as)
+    manifest: IndexManifest
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexManifest:
+    """Write `table` + `hnsw` as the next generation, recalibrate, swap the manifest, drop old files."""
+    directory, old = index.directory, index.manifest
+    gen = old.generation + 1
+    manifest = IndexManifest(
+        model_id=old.model_id, model_sha256=old.model_sha256, dim=old.dim, generation=gen, space=old.space,
+        hnsw=dict(old.hnsw), open_set=old.open_set, created_at=old.created_at or _now().isoformat(),
+        updated_at=_now().isoformat(),
+    )
+    labels, counts = np.unique(table.label.astype(str), return_counts=True) if len(table) else ([], [])
+    manifest.counts = {str(lab): int(c) for lab, c in zip(labels, counts)}
+    if len(table):
+        support_name, hnsw_name = f"support-g{gen:06d}.parquet", f"support-g{gen:06d}.hnsw"
+        tmp_support, tmp_hnsw = directory / f".{support_name}.tmp", directory / f".{hnsw_name}.tmp"
+        pq.write_table(table.to_arrow(old.dim), tmp_support)
+        hnsw.save_index(str(tmp_hnsw))
+        for tmp in (tmp_support, tmp_hnsw):
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp_support, directory / support_name)
+        os.replace(tmp_hnsw, directory / hnsw_name)
+        manifest.files = {
+            role: FileEntry(name, sha256_file(directory / name), (directory / name).stat().st_size)
+            for role, name in (("support", support_name), ("hnsw", hnsw_name))
+        }
+        hnsw.set_ef(max(manifest.hnsw["ef_search"], 2 * manifest.open_set.k))
+        scores = leave_one_out_scores(hnsw, table.label, manifest.open_set.k)
+        manifest.open_set.threshold = threshold_from_scores(scores, manifest.open_set.target_accept)
+        manifest.open_set.calibrated_on = int(scores.size)
+    write_manifest(directory, manifest)
+    # Keep generation gen-1 for readers that read the previous manifest a moment ago; older ones go.
+    keep = {e.name for e in manifest.files.values()} | {e.name for e in old.files.values()}
+    for entry in directory.glob("support-g*"):
+        if entry.name not in keep:
+            entry.unlink(missing_ok=True)
+    return manifest
+
+
+def enroll_embeddings(
+    directory: str | os.PathLike, label: str, embeddings: np.ndarray, shas: list[str], source_paths: list[str],
+    model_id: str, model_sha256: str,
+) -> EnrollResult:
+    """Add embeddings as class `label`; images already enrolled (same sha, any label) are skipped."""
+    check_label(label)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dim = int(embeddings.shape[1])
+    with exclusive_lock(directory):
+        if (directory / "manifest.json").exists():
+            index = SupportIndex.open(directory, capacity_extra=len(shas))
+            index.check_model(model_id, model_sha256)
+            if index.manifest.dim != dim:
+                raise UsageError(f"{directory}: index dim {index.manifest.dim}, embeddings dim {dim}")
+        else:
+            manifest = IndexManifest(model_id=model_id, model_sha256=model_sha256, dim=dim, created_at=_now().isoformat())
+            index = SupportIndex(directory, manifest, SupportTable.empty(dim), None)
+        table = index.table
+        known = dict(zip(table.sha.tolist(), table.label.tolist()))
+        fresh, duplicates = [], []
+        for i, sha in enumerate(shas):
+            if sha in known:
+                duplicates.append((source_paths[i], known[sha]))
+            else:
+                known[sha] = label
+                fresh.append(i)
+        if not fresh:
+            return EnrollResult(0, duplicates, index.manifest)
+        fresh_idx = np.array(fresh)
+        now = _now()
+        new_rows = SupportTable(
+            support_id=np.array([shas[i][:16] for i in fresh], dtype=object),
+            label=np.array([label] * len(fresh), dtype=object),
+            sha=np.array([shas[i] for i in fresh], dtype=object),
+            source_path=np.array([source_paths[i] for i in fresh], dtype=object),
+            enrolled_at=[now] * len(fresh),
+            embedding=np.ascontiguousarray(embeddings[fresh_idx], dtype=np.float32),
+        )
+        hnsw = index.hnsw
+        if hnsw is None:
+            hnsw = _new_hnsw(index.manifest, len(fresh))
+        else:
+            hnsw.resize_index(len(table) + len(fresh))
+        hnsw.add_items(new_rows.embedding, np.arange(len(table), len(table) + len(fresh)))
+        combined = SupportTable(
+            np.concatenate([table.support_id, new_rows.support_id]),
+            np.concatenate([table.label, new_rows.label]),
+            np.concatenate([table.sha, new_rows.sha]),
+            np.concatenate([table.source_path, new_rows.source_path]),
+            list(table.enrolled_at) + new_rows.enrolled_at,
+            np.concatenate([table.embedding, new_rows.embedding]),
+        )
+        manifest = _write_generation(index, combined, hnsw)
+        return EnrollResult(len(fresh), duplicates, manifest)
+
+
+def remove_label(directory: str | os.PathLike, label: str) -> tuple[int, IndexManifest]:
+    """Remove every support item of `label`; the HNSW graph is rebuilt from the remaining embeddings."""
+    directory = Path(directory)
+    with exclusive_lock(directory):
+        index = SupportIndex.open(directory)
+        keep = index.table.label != label
+        removed = int((~keep).sum())
+        if removed == 0:
+            raise UsageError(f"{directory}: no class {label!r} (classes: {', '.join(sorted(index.manifest.counts)) or 'none'})")
+        table = index.table.select(keep)
+        hnsw = None
+        if len(table):
+            hnsw = _new_hnsw(index.manifest, len(table))
+            hnsw.add_items(table.embedding, np.arange(len(table)))
+        return removed, _write_generation(index, table, hnsw)

@@ -1,0 +1,323 @@
+"""The `imgscan` command line (Typer). Commands parse arguments, open the model and index, and hand over to
+the stage modules; every user-facing failure is a one-line `imgscan: error: ...` with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scanner import __version__
+from scanner.errors import UsageError
+from scanner.paths import INDEX_ENV, MODEL_ENV, default_index_dir, default_model_dir
+
+app = typer.Typer(
+    name="imgscan",
+    help=(
+        "Tell whether images are AI-generated and which generator made them.\n\n"
+        "An embedder trained with supervised contrastive loss maps each image to a 128-d vector; the k nearest "
+        "enrolled support images (k=11) vote for its class. A new generator is added by enrolling a few dozen "
+        "of its images, with no retraining; images far from every enrolled class are labelled `unknown`.\n\n"
+        "Typical use:\n\n"
+        "  imgscan enroll real ./photos\n\n"
+        "  imgscan enroll midjourney_v7 ./samples\n\n"
+        "  imgscan scan ./crawl --out verdicts.parquet"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Inspect or edit the support index (what is enrolled).", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", help=f"Support index directory. Default: ${INDEX_ENV}, else ~/.local/share/imgscan/index (XDG)."),
+]
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model", help=f"Model directory (embedder.pt + model_card.json). Default: ${MODEL_ENV}, else the model shipped with imgscan."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images per decode/embed batch.")]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]imgscan: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _model_dir(model: Optional[Path]) -> Path:
+    if model is not None:
+        return model
+    found = default_model_dir()
+    if found is None:
+        raise UsageError(
+            "no model: this build ships no default model. Pass --model DIR (a directory with embedder.pt and "
+            f"model_card.json, e.g. one made by `imgscan train`), or set ${MODEL_ENV}"
+        )
+    return found
+
+
+def _embedder(model: Optional[Path], device: str):
+    from scanner.embed import Embedder, resolve_device
+
+    return Embedder(_model_dir(model), device=resolve_device(device))
+
+
+def _handle_signals() -> None:
+    """SIGTERM behaves like Ctrl-C: completed rows are kept and the run can be resumed."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Verdict Parquet file to write. Re-running the same command resumes an interrupted scan.")],
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")] = 11,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    skip_known: Annotated[Optional[list[Path]], typer.Option("--skip-known", help="Earlier verdict files: images whose sha is in them are skipped (no row). Repeatable.")] = None,
+    all_files: Annotated[bool, typer.Option("--all-files", help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
+    readers: Annotated[int, typer.Option("--readers", min=1, max=64, help="Threads reading and hashing files.")] = 4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
+) -> None:
+    """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
+
+    \b
+    Columns: path, sha, bytes, width, height, label, closed_set_label, is_ai, ai_score, open_set_score,
+    neighbors, error, model, index, scanned_at (see README). A file that cannot be read or decoded gets a
+    row with `error` set; the run goes on and exits 0. Kill it at any time: running the same command again
+    continues where it stopped.
+
+    \b
+    Examples:
+      imgscan scan ./crawl --out verdicts.parquet
+      imgscan scan ./crawl/2026-11-22 --out night.parquet --skip-known night-*.parquet
+    """
+    from indexes import SupportIndex
+    from scanner.pipeline import ScanOptions, count_files, run_scan
+    from scanner.progress import ScanProgress
+    from scanner.walk import check_roots
+
+    _handle_signals()
+    try:
+        roots = check_roots(paths)
+        out = out.expanduser()
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: directory {out.parent} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise UsageError(f"--out {out}: directory {out.parent} is not writable")
+        partial = out.with_name(out.name + ".partial")
+        if out.exists() and not partial.exists():
+            if not overwrite:
+                err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
+                return
+            out.unlink()
+        embedder = _embedder(model, device)
+        index_dir = index or default_index_dir()
+        support = SupportIndex.open(index_dir)
+        support.check_model(embedder.model_id, embedder.card.weights_sha256)
+        if support.manifest.total == 0:
+            raise UsageError(f"{index_dir}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
+        opts = ScanOptions(roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir, k=k,
+                           batch_size=batch_size, device=embedder.device, skip_known=list(skip_known or []),
+                           all_files=all_files, max_pixels=max_pixels, readers=readers)
+        fingerprint = {
+            "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": embedder.model_id, "k": k,
+            "all_files": all_files, "skip_known": sorted(str(p) for p in opts.skip_known),
+        }
+        metadata = {"imgscan": json.dumps({
+            "version": __version__, "model": embedder.model_id, "model_card": json.loads(embedder.card.to_json()),
+            "index": support.name, "index_counts": support.manifest.counts,
+            "open_set_threshold": support.threshold, "k": k,
+        })}
+        stop_count = threading.Event()
+        with ScanProgress("scanning") as progress:
+            threading.Thread(target=count_files, args=(roots, all_files, stop_count, progress.set_total), daemon=True).start()
+            try:
+                summary = run_scan(opts, embedder, support, progress, fingerprint, metadata)
+            finally:
+                stop_count.set()
+    except UsageError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print(f"imgscan: interrupted; completed rows are kept in {out}.partial; run the same command again to continue")
+        raise typer.Exit(130)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"{summary.out}: {summary.rows} rows", show_edge=False)
+    table.add_column("label")
+    table.add_column("files", justify="right")
+    for lab, n in sorted(summary.labels.items(), key=lambda kv: -kv[1]):
+        table.add_row(lab, str(n))
+    for err, n in sorted(summary.errors.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"[red]error[/] {err}", str(n))
+    err_console.print(table)
+    extra = []
+    if summary.resumed_rows:
+        extra.append(f"{summary.resumed_rows} rows kept from an interrupted run")
+    if summary.skipped_known:
+        extra.append(f"{summary.skipped_known} files skipped (sha in --skip-known)")
+    rate = summary.scanned_this_run / max(summary.elapsed_s, 1e-9)
+    extra.append(f"{summary.scanned_this_run} files in {summary.elapsed_s:.1f} s ({rate:.1f} img/s)")
+    err_console.print("; ".join(extra), highlight=False)
+
+
+@app.command()
+def enroll(
+    name: Annotated[str, typer.Argument(help="Class to enroll the images as, e.g. real, midjourney_v7.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or directories (recursive).", show_default=False)],
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Add images to the support index as class NAME; nothing is retrained.
+
+    \b
+    50-150 images per class is enough. `real` is a class like any other. An image already enrolled
+    (same sha) is skipped. Files that cannot be decoded are reported and left out. The open-set
+    threshold is recalibrated after every enrollment.
+
+    \b
+    Example:
+      imgscan enroll midjourney_v7 ./samples --index ./my-index
+    """
+    from indexes import enroll_embeddings
+    from indexes.support_index import check_label
+    from scanner.pipeline import embedded_batches
+    from scanner.progress import ScanProgress
+    from scanner.schema import display_path
+    from scanner.walk import check_roots
+
+    import numpy as np
+
+    try:
+        check_label(name)
+        roots = check_roots(paths)
+        embedder = _embedder(model, device)
+        index_dir = index or default_index_dir()
+        embeddings, shas, sources, failed = [], [], [], []
+        with ScanProgress(f"embedding {name}") as progress:
+            for reads, decoded, emb in embedded_batches(roots, embedder, batch_size=batch_size):
+                ok = [i for i, r in enumerate(reads) if r.error is None and decoded.errors[i] is None]
+                for i, r in enumerate(reads):
+                    if i not in ok:
+                        failed.append((display_path(r.path)[0], r.error or decoded.errors[i]))
+                embeddings.append(emb)
+                shas.extend(reads[i].sha for i in ok)
+                sources.extend(display_path(reads[i].path)[0] for i in ok)
+                progress.advance(len(reads), len(reads) - len(ok))
+        if not shas:
+            raise UsageError(f"no decodable image found under {', '.join(map(str, paths))}")
+        result = enroll_embeddings(index_dir, name, np.concatenate(embeddings), shas, sources,
+                                   embedder.model_id, embedder.card.weights_sha256)
+    except UsageError as exc:
+        _fail(str(exc))
+    for path, err in failed:
+        err_console.print(f"skipped {path}: {err}", highlight=False)
+    for path, label in result.duplicates:
+        err_console.print(f"already enrolled as {label}: {path}", highlight=False)
+    m = result.manifest
+    err_console.print(
+        f"enrolled {result.added} image(s) as {name!r} into {index_dir} (generation {m.generation}; "
+        f"{m.counts.get(name, 0)} in class, {m.total} in index; open-set threshold {m.open_set.threshold:.4f})",
+        highlight=False,
+    )
+
+
+@index_app.command("show")
+def index_show(
+    index: IndexOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show the index: model, classes and counts, open-set threshold, files (all verified)."""
+    from indexes import SupportIndex
+
+    index_dir = index or default_index_dir()
+    try:
+        support = SupportIndex.open(index_dir)
+    except UsageError as exc:
+        _fail(str(exc))
+    m = support.manifest
+    if as_json:
+        out_console.print_json(m.to_json())
+        return
+    table = Table(title=f"{index_dir} (generation {m.generation})", show_edge=False)
+    table.add_column("class")
+    table.add_column("support images", justify="right")
+    for lab, n in sorted(m.counts.items()):
+        table.add_row(lab, str(n))
+    out_console.print(table)
+    out_console.print(f"model: {m.model_id}\ndim: {m.dim}, space: {m.space}, total: {m.total}", highlight=False)
+    os_ = m.open_set
+    out_console.print(
+        f"open-set threshold: {os_.threshold:.4f} ({os_.method}, k={os_.k}, accepts {os_.target_accept:.0%} of "
+        f"{os_.calibrated_on} support images)", highlight=False,
+    )
+
+
+@index_app.command("remove")
+def index_remove(
+    label: Annotated[str, typer.Argument(help="Class to remove, with all its support images.", show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated)."""
+    from indexes import remove_label
+
+    index_dir = index or default_index_dir()
+    try:
+        removed, m = remove_label(index_dir, label)
+    except UsageError as exc:
+        _fail(str(exc))
+    err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
+
+
+@app.command()
+def version() -> None:
+    """Print imgscan's version."""
+    out_console.print(__version__)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from train.cli import register as register_train
+    except ModuleNotFoundError as exc:  # a build without the training package; any other import error is a bug
+        if exc.name not in ("train", "train.cli"):
+            raise
+        return
+    register_train(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except UsageError as exc:  # raised by commands registered from other packages
+        err_console.print(f"[bold red]imgscan: error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

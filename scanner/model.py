@@ -1,0 +1,143 @@
+"""The model contract: a model is a directory holding a TorchScript embedder and a JSON model card.
+
+    MODEL_DIR/
+      model_card.json   what the model is, how to feed it, what it was trained on, sha256 of the weights
+      embedder.pt       TorchScript module: uint8 RGB NCHW [B,3,S,S] -> float [B,dim], L2-normalised
+
+Normalisation lives inside the TorchScript module so every caller (scan, enroll, eval, bench) feeds the same
+uint8 tensors and cannot get the mean/std wrong; the card repeats it for people and for checks.
+
+Loading never unpickles Python objects: `torch.jit.load` reads TorchScript's own archive format, and the card
+is JSON. The weights file is verified against the card's sha256 before it is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanner.errors import UsageError
+
+CARD_FILE = "model_card.json"
+WEIGHTS_FILE = "embedder.pt"
+CARD_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    name: str
+    version: str
+    input_size: int  # square side S the embedder expects
+    embedding_dim: int
+    weights_sha256: str = ""
+    # How an arbitrary image becomes the SxS input: scale the shorter side to S, then take the centre SxS.
+    preprocessing: dict[str, Any] = field(
+        default_factory=lambda: {"resize": "shorter_side", "crop": "center", "interpolation": "bilinear_antialias"}
+    )
+    # Applied inside the TorchScript module to x/255; stated here for people and checks.
+    normalization: dict[str, Any] = field(default_factory=lambda: {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    backbone: str = ""
+    loss: str = ""
+    training_data: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    licence: str = ""
+    notes: str = ""
+    format_version: int = CARD_FORMAT_VERSION
+
+    @property
+    def model_id(self) -> str:
+        """Stable identifier written into indexes and verdicts: name, version and the weights' hash."""
+        return f"{self.name}@{self.version}+{self.weights_sha256[:12]}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model card") -> "ModelCard":
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("name", "version", "input_size", "embedding_dim", "weights_sha256") if n not in data]
+        if missing:
+            raise UsageError(f"{where}: missing field(s) {', '.join(missing)}")
+        if int(data.get("format_version", 1)) > CARD_FORMAT_VERSION:
+            raise UsageError(f"{where}: format_version {data['format_version']} is newer than this imgscan understands")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_card(model_dir: str | os.PathLike) -> ModelCard:
+    card_path = Path(model_dir) / CARD_FILE
+    if not card_path.is_file():
+        raise UsageError(f"{model_dir} is not a model directory: no {CARD_FILE}")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{card_path}: unreadable model card ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{card_path}: model card must be a JSON object")
+    return ModelCard.from_dict(data, where=str(card_path))
+
+
+def verify_model_dir(model_dir: str | os.PathLike) -> ModelCard:
+    """Read the card and check the weights file against its sha256; raise UsageError naming the bad file."""
+    card = read_card(model_dir)
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UsageError(f"{weights}: model weights missing")
+    actual = sha256_file(weights)
+    if actual != card.weights_sha256:
+        raise UsageError(
+            f"{weights}: sha256 {actual[:16]}... does not match the model card ({card.weights_sha256[:16]}...); "
+            "the file is corrupt or was replaced"
+        )
+    return card
+
+
+def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
+    """Verify and load a model directory. Returns (card, torch.jit.ScriptModule in eval mode on `device`)."""
+    import torch
+
+    card = verify_model_dir(model_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript deprecated; it is our format
+            module = torch.jit.load(str(Path(model_dir) / WEIGHTS_FILE), map_location=device)
+    except Exception as exc:  # TorchScript raises RuntimeError subclasses with multi-line messages
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{Path(model_dir) / WEIGHTS_FILE}: not a loadable TorchScript embedder ({first})") from None
+    module.eval()
+    return card, module
+
+
+def save_model_dir(script_module, card: ModelCard, model_dir: str | os.PathLike) -> ModelCard:
+    """Write a TorchScript module and its card; the card's weights_sha256 is filled in here.
+
+    Files are written under temporary names and renamed, so a reader never sees a card that does not match
+    its weights.
+    """
+    import torch
+
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_weights = out / (WEIGHTS_FILE + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(script_module, str(tmp_weights))
+    card = dataclasses.replace(card, weights_sha256=sha256_file(tmp_weights))
+    tmp_card = out / (CARD_FILE + ".tmp")
+    tmp_card.write_text(card.to_json(), encoding="utf-8")
+    os.replace(tmp_weights, out / WEIGHTS_FILE)
+    os.replace(tmp_card, out / CARD_FILE)
+    return card

@@ -1,0 +1,68 @@
+"""Progress reporting: a rich progress bar on a terminal, plain periodic log lines otherwise (cron, CI, pipes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+stderr_console = Console(stderr=True)
+
+
+class ScanProgress:
+    def __init__(self, description: str = "scanning", log_every_s: float = 30.0, force_plain: bool | None = None):
+        self.description = description
+        self.plain = (not sys.stderr.isatty()) if force_plain is None else force_plain
+        self.log_every_s = log_every_s
+        self.done = 0
+        self.errors = 0
+        self.total: int | None = None
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "ScanProgress":
+        if not self.plain:
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>8.1f} img/s"), TextColumn("errors {task.fields[errors]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr_console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=None, rate=0.0, errors=0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._update()
+            self._progress.stop()
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self.started, 1e-9)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+    def advance(self, files: int, errors: int = 0) -> None:
+        self.done += files
+        self.errors += errors
+        if self._progress is not None:
+            self._update()
+        elif time.monotonic() - self._last_log >= self.log_every_s:
+            self._last_log = time.monotonic()
+            of = f"/{self.total}" if self.total is not None else ""
+            print(
+                f"imgscan: {self.description} {self.done}{of} files, {self.rate:.1f} img/s, "
+                f"{self.errors} errors, {time.monotonic() - self.started:.0f} s",
+                file=sys.stderr, flush=True,
+            )
+
+    def _update(self) -> None:
+        self._progress.update(self._task, completed=self.done, rate=self.rate, errors=self.errors)

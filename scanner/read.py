@@ -1,0 +1,49 @@
+"""Read stage: the bytes of one file and their xxh3-128 hash; failures become an error string, never a raise."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+import xxhash
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ReadResult:
+    path: bytes
+    data: bytes | None
+    sha: str | None
+    nbytes: int | None
+    error: str | None = None
+
+
+def read_file(path: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ReadResult:
+    try:
+        st = os.stat(path)  # follows symlinks: a broken link or a loop fails here
+        if not stat.S_ISREG(st.st_mode):
+            return ReadResult(path, None, None, None, "read: not a regular file")
+        if st.st_size > max_bytes:
+            return ReadResult(path, None, None, st.st_size, f"read: file is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the run.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        return ReadResult(path, None, None, None, f"read: {_describe(exc)}")
+    if len(data) > max_bytes:
+        return ReadResult(path, None, None, len(data), f"read: file is over the {max_bytes}-byte limit")
+    return ReadResult(path, data, xxhash.xxh3_128_hexdigest(data), len(data))
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "no such file (broken symlink or removed during the scan)"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or type(exc).__name__

@@ -1,0 +1,41 @@
+"""The verdict Parquet schema: the one definition every writer and reader of scan output uses."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+NEIGHBOR_TYPE = pa.struct(
+    [("label", pa.string()), ("support_id", pa.string()), ("similarity", pa.float32())]
+)
+
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),  # as found; bytes that are not UTF-8 appear as \xNN escapes
+        ("path_bytes", pa.binary()),  # the exact path bytes, set only when the path is not valid UTF-8
+        ("sha", pa.string()),  # xxh3-128 of the file's bytes, hex
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),  # as decoded (after EXIF orientation)
+        ("height", pa.int32()),
+        ("label", pa.string()),  # predicted class, or "unknown"
+        ("closed_set_label", pa.string()),  # best class ignoring open-set rejection
+        ("is_ai", pa.bool_()),
+        ("ai_score", pa.float32()),  # [0, 1], higher = more likely AI-generated
+        ("open_set_score", pa.float32()),  # higher = farther from every enrolled class
+        ("open_set_threshold", pa.float32()),  # the index's threshold this row was judged with
+        ("neighbors", pa.list_(NEIGHBOR_TYPE)),  # k nearest support items, nearest first
+        ("error", pa.string()),  # null when the file was scanned; else "stage: reason"
+        ("model", pa.string()),
+        ("index", pa.string()),
+        ("scanned_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+COLUMN_NAMES = VERDICT_SCHEMA.names
+
+
+def display_path(raw: bytes) -> tuple[str, bytes | None]:
+    """The `path` string and, only when the bytes are not valid UTF-8, the exact bytes for `path_bytes`."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="backslashreplace"), raw

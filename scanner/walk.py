@@ -1,0 +1,64 @@
+"""Walk stage: stream the files under the crawl roots, one directory listing in memory at a time.
+
+Paths travel as bytes (os.fsencode) from here to the writer, so names that are not valid UTF-8 are kept
+exactly as found and never interpreted. Directory symlinks are not followed (a crawl can contain loops);
+file symlinks are yielded, and the read stage reports broken ones and loops as error rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from scanner.errors import UsageError
+
+# What counts as an image file when walking a directory (case-insensitive). Files given explicitly on the
+# command line are always scanned, whatever their name.
+IMAGE_EXTENSIONS = frozenset(
+    b".jpg .jpeg .jpe .jfif .png .webp .gif .bmp .tif .tiff .jp2 .j2k .heic .avif .ppm .pgm".split()
+)
+
+
+def is_image_name(name: bytes) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def check_roots(roots: Iterable[str | bytes]) -> list[bytes]:
+    """Refuse roots that do not exist before any work starts (an unusable argument, not a per-file error)."""
+    out = []
+    for root in roots:
+        raw = os.fsencode(root)
+        if not os.path.lexists(raw):
+            raise UsageError(f"{os.fsdecode(raw)}: no such file or directory")
+        out.append(raw)
+    return out
+
+
+def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[bytes]:
+    """Yield file paths (bytes) under each root, depth first, entries sorted within a directory.
+
+    Sorting one directory's entries keeps runs reproducible without ever holding the whole crawl in memory.
+    """
+    for root in roots:
+        if not os.path.isdir(root):
+            yield root  # a file (or a broken link) named on the command line: always scanned
+            continue
+        stack = [root]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue  # unreadable directory: nothing inside can be listed; see README (limits)
+            subdirs = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.path)
+                        continue
+                except OSError:
+                    pass
+                if all_files or is_image_name(entry.name):
+                    yield entry.path
+            stack.extend(reversed(subdirs))

@@ -1,0 +1,107 @@
+"""Shared fixtures: a small TorchScript embedder of the tests' own, and images the tests make themselves.
+
+The tiny embedder is a real TorchScript model honouring the model contract (uint8 NHWC->NCHW input, L2-normalised
+128-d output); its features are coarse colour layouts, so images of distinct colours land in distinct classes
+and verdicts can be checked exactly. No GPU, no ../shared, no download.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+KIT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kit"
+
+
+def make_tiny_embedder():
+    import torch
+    from torch import nn
+
+    class TinyColourEmbedder(nn.Module):
+        """4x4 grid of mean colours (48 values) -> fixed random projection to 128 -> L2 norm."""
+
+        def __init__(self):
+            super().__init__()
+            gen = torch.Generator().manual_seed(1234)
+            self.register_buffer("projection", torch.randn(48, 128, generator=gen))
+            self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = (x.to(self.projection.dtype) / 255.0 - self.mean) / self.std
+            grid = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+            return nn.functional.normalize(grid @ self.projection, dim=1)
+
+    return torch.jit.script(TinyColourEmbedder().eval())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from scanner.model import ModelCard, save_model_dir
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    card = ModelCard(name="tiny-colour", version="test", input_size=32, embedding_dim=128,
+                     backbone="4x4 colour grid + random projection", training_data="none (test fixture)")
+    save_model_dir(make_tiny_embedder(), card, out)
+    return out
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def coloured(rgb: tuple[int, int, int], size=(48, 40), noise: int = 30, seed: int = 0) -> Image.Image:
+    """A noisy image of one colour; brightness varies per seed so that each class has some spread."""
+    rng = np.random.default_rng(seed)
+    base = np.array(rgb, dtype=np.float64) * rng.uniform(0.75, 1.0)
+    arr = np.clip(base + rng.integers(-noise, noise + 1, (size[1], size[0], 3)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
+
+
+def write_class_dir(root: Path, rgb, n: int, seed0: int = 0, fmt: str = "JPEG", ext: str = ".jpg") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"img_{seed0 + i:04d}{ext}").write_bytes(encode(coloured(rgb, seed=seed0 + i), fmt))
+    return root
+
+
+@pytest.fixture()
+def two_class_index(tmp_path, tiny_model_dir) -> Path:
+    """An index with classes `real` (red images) and `gen_blue` (blue images), enrolled through the CLI code."""
+    from typer.testing import CliRunner
+
+    from scanner.cli import app
+
+    index = tmp_path / "index"
+    runner = CliRunner()
+    for label, rgb, seed in (("real", RED, 0), ("gen_blue", BLUE, 100)):
+        src = write_class_dir(tmp_path / f"support_{label}", rgb, 20, seed0=seed)
+        result = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    return index
+
+
+def kit_available() -> bool:
+    return (KIT_DIR / "manifest.csv").is_file()
+
+
+needs_kit = pytest.mark.skipif(not kit_available(), reason="../shared/data/kit is not present (a user's clone)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path, monkeypatch):
+    """Never touch the real per-user index, and never pick up a model from the environment."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("IMGSCAN_INDEX", raising=False)
+    monkeypatch.delenv("IMGSCAN_MODEL", raising=False)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")

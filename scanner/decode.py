@@ -96,7 +96,7 @@ def resize_center_crop(im: Image.Image, size: int) -> np.ndarray:
     if (new_w, new_h) != (w, h):
         im = im.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy for torch
 
 
 class DaliImageDecoder:

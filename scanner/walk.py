@@ -57,6 +57,8 @@ def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[byte
                     if entry.is_dir(follow_symlinks=False):
                         subdirs.append(entry.path)
                         continue
+                    if entry.is_symlink() and entry.is_dir():
+                        continue  # a link to a directory is not followed (loops), and is not a file either
                 except OSError:
                     pass
                 if all_files or is_image_name(entry.name):

@@ -1,0 +1,179 @@
+"""Support index rules, verdict arithmetic, the journal's torn tail, and the walk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from conftest import BLUE, GREEN, RED, write_class_dir
+from indexes import SupportIndex, enroll_embeddings, remove_label
+from scanner.cli import app
+from scanner.errors import UsageError
+from scanner.verdict import decide
+
+runner = CliRunner()
+
+
+def _unit(rows):
+    a = np.asarray(rows, dtype=np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+# -- verdict arithmetic, by hand -------------------------------------------------------------------------------
+
+def test_decide_weighted_vote_ai_score_and_open_set_score():
+    labels = np.array([["real", "gen_a", "gen_a", "real"]], dtype=object)
+    sims = np.array([[0.9, 0.8, 0.7, -0.2]])
+    v = decide(labels, sims)
+    # weights: real 0.9 (+0 for the negative similarity), gen_a 0.8 + 0.7 = 1.5 -> gen_a wins
+    assert v.closed_set_label[0] == "gen_a"
+    assert v.ai_score[0] == pytest.approx(1.5 / 2.4)
+    assert v.open_set_score[0] == pytest.approx(1 - (0.8 + 0.7) / 2)
+    assert v.labels(threshold=0.2)[0] == "unknown" and v.labels(threshold=0.3)[0] == "gen_a"
+    assert bool(v.is_ai[0])
+
+
+def test_decide_tie_goes_to_the_nearest_and_padding_carries_no_vote():
+    v = decide(np.array([["gen_b", "real", ""]], dtype=object), np.array([[0.5, 0.5, 0.99]]))
+    assert v.closed_set_label[0] == "gen_b" and v.ai_score[0] == pytest.approx(0.5)
+    v = decide(np.array([["real", "real"]], dtype=object), np.array([[-0.1, -0.3]]))
+    assert v.ai_score[0] == pytest.approx(0.5)  # no positive evidence either way
+    assert v.open_set_score[0] == pytest.approx(1.2)
+
+
+# -- index rules ------------------------------------------------------------------------------------------------
+
+def test_enroll_dedupes_by_sha_recalibrates_and_searches(tmp_path):
+    rng = np.random.default_rng(0)
+    a = _unit(rng.normal([1, 0, 0, 0], 0.05, (30, 4)))
+    b = _unit(rng.normal([0, 1, 0, 0], 0.05, (30, 4)))
+    shas_a = [f"{i:032x}" for i in range(30)]
+    shas_b = [f"{i + 100:032x}" for i in range(30)]
+    r = enroll_embeddings(tmp_path, "real", a, shas_a, [f"a{i}" for i in range(30)], "m@1", "sha-m")
+    assert r.added == 30 and r.manifest.generation == 1
+    r = enroll_embeddings(tmp_path, "gen_b", np.vstack([b, a[:3]]), shas_b + shas_a[:3], [f"b{i}" for i in range(33)], "m@1", "sha-m")
+    assert r.added == 30 and [d[1] for d in r.duplicates] == ["real"] * 3  # same image, not enrolled twice
+    index = SupportIndex.open(tmp_path)
+    assert index.manifest.counts == {"gen_b": 30, "real": 30}
+    m = index.manifest
+    assert 0 < m.open_set.threshold < 0.05 and m.open_set.calibrated_on == 60
+    for entry in m.files.values():
+        assert (tmp_path / entry.name).stat().st_size == entry.bytes
+    found = index.search(_unit([[1, 0.02, 0, 0], [0, 0, 1, 0]]), k=11)
+    v = decide(found.labels, found.sims)
+    labels = v.labels(index.threshold)
+    assert labels[0] == "real" and labels[1] == "unknown"
+    assert found.labels.shape == (2, 11) and found.support_ids[0, 0] in set(s[:16] for s in shas_a)
+    # only the current and the previous generation's files are kept
+    assert sorted(p.name for p in tmp_path.glob("support-g*")) == [
+        "support-g000001.hnsw", "support-g000001.parquet", "support-g000002.hnsw", "support-g000002.parquet"]
+
+
+def test_enroll_refuses_another_models_embeddings_and_bad_labels(tmp_path):
+    e = _unit(np.eye(4)[:2])
+    enroll_embeddings(tmp_path, "real", e, ["0" * 32, "1" * 32], ["x", "y"], "m@1", "sha-m")
+    with pytest.raises(UsageError, match="different models"):
+        enroll_embeddings(tmp_path, "gen", e, ["2" * 32, "3" * 32], ["x", "y"], "other@1", "sha-other")
+    for bad in ("unknown", "", "../etc", "a b"):
+        with pytest.raises(UsageError):
+            enroll_embeddings(tmp_path, bad, e, ["4" * 32, "5" * 32], ["x", "y"], "m@1", "sha-m")
+
+
+def test_remove_label_rebuilds_and_an_emptied_index_opens(tmp_path):
+    rng = np.random.default_rng(1)
+    enroll_embeddings(tmp_path, "real", _unit(rng.normal(size=(5, 8))), [f"{i:032x}" for i in range(5)], ["p"] * 5, "m", "s")
+    enroll_embeddings(tmp_path, "gen", _unit(rng.normal(size=(4, 8))), [f"{i + 9:032x}" for i in range(4)], ["p"] * 4, "m", "s")
+    removed, m = remove_label(tmp_path, "gen")
+    assert removed == 4 and m.counts == {"real": 5}
+    index = SupportIndex.open(tmp_path)
+    assert set(index.search(_unit(rng.normal(size=(3, 8))), k=11).labels.ravel()) == {"real"}
+    with pytest.raises(UsageError, match="no class 'gen'"):
+        remove_label(tmp_path, "gen")
+    remove_label(tmp_path, "real")
+    assert SupportIndex.open(tmp_path).manifest.total == 0
+
+
+def test_truncated_data_file_is_refused_before_parsing(tmp_path):
+    enroll_embeddings(tmp_path, "real", _unit(np.eye(4)[:3]), [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    support = tmp_path / manifest["files"]["support"]["name"]
+    support.write_bytes(support.read_bytes()[:-10])
+    with pytest.raises(UsageError, match=f"{support.name}: index file is corrupt"):
+        SupportIndex.open(tmp_path)
+
+
+def test_cli_enroll_index_show_and_remove(tmp_path, tiny_model_dir):
+    index = tmp_path / "idx"
+    reds = write_class_dir(tmp_path / "reds", RED, 8)
+    (reds / "broken.jpg").write_bytes(b"\xff\xd8\xff junk")
+    common = ["--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"]
+    result = runner.invoke(app, ["enroll", "real", str(reds), *common])
+    assert result.exit_code == 0, result.output
+    assert "enrolled 8 image(s) as 'real'" in result.output and "skipped" in result.output and "broken.jpg" in result.output
+    result = runner.invoke(app, ["enroll", "real", str(reds), *common])
+    assert "enrolled 0 image(s)" in result.output and "already enrolled as real" in result.output
+    runner.invoke(app, ["enroll", "gen_green", str(write_class_dir(tmp_path / "greens", GREEN, 5)), *common])
+    result = runner.invoke(app, ["index", "show", "--index", str(index)])
+    assert result.exit_code == 0 and "gen_green" in result.output and "open-set threshold" in result.output
+    result = runner.invoke(app, ["index", "show", "--index", str(index), "--json"])
+    assert json.loads(result.output)["counts"] == {"gen_green": 5, "real": 8}
+    result = runner.invoke(app, ["index", "remove", "gen_green", "--index", str(index)])
+    assert result.exit_code == 0 and "removed 5" in result.output
+    result = runner.invoke(app, ["enroll", "unknown", str(reds), *common])
+    assert result.exit_code == 2 and "reserved" in result.output
+
+
+def test_default_index_location_follows_env(tmp_path, monkeypatch, tiny_model_dir):
+    from scanner.paths import default_index_dir
+
+    assert default_index_dir() == tmp_path / "xdg" / "imgscan" / "index"  # XDG_DATA_HOME set by conftest
+    monkeypatch.setenv("IMGSCAN_INDEX", str(tmp_path / "env_index"))
+    assert default_index_dir() == tmp_path / "env_index"
+    reds = write_class_dir(tmp_path / "reds", RED, 3)
+    result = runner.invoke(app, ["enroll", "real", str(reds), "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert result.exit_code == 0 and (tmp_path / "env_index" / "manifest.json").is_file()
+
+
+# -- journal and walk ---------------------------------------------------------------------------------------------
+
+def test_journal_with_torn_tail_keeps_every_complete_batch(tmp_path):
+    from scanner.schema import VERDICT_SCHEMA
+    from scanner.writer import ScanJournal, read_journal
+
+    journal = ScanJournal(tmp_path / "v.parquet", {"run": 1}, {})
+    assert journal.open().size == 0
+    def batch(paths):
+        cols = {f.name: [None] * len(paths) for f in VERDICT_SCHEMA}
+        cols["path"] = paths
+        return pa.RecordBatch.from_pydict(cols, schema=VERDICT_SCHEMA)
+    journal.append(batch(["a", "b"]))
+    path = journal.journals()[0]
+    after_first = path.stat().st_size
+    journal.append(batch(["c"]))
+    journal.close()
+    path.write_bytes(path.read_bytes()[: after_first + 40])  # a kill in the middle of the second batch
+    assert [b.num_rows for b in read_journal(path)] == [2]
+    resumed = ScanJournal(tmp_path / "v.parquet", {"run": 1}, {})
+    assert resumed.open().size == 2
+    with pytest.raises(UsageError, match="other settings"):
+        ScanJournal(tmp_path / "v.parquet", {"run": 2}, {}).open()
+
+
+def test_walk_streams_sorted_images_without_following_dir_links(tmp_path):
+    from scanner.walk import walk_files
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    for p in ("a/2.JPG", "a/1.png", "b/x.webp", "b/readme.txt", "top.gif"):
+        (tmp_path / p).write_bytes(b"")
+    os.symlink(tmp_path, tmp_path / "b" / "loop")
+    found = [Path(os.fsdecode(p)).relative_to(tmp_path).as_posix() for p in walk_files([os.fsencode(tmp_path)])]
+    assert found == ["top.gif", "a/1.png", "a/2.JPG", "b/x.webp"]
+    everything = list(walk_files([os.fsencode(tmp_path)], all_files=True))
+    assert len(everything) == 5

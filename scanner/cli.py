@@ -17,7 +17,7 @@ from rich.table import Table
 
 from scanner import __version__
 from scanner.errors import UsageError
-from scanner.paths import INDEX_ENV, MODEL_ENV, default_index_dir, default_model_dir
+from scanner.paths import INDEX_ENV, MODEL_ENV, default_model_dir, index_dir_for_reading, index_dir_for_writing
 
 app = typer.Typer(
     name="imgscan",
@@ -131,7 +131,7 @@ def scan(
                 return
             out.unlink()
         embedder = _embedder(model, device)
-        index_dir = index or default_index_dir()
+        index_dir = index_dir_for_reading(index)
         support = SupportIndex.open(index_dir)
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
         if support.manifest.total == 0:
@@ -215,7 +215,7 @@ def enroll(
         check_label(name)
         roots = check_roots(paths)
         embedder = _embedder(model, device)
-        index_dir = index or default_index_dir()
+        index_dir = index_dir_for_writing(index)
         embeddings, shas, sources, failed = [], [], [], []
         with ScanProgress(f"embedding {name}") as progress:
             for reads, decoded, emb in embedded_batches(roots, embedder, batch_size=batch_size):
@@ -253,7 +253,7 @@ def index_show(
     """Show the index: model, classes and counts, open-set threshold, files (all verified)."""
     from indexes import SupportIndex
 
-    index_dir = index or default_index_dir()
+    index_dir = index_dir_for_reading(index)
     try:
         support = SupportIndex.open(index_dir)
     except UsageError as exc:
@@ -284,7 +284,7 @@ def index_remove(
     """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated)."""
     from indexes import remove_label
 
-    index_dir = index or default_index_dir()
+    index_dir = index_dir_for_writing(index)
     try:
         removed, m = remove_label(index_dir, label)
     except UsageError as exc:

@@ -1,8 +1,14 @@
-"""Where things live by default: the per-user support index (XDG data dir) and the model."""
+"""Where things live by default: the per-user support index (XDG data dir) and the model.
+
+A build may ship a default model and a starter support index built with it (scanner/default_model,
+scanner/default_index). Scanning with no index of the user's own reads the starter index in place; the
+first `enroll` into the default location copies it there first, so new classes extend it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 INDEX_ENV = "IMGSCAN_INDEX"
@@ -26,3 +32,33 @@ def default_model_dir() -> Path | None:
     if (PACKAGED_MODEL_DIR / "model_card.json").is_file():
         return PACKAGED_MODEL_DIR
     return None
+
+
+def _has_index(directory: Path) -> bool:
+    return (directory / "manifest.json").is_file()
+
+
+def index_dir_for_reading(index: Path | None) -> Path:
+    """--index, else the user's default index, else (while the user has none) the packaged starter index."""
+    if index is not None:
+        return index
+    user = default_index_dir()
+    if not _has_index(user) and _has_index(PACKAGED_INDEX_DIR):
+        return PACKAGED_INDEX_DIR
+    return user
+
+
+def index_dir_for_writing(index: Path | None) -> Path:
+    """--index, else the user's default index, seeded from the packaged starter index on first use."""
+    if index is not None:
+        return index
+    user = default_index_dir()
+    if not _has_index(user) and _has_index(PACKAGED_INDEX_DIR):
+        user.parent.mkdir(parents=True, exist_ok=True)
+        staging = user.with_name(user.name + f".seeding-{os.getpid()}")
+        shutil.copytree(PACKAGED_INDEX_DIR, staging, ignore=shutil.ignore_patterns(".lock"))
+        try:
+            os.rename(staging, user)  # atomic; if another process seeded it first, keep theirs
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return user

@@ -247,6 +247,7 @@ def run_scan(opts: ScanOptions, embedder: Embedder, index, progress, fingerprint
     journal = ScanJournal(opts.out, fingerprint, metadata)
     done = journal.open()
     summary.resumed_rows = int(done.size)
+    progress.set_already_done(summary.resumed_rows)
     stats: dict = {}
     try:
         for reads, decoded, embeddings in embedded_batches(

@@ -16,7 +16,8 @@ class ScanProgress:
         self.description = description
         self.plain = (not sys.stderr.isatty()) if force_plain is None else force_plain
         self.log_every_s = log_every_s
-        self.done = 0
+        self.done = 0  # files handled by this run
+        self.already_done = 0  # rows kept from an interrupted run: shown as completed, not counted in img/s
         self.errors = 0
         self.total: int | None = None
         self.started = time.monotonic()
@@ -45,6 +46,11 @@ class ScanProgress:
     def rate(self) -> float:
         return self.done / max(time.monotonic() - self.started, 1e-9)
 
+    def set_already_done(self, n: int) -> None:
+        self.already_done = n
+        if self._progress is not None:
+            self._update()
+
     def set_total(self, total: int) -> None:
         self.total = total
         if self._progress is not None:
@@ -59,10 +65,10 @@ class ScanProgress:
             self._last_log = time.monotonic()
             of = f"/{self.total}" if self.total is not None else ""
             print(
-                f"imgscan: {self.description} {self.done}{of} files, {self.rate:.1f} img/s, "
+                f"imgscan: {self.description} {self.already_done + self.done}{of} files, {self.rate:.1f} img/s, "
                 f"{self.errors} errors, {time.monotonic() - self.started:.0f} s",
                 file=sys.stderr, flush=True,
             )
 
     def _update(self) -> None:
-        self._progress.update(self._task, completed=self.done, rate=self.rate, errors=self.errors)
+        self._progress.update(self._task, completed=self.already_done + self.done, rate=self.rate, errors=self.errors)

@@ -177,3 +177,19 @@ def test_walk_streams_sorted_images_without_following_dir_links(tmp_path):
     assert found == ["top.gif", "a/1.png", "a/2.JPG", "b/x.webp"]
     everything = list(walk_files([os.fsencode(tmp_path)], all_files=True))
     assert len(everything) == 5
+
+
+def test_packaged_starter_index_is_read_in_place_and_seeds_the_user_index(tmp_path, monkeypatch):
+    import scanner.paths as paths
+
+    starter = tmp_path / "starter"
+    enroll_embeddings(starter, "real", _unit(np.eye(4)[:3]), [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
+    monkeypatch.setattr(paths, "PACKAGED_INDEX_DIR", starter)
+    user = paths.default_index_dir()
+    assert paths.index_dir_for_reading(None) == starter  # the user has no index yet
+    assert paths.index_dir_for_writing(None) == user
+    assert SupportIndex.open(user).manifest.counts == {"real": 3}  # seeded with the starter classes
+    enroll_embeddings(user, "gen", _unit(np.eye(4)[3:]), ["f" * 32], ["q"], "m", "s")
+    assert paths.index_dir_for_reading(None) == user
+    assert SupportIndex.open(starter).manifest.total == 3  # the packaged copy is never written
+    assert paths.index_dir_for_reading(tmp_path / "explicit") == tmp_path / "explicit"

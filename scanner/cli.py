@@ -293,6 +293,47 @@ def index_remove(
 
 
 @app.command()
+def bench(
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    images: Annotated[int, typer.Option("--images", min=1, help="How many test JPEGs to generate (at the model's input size).")] = 256,
+    images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Benchmark on these images instead of generated ones.")] = None,
+    batch_size: BatchOpt = 32,
+    support: Annotated[int, typer.Option("--support", min=16, help="Synthetic support vectors in the benchmark index.")] = 2000,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
+) -> None:
+    """Measure throughput: decode_ips, embed_ips, query_ips, end_to_end_ips (a real scan) and peak_rss_mb.
+
+    \b
+    Example (record the machine and the command with the figures):
+      imgscan bench --images 512 --batch-size 32 --json
+    """
+    from scanner.bench import run_bench
+
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        embedder = _embedder(model, device)
+        if images_dir is not None and not images_dir.is_dir():
+            raise UsageError(f"--images-dir {images_dir}: not a directory")
+        result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support)
+    except (UsageError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"imgscan bench: {embedder.model_id} on {embedder.device}", show_edge=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,.1f}")
+    out_console.print(table)
+
+
+@app.command()
 def version() -> None:
     """Print imgscan's version."""
     out_console.print(__version__)

@@ -193,3 +193,12 @@ def test_packaged_starter_index_is_read_in_place_and_seeds_the_user_index(tmp_pa
     assert paths.index_dir_for_reading(None) == user
     assert SupportIndex.open(starter).manifest.total == 3  # the packaged copy is never written
     assert paths.index_dir_for_reading(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
+    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--images", "40",
+                                 "--batch-size", "8", "--support", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert list(figures) == ["decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
+    assert all(isinstance(v, float) and v > 0 for v in figures.values())

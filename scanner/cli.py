@@ -160,6 +160,9 @@ def scan(
     except KeyboardInterrupt:
         err_console.print(f"imgscan: interrupted; completed rows are kept in {out}.partial; run the same command again to continue")
         raise typer.Exit(130)
+    except OSError as exc:  # disk full, file size limit, output removed under us: the journal so far is intact
+        _fail(f"writing {out}: {exc.strerror or exc}; rows completed so far are kept in {out}.partial; "
+              "fix the cause and run the same command again to continue")
     _print_summary(summary)
 
 
@@ -345,8 +348,12 @@ def _register_optional_commands() -> None:
     except ModuleNotFoundError as exc:  # a build without the training package; any other import error is a bug
         if exc.name not in ("train", "train.cli"):
             raise
-        return
-    register_train(app)
+    else:
+        register_train(app)
+    # eval, report, explain (scanner/evaluation); matplotlib and umap are imported inside the commands
+    from scanner.evaluation.cli import register as register_evaluation
+
+    register_evaluation(app)
 
 
 _register_optional_commands()

@@ -249,3 +249,45 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
         progress.advance(4, errors=1)
     err = capsys.readouterr().err
     assert "imgscan: scanning 4/10 files" in err and "1 errors" in err
+
+
+def test_disk_full_while_writing_keeps_earlier_rows_and_resumes(tmp_path, tiny_model_dir, two_class_index):
+    import resource
+
+    crawl = write_class_dir(tmp_path / "crawl", BLUE, 120, seed0=4000)
+    out = tmp_path / "v.parquet"
+    args = scan_cmd([crawl], out, two_class_index, tiny_model_dir, "--batch-size", "4")
+
+    def small_file_limit():  # every file this process writes is capped at 40 kB: "disk full" for the journal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    result = subprocess.run([sys.executable, "-m", "scanner.cli", *args], capture_output=True, text=True,
+                            preexec_fn=small_file_limit, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "run the same command again" in result.stderr
+    from scanner.writer import read_journal
+
+    kept = sum(b.num_rows for j in (tmp_path / "v.parquet.partial").glob("journal-*.arrows") for b in read_journal(j))
+    assert 0 < kept < 120
+    result = _python_cli(*args, timeout=300)
+    assert result.returncode == 0, result.stderr
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == 120 == len(set(paths))
+
+
+def test_two_enrolls_at_once_both_land(tmp_path, tiny_model_dir):
+    index = tmp_path / "idx"
+    reds = write_class_dir(tmp_path / "reds", RED, 30, seed0=5000)
+    blues = write_class_dir(tmp_path / "blues", BLUE, 30, seed0=6000)
+    common = ["--index", index, "--model", tiny_model_dir, "--device", "cpu"]
+    procs = [subprocess.Popen([sys.executable, "-m", "scanner.cli", "enroll", label, str(src), *map(str, common)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for label, src in (("real", reds), ("gen_blue", blues))]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    from indexes import SupportIndex
+
+    opened = SupportIndex.open(index)
+    assert opened.manifest.counts == {"gen_blue": 30, "real": 30} and opened.manifest.generation == 2
+    assert len(opened.table) == opened.hnsw.get_current_count() == 60

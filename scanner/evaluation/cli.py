@@ -1,0 +1,234 @@
+"""Typer commands `eval`, `report` and `explain`; `register(app)` adds them to imgscan's app.
+
+Heavy imports (torch, matplotlib, umap) happen inside the commands so `imgscan --help` stays fast."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from scanner.errors import UsageError
+
+err_console = Console(stderr=True)
+
+EVAL_HELP = """Measure detection, attribution and open-set rejection on a labelled data set, with baselines.
+
+\b
+DATA: a folder with manifest.csv (path,label[,is_ai,group,fold]), a manifest CSV, or one sub-folder per class.
+For every shots value N each enrolled class gets N support images (at most half the class), chosen by
+`group` so that no prompt or photo is on both sides; the rest are queries. Classes in --unknown are never
+enrolled and should come out `unknown`. Images are judged exactly as `scan` judges them: a real support
+index (HNSW, leave-one-out threshold) and k-NN votes.
+
+\b
+Baselines in the same run: spectral-knn (FFT of a high-pass residual), metadata (width, height, format,
+bytes; must be near chance on a uniform kit), and the `ce` model when --ce-model is given.
+
+\b
+Writes to REPORT_DIR: metrics.json, predictions.parquet (one row per image, method and fold at the main
+shots), figures/*.png (confusion, ROC, OSCR, shots sweep, UMAP of embeddings) and report.html (self-contained).
+
+\b
+Examples:
+  imgscan eval ../shared/data/kit --model scanner/default_model --out runs/eval --unknown glid-3,gaugan
+  imgscan eval ./my_classes --out runs/eval2 --shots 10,50 --folds
+"""
+
+
+def _csv_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    items = [t.strip() for t in text.split(",")]
+    if any(not t for t in items):
+        raise UsageError(f"{text!r}: expected a comma-separated list")
+    return items
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        values = sorted({int(t) for t in _csv_list(text)})
+    except ValueError:
+        raise UsageError(f"--shots {text!r}: expected integers, e.g. 10,20,50,100,150") from None
+    if not values or values[0] < 1:
+        raise UsageError(f"--shots {text!r}: every value must be at least 1")
+    return values
+
+
+def _invocation() -> str:
+    prog = Path(sys.argv[0]).name if sys.argv else "imgscan"
+    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def _model_dir(model: Optional[Path]) -> Path:
+    from scanner.paths import MODEL_ENV, default_model_dir
+
+    if model is not None:
+        return model
+    found = default_model_dir()
+    if found is None:
+        raise UsageError(f"no model: pass --model DIR (embedder.pt + model_card.json) or set ${MODEL_ENV}")
+    return found
+
+
+def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
+             unknown: Optional[str] = None, folds: bool = False, ce_model: Optional[Path] = None,
+             baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
+             use_umap: bool = True, console: Console | None = None, command: str = "") -> dict:
+    """The eval command as a function (tests call it directly)."""
+    import tempfile
+
+    import numpy as np
+
+    from scanner.embed import Embedder, resolve_device
+    from scanner.evaluation import baselines as B
+    from scanner.evaluation.eval_report import print_tables, write_outputs
+    from scanner.evaluation.evaluate import MAIN_METHOD, Method, embed_dataset, run_protocol
+    from scanner.evaluation.protocol import load_dataset
+    from scanner.progress import ScanProgress
+
+    console = console or err_console
+    shot_values = _shots(shots)
+    unknown_list = _csv_list(unknown)
+    ds = load_dataset(data)
+    missing = [u for u in unknown_list if u not in ds.classes]
+    if missing:
+        raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
+    fold_list: list = [None]
+    if folds:
+        present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))
+        if len(present) < 2 or np.any(ds.folds < 0):
+            raise UsageError(f"--folds: {ds.source} has no fold for every image (a manifest with a fold column is needed)")
+        fold_list = present
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    dev = resolve_device(device)
+    embedder = Embedder(_model_dir(model), device=dev)
+
+    t0 = time.monotonic()
+    with ScanProgress(f"embedding ({embedder.model_id})") as progress:
+        feats = embed_dataset(ds, embedder, batch_size=batch_size, progress=lambda n: progress.advance(n))
+    embed_s = time.monotonic() - t0
+    if not feats.ok.any():
+        raise UsageError(f"{data}: no image could be decoded")
+    methods = [Method(MAIN_METHOD, feats.embeddings, "cosine", embedder.model_id, embedder.card.weights_sha256,
+                      "SupCon embedder + k-NN over the support index (what `scan` does)", embed_s)]
+    if ce_model is not None:
+        ce = Embedder(ce_model, device=dev)
+        t0 = time.monotonic()
+        with ScanProgress(f"embedding ce ({ce.model_id})") as progress:
+            ce_feats = embed_dataset(ds, ce, batch_size=batch_size, progress=lambda n: progress.advance(n))
+        feats.ok &= ce_feats.ok
+        methods.append(Method("ce", ce_feats.embeddings, "cosine", ce.model_id, ce.card.weights_sha256,
+                              "model trained with --loss ce, same k-NN protocol", time.monotonic() - t0))
+    if baselines:
+        t0 = time.monotonic()
+        with ScanProgress("spectral features") as progress:
+            spec, spec_ok = B.spectral_features(ds.paths.tolist(), progress=lambda n: progress.advance(n))
+        feats.ok &= spec_ok
+        spec = B.l2_normalise(B.standardise(spec.astype(np.float64)))
+        methods.append(Method("spectral-knn", spec, "cosine", "spectral-fft-highpass-v1", "",
+                              "log |FFT| of a 3x3 high-pass residual, 16x16 pooled + 32 radial bins, cosine k-NN",
+                              time.monotonic() - t0))
+        t0 = time.monotonic()
+        meta = B.standardise(B.metadata_features(ds.paths.tolist()))
+        methods.append(Method("metadata", meta, "euclidean", "metadata-v1", "",
+                              "width, height, format, log2 bytes; Euclidean k-NN", time.monotonic() - t0))
+    for path, err in sorted(feats.errors.items()):
+        console.print(f"skipped {path}: {err}", highlight=False)
+
+    with tempfile.TemporaryDirectory(prefix="imgscan-eval-") as work:
+        steps = len(shot_values) * len(fold_list) * len(methods)
+        with ScanProgress("judging splits") as progress:
+            progress.set_total(steps)
+            result = run_protocol(ds, feats, methods, shot_values, unknown_list, fold_list, seed, k, Path(work),
+                                  on_step=lambda *a: progress.advance(1))
+    info = {
+        "command": command,
+        "data": {"source": ds.source, "n_images": len(ds), "decoded": int(feats.ok.sum()), "counts": ds.counts(),
+                 "errors": len(feats.errors)},
+        "protocol": {"shots": shot_values, "unknown": unknown_list, "folds": fold_list, "seed": seed, "k": k,
+                     "support_cap": "min(shots, floor(class size / 2))", "split_by": "group"},
+        "embedding_throughput_img_s": round(len(ds) / max(embed_s, 1e-9), 2),
+        "device": dev,
+    }
+    doc = write_outputs(result, ds, feats, out, info, use_umap=use_umap, seed=seed)
+    print_tables(doc, console)
+    console.print(f"wrote {out}/report.html, metrics.json, predictions.parquet, figures/", highlight=False)
+    return doc
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval", help=EVAL_HELP, no_args_is_help=True)
+    def eval_command(
+        data: Annotated[Path, typer.Argument(help="manifest folder / CSV, or class folders", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to write.")],
+        model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: $IMGSCAN_MODEL, else the shipped model).")] = None,
+        shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
+        unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
+        folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,
+        ce_model: Annotated[Optional[Path], typer.Option("--ce-model", help="A model trained with --loss ce, evaluated as a baseline.")] = None,
+        no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the spectral and metadata baselines.")] = False,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the group draw.")] = 0,
+        k: Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")] = 11,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+        no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
+    ) -> None:
+        run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, ce_model=ce_model,
+                 baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
+                 use_umap=not no_umap, command=_invocation())
+
+    @app.command("report", no_args_is_help=True)
+    def report_command(
+        verdicts: Annotated[Path, typer.Argument(help="Verdict Parquet file written by `imgscan scan`.", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to write.")],
+        index: Annotated[Optional[Path], typer.Option("--index", help="Support index, to show thumbnails of neighbours (their enrolled source files).")] = None,
+        top: Annotated[int, typer.Option("--top", min=0, max=1000, help="How many of the most `unknown` images to show.")] = 24,
+    ) -> None:
+        """Summarise a scan: counts per label, score histograms, the most `unknown` images, errors.
+
+        \b
+        Counts per label, ai_score and open_set_score histograms, the most `unknown` images with their
+        neighbours, errors by kind; terminal tables plus a self-contained report.html with thumbnails.
+
+        \b
+        Example:
+          imgscan report verdicts.parquet --out runs/night-report
+        """
+        from scanner.evaluation.report import run_report
+
+        run_report(verdicts, out, index=index, top=top, console=err_console)
+
+    @app.command("explain", no_args_is_help=True)
+    def explain_command(
+        image: Annotated[Path, typer.Argument(help="Image file.", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+        model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: $IMGSCAN_MODEL, else the shipped model).")] = None,
+        index: Annotated[Optional[Path], typer.Option("--index", help="Support index: also print and title the verdict.")] = None,
+        views: Annotated[int, typer.Option("--views", min=8, max=5000, help="Perturbed views (occlusion patches at several scales plus random masks).")] = 400,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        """Show which regions of an image move its embedding most, drawn over the image.
+
+        \b
+        Many perturbed views of the image are embedded: square occlusions (filled with the image's mean
+        colour) at three scales sliding over the image, plus random coarse masks (RISE/LIME-style). Each view
+        scores 1 - cosine(embedding of the view, embedding of the image); a pixel's importance is the mean
+        score of the views that hid it minus the mean of those that did not.
+
+        \b
+        Example:
+          imgscan explain suspicious.jpg --out suspicious-explained.png
+        """
+        from scanner.evaluation.explain import run_explain
+
+        run_explain(image, out, model_dir=_model_dir(model), index=index, views=views, device=device, seed=seed,
+                    console=err_console)

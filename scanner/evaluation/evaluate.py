@@ -1,0 +1,258 @@
+"""`imgscan eval`: features once per method, then for every shots value (and fold) a split, a real support
+index built with `indexes.enroll_embeddings`, k-NN search and `scanner.verdict.decide` - the very code `scan`
+judges images with - and the metrics of `metrics.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scanner.evaluation import metrics as M
+from scanner.evaluation.protocol import QUERY, SUPPORT, Dataset, Split, check_split, make_split
+from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL, decide
+
+MAIN_METHOD = "imgscan"
+
+
+@dataclass
+class Method:
+    name: str
+    features: np.ndarray  # [n, d]
+    kind: str  # "cosine" (HNSW support index) or "euclidean" (brute force)
+    model_id: str
+    model_sha256: str = ""
+    description: str = ""
+    feature_seconds: float = 0.0
+
+
+@dataclass
+class Judged:
+    """Predictions for the queries of one split (arrays indexed like `query_idx`)."""
+
+    method: str
+    split: Split
+    query_idx: np.ndarray
+    label: np.ndarray
+    closed_set_label: np.ndarray
+    ai_score: np.ndarray
+    open_set_score: np.ndarray
+    threshold: float
+    neighbor_labels: np.ndarray
+    neighbor_ids: np.ndarray
+    neighbor_sims: np.ndarray
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Features:
+    """Everything read from the images once: which decoded, their sha, and the imgscan embeddings."""
+
+    ok: np.ndarray
+    sha: np.ndarray
+    errors: dict[str, str]
+    embeddings: np.ndarray
+
+
+def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None) -> Features:
+    """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages)."""
+    from scanner.pipeline import embedded_batches
+
+    pos = {os.fsencode(p): i for i, p in enumerate(ds.paths)}
+    emb = np.zeros((len(ds), embedder.dim), dtype=np.float32)
+    ok = np.zeros(len(ds), dtype=bool)
+    sha = np.empty(len(ds), dtype=object)
+    errors: dict[str, str] = {}
+    roots = [os.fsencode(p) for p in ds.paths]
+    for reads, decoded, e in embedded_batches(roots, embedder, batch_size=batch_size, readers=2):
+        row = 0
+        for i, r in enumerate(reads):
+            j = pos[r.path]
+            err = r.error or decoded.errors[i]
+            if err is None:
+                emb[j], ok[j], sha[j] = e[row], True, r.sha
+                row += 1
+            else:
+                errors[ds.paths[j]] = err
+        if progress is not None:
+            progress(len(reads))
+    return Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
+
+
+def _judge_cosine(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path):
+    from indexes import SupportIndex, enroll_embeddings
+
+    index_dir = Path(tempfile.mkdtemp(prefix=f"{method.name}-", dir=workdir))
+    for c in split.enrolled:
+        idx = np.flatnonzero((split.role == SUPPORT) & (ds.labels == c) & feats.ok)
+        if idx.size == 0:
+            continue
+        enroll_embeddings(index_dir, c, method.features[idx], feats.sha[idx].tolist(), ds.paths[idx].tolist(),
+                          method.model_id, method.model_sha256 or method.model_id)
+    index = SupportIndex.open(index_dir)
+    q = np.flatnonzero((split.role == QUERY) & feats.ok)
+    nb = index.search(method.features[q], k)
+    return q, nb.labels, nb.support_ids, nb.sims, index.threshold
+
+
+def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split, k: int):
+    from indexes.calibrate import threshold_from_scores
+    from indexes.manifest import OpenSetCalibration
+
+    from scanner.evaluation.baselines import euclidean_knn
+
+    s = np.flatnonzero((split.role == SUPPORT) & np.isin(ds.labels, split.enrolled) & feats.ok)
+    q = np.flatnonzero((split.role == QUERY) & feats.ok)
+    sup_labels = ds.labels[s]
+    sup_ids = np.array([str(x)[:16] for x in feats.sha[s]], dtype=object)
+    # leave-one-out calibration, as the support index does
+    loo_idx, loo_sims = euclidean_knn(method.features[s], method.features[s], k, exclude_self=True)
+    loo = decide(sup_labels[loo_idx], loo_sims)
+    threshold = threshold_from_scores(loo.open_set_score, OpenSetCalibration().target_accept)
+    idx, sims = euclidean_knn(method.features[s], method.features[q], k)
+    return q, sup_labels[idx], sup_ids[idx], sims, threshold
+
+
+def judge(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path) -> Judged:
+    if method.kind == "cosine":
+        q, labs, ids, sims, thr = _judge_cosine(method, ds, feats, split, k, workdir)
+    else:
+        q, labs, ids, sims, thr = _judge_euclidean(method, ds, feats, split, k)
+    v = decide(labs, sims)
+    j = Judged(method=method.name, split=split, query_idx=q, label=v.labels(thr), closed_set_label=v.closed_set_label,
+               ai_score=v.ai_score, open_set_score=v.open_set_score, threshold=float(thr), neighbor_labels=labs,
+               neighbor_ids=ids, neighbor_sims=sims)
+    j.metrics = compute_metrics(ds, j)
+    return j
+
+
+def compute_metrics(ds: Dataset, j: Judged) -> dict:
+    """All metrics of one judged split. Unknown-class queries have true label `unknown`."""
+    q = j.query_idx
+    true = j.split.true_label[q]
+    cls = ds.labels[q]
+    ai_true = ds.is_ai[q]
+    is_ai = j.ai_score >= 0.5
+    known = true != UNKNOWN_LABEL
+    # detection: real vs each generator, over the queries of those two classes
+    per_gen = {}
+    for g in sorted(set(ds.labels[ds.is_ai].tolist())):
+        m = (cls == g) | (cls == REAL_LABEL)
+        n_gen, n_real = int(np.sum(cls == g)), int(np.sum(cls == REAL_LABEL))
+        if n_gen == 0:
+            continue
+        per_gen[g] = {
+            "enrolled": g in j.split.enrolled, "n_real": n_real, "n_generated": n_gen,
+            "accuracy": M.accuracy(ai_true[m], is_ai[m]),
+            "balanced_accuracy": M.balanced_accuracy_binary(ai_true[m], is_ai[m]),
+            "auc": M.auroc(ai_true[m], j.ai_score[m]),
+            "recall_generated": float(np.mean(is_ai[cls == g])),
+        }
+    enrolled_gen = [g for g, v in per_gen.items() if v["enrolled"]]
+
+    def mean_of(key, names):
+        vals = [per_gen[g][key] for g in names if not np.isnan(per_gen[g][key])]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    detection = {
+        "per_generator": per_gen,
+        "mean_accuracy": mean_of("accuracy", enrolled_gen), "mean_auc": mean_of("auc", enrolled_gen),
+        "mean_balanced_accuracy": mean_of("balanced_accuracy", enrolled_gen),
+        "mean_accuracy_all": mean_of("accuracy", list(per_gen)), "mean_auc_all": mean_of("auc", list(per_gen)),
+        "pooled_auc": M.auroc(ai_true, j.ai_score), "pooled_accuracy": M.accuracy(ai_true, is_ai),
+    }
+    has_unknown = bool(np.any(~known))
+    att_labels = list(j.split.enrolled) + ([UNKNOWN_LABEL] if has_unknown else [])
+    attribution = M.precision_recall_f1(true, j.label, att_labels)
+    attribution["accuracy"] = M.accuracy(true, j.label)
+    attribution["macro_f1_known"] = float(np.mean([attribution["per_class"][c]["f1"] for c in j.split.enrolled]))
+    closed = M.precision_recall_f1(true[known], j.closed_set_label[known], list(j.split.enrolled))
+    closed["accuracy"] = M.accuracy(true[known], j.closed_set_label[known])
+    rows = list(j.split.enrolled) + sorted(set(cls[~known].tolist()))
+    cols = list(j.split.enrolled) + [UNKNOWN_LABEL]
+    confusion = {"rows": rows, "columns": cols,
+                 "matrix": M.confusion_matrix(cls, j.label, rows, cols).tolist()}
+    open_set = {"threshold": j.threshold, "known_accepted": float(np.mean(j.label[known] != UNKNOWN_LABEL)) if known.any() else float("nan")}
+    if has_unknown:
+        correct = j.closed_set_label[known] == true[known]
+        open_set.update({
+            "auroc": M.auroc(~known, j.open_set_score),
+            "oscr": M.oscr(correct, -j.open_set_score[known], -j.open_set_score[~known]),
+            "unknown_rejected": float(np.mean(j.label[~known] == UNKNOWN_LABEL)),
+        })
+    return {"n_queries": int(q.size), "detection": detection, "attribution": attribution,
+            "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set}
+
+
+HEADLINE = [
+    ("mean_det_acc", ("detection", "mean_accuracy")),
+    ("mean_det_auc", ("detection", "mean_auc")),
+    ("closed_macro_f1", ("closed_set_attribution", "macro_f1")),
+    ("open_macro_f1", ("attribution", "macro_f1")),
+    ("open_set_auroc", ("open_set", "auroc")),
+    ("oscr", ("open_set", "oscr")),
+]
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    out = {}
+    for name, (a, b) in HEADLINE:
+        v = metrics.get(a, {}).get(b, float("nan"))
+        out[name] = float("nan") if v is None else float(v)
+    return out
+
+
+def mean_std(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, _ in HEADLINE:
+        xs = np.array([v[name] for v in values], dtype=np.float64)
+        xs = xs[~np.isnan(xs)]
+        out[name] = {"mean": float(xs.mean()) if xs.size else float("nan"),
+                     "std": float(xs.std()) if xs.size > 1 else 0.0 if xs.size else float("nan"), "n": int(xs.size)}
+    return out
+
+
+@dataclass
+class EvalResult:
+    judged: dict[tuple[str, int, int | None], Judged]  # (method, shots, fold) -> predictions
+    methods: list[Method]
+    shots: list[int]
+    main_shots: int
+    folds: list[int | None]
+    seconds: dict[str, float]
+
+
+def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: list[int], unknown: list[str],
+                 folds: list[int | None], seed: int, k: int, workdir: Path, on_step=None) -> EvalResult:
+    judged = {}
+    seconds = {m.name: 0.0 for m in methods}
+    for n in shots:
+        for f in folds:
+            split = make_split(ds, n, unknown, seed=seed, fold=f)
+            check_split(ds, split)
+            for m in methods:
+                t0 = time.monotonic()
+                judged[(m.name, n, f)] = judge(m, ds, feats, split, k, workdir)
+                seconds[m.name] += time.monotonic() - t0
+                if on_step is not None:
+                    on_step(m.name, n, f)
+    return EvalResult(judged=judged, methods=methods, shots=list(shots), main_shots=max(shots), folds=list(folds),
+                      seconds=seconds)
+
+
+def pooled(result: EvalResult, method: str, shots: int) -> dict[str, np.ndarray]:
+    """Query predictions of every fold at one shots value, concatenated (each query image appears in one fold)."""
+    parts = [result.judged[(method, shots, f)] for f in result.folds]
+    return {
+        "idx": np.concatenate([p.query_idx for p in parts]),
+        "true": np.concatenate([p.split.true_label[p.query_idx] for p in parts]),
+        "label": np.concatenate([p.label for p in parts]),
+        "closed": np.concatenate([p.closed_set_label for p in parts]),
+        "ai_score": np.concatenate([p.ai_score for p in parts]),
+        "open_set_score": np.concatenate([p.open_set_score for p in parts]),
+    }

@@ -1,0 +1,210 @@
+"""The few-shot protocol: which images are enrolled (support) and which are judged (queries).
+
+Data: a folder holding `manifest.csv` (columns path,label and optionally is_ai,group,fold; paths relative to
+the folder), a manifest CSV itself, or a folder with one sub-folder per class. Without a `group` column every
+image is its own group; without `is_ai`, every class but `real` is AI; without `fold`, folds are not known.
+
+Split rules (one split per shots value N, and per fold with --folds):
+- Support images are chosen by *group* (images sharing a prompt or a photo): a group is either on the support
+  side or on the query side, never both, across every class. Images of a support group that are not needed
+  (their class already has its N, or their class is one of the --unknown classes) are left out of both sides
+  (`excluded`), so no prompt or photo is seen on both sides.
+- Each enrolled class gets min(N, floor(class size / 2)) support images (half a class at most, so that small
+  classes keep queries); the last group picked may be split, its surplus excluded.
+- Classes named in --unknown are never enrolled; all their images outside support groups are queries, and
+  their true label for attribution is `unknown`.
+- With folds: the queries of fold f are the images of fold f; support groups are drawn from the other folds
+  (folds are assigned per group, so they never share a group).
+Groups are drawn in a seeded random order, the class with the largest unmet share of its quota first.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scanner.errors import UsageError
+from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL
+from scanner.walk import is_image_name
+
+SUPPORT, QUERY, EXCLUDED = "support", "query", "excluded"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    paths: np.ndarray  # object [n] absolute paths (str)
+    labels: np.ndarray  # object [n]
+    is_ai: np.ndarray  # bool [n]
+    groups: np.ndarray  # object [n]
+    folds: np.ndarray  # int [n], -1 where unknown
+    source: str = ""  # how it was read: manifest or class folders
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels.tolist()))
+
+    def counts(self) -> dict[str, int]:
+        labs, n = np.unique(self.labels.astype(str), return_counts=True)
+        return {str(a): int(b) for a, b in zip(labs, n)}
+
+    def select(self, keep: np.ndarray) -> "Dataset":
+        return Dataset(self.root, self.paths[keep], self.labels[keep], self.is_ai[keep], self.groups[keep],
+                       self.folds[keep], self.source)
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "ai")
+
+
+def load_dataset(data: str | os.PathLike) -> Dataset:
+    data = Path(data).expanduser()
+    if data.is_file():
+        return _load_manifest(data)
+    if not data.is_dir():
+        raise UsageError(f"{data}: no such file or folder")
+    if (data / "manifest.csv").is_file():
+        return _load_manifest(data / "manifest.csv")
+    return _load_class_folders(data)
+
+
+def _load_manifest(csv_path: Path) -> Dataset:
+    root = csv_path.parent.resolve()
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{csv_path}: unreadable manifest ({exc})") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise UsageError(f"{csv_path}: a manifest needs a header with at least the columns path,label")
+    paths, labels, is_ai, groups, folds = [], [], [], [], []
+    for i, row in enumerate(rows, start=2):
+        rel, lab = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        if not rel or not lab:
+            raise UsageError(f"{csv_path}:{i}: empty path or label")
+        if lab == UNKNOWN_LABEL:
+            raise UsageError(f"{csv_path}:{i}: label '{UNKNOWN_LABEL}' is reserved")
+        paths.append(str(root / rel))
+        labels.append(lab)
+        ai = row.get("is_ai")
+        is_ai.append(_truthy(ai) if ai not in (None, "") else lab != REAL_LABEL)
+        groups.append((row.get("group") or "").strip() or f"image:{rel}")
+        fold = (row.get("fold") or "").strip()
+        try:
+            folds.append(int(fold) if fold else -1)
+        except ValueError:
+            raise UsageError(f"{csv_path}:{i}: fold {fold!r} is not an integer") from None
+    return Dataset(root, np.array(paths, dtype=object), np.array(labels, dtype=object), np.array(is_ai, dtype=bool),
+                   np.array(groups, dtype=object), np.array(folds, dtype=np.int64), source=f"manifest {csv_path}")
+
+
+def _load_class_folders(root: Path) -> Dataset:
+    paths, labels = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for dirpath, dirnames, filenames in os.walk(sub):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if is_image_name(os.fsencode(name)):
+                    paths.append(str(Path(dirpath) / name))
+                    labels.append(sub.name)
+    if not paths:
+        raise UsageError(f"{root}: no manifest.csv and no class sub-folders with images (DATA/<label>/<image>)")
+    if UNKNOWN_LABEL in labels:
+        raise UsageError(f"{root}: a class folder is named '{UNKNOWN_LABEL}', which is reserved")
+    n = len(paths)
+    return Dataset(root.resolve(), np.array(paths, dtype=object), np.array(labels, dtype=object),
+                   np.array([lab != REAL_LABEL for lab in labels], dtype=bool),
+                   np.array([f"image:{p}" for p in paths], dtype=object), np.full(n, -1, dtype=np.int64),
+                   source=f"class folders under {root}")
+
+
+@dataclass
+class Split:
+    shots: int  # requested support images per class
+    fold: int | None  # query fold, or None for a single random split
+    role: np.ndarray  # object [n]: support / query / excluded
+    true_label: np.ndarray  # object [n]: the class, or `unknown` for classes never enrolled
+    enrolled: list[str]
+    unknown: list[str]
+    quota: dict[str, int] = field(default_factory=dict)  # support images wanted per enrolled class
+
+    def counts(self, labels: np.ndarray) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for lab in sorted(set(labels.tolist())):
+            m = labels == lab
+            out[lab] = {r: int(np.sum(m & (self.role == r))) for r in (SUPPORT, QUERY, EXCLUDED)}
+        return out
+
+
+def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None) -> Split:
+    """One support/query split (see the module docstring for the rules)."""
+    if shots < 1:
+        raise UsageError(f"--shots {shots}: must be at least 1")
+    classes = ds.classes
+    missing = [u for u in unknown if u not in classes]
+    if missing:
+        raise UsageError(f"--unknown {','.join(missing)}: no such class in the data (classes: {', '.join(classes)})")
+    enrolled = [c for c in classes if c not in unknown]
+    if not enrolled:
+        raise UsageError("every class is --unknown: nothing left to enroll")
+    counts = ds.counts()
+    quota = {c: min(shots, counts[c] // 2) for c in enrolled}
+    rng = np.random.default_rng([seed, 0 if fold is None else fold + 1])  # same order for every N: nested supports
+    role = np.full(len(ds), EXCLUDED if fold is not None else QUERY, dtype=object)
+    if fold is not None:
+        role[ds.folds == fold] = QUERY
+    candidates = ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)
+    # groups that may give support, and each class's groups, in a seeded random order
+    members: dict[str, list[int]] = defaultdict(list)
+    for i in np.flatnonzero(candidates):
+        members[ds.groups[i]].append(int(i))
+    group_names = sorted(members)
+    rng.shuffle(group_names)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for g in group_names:
+        for c in sorted({ds.labels[i] for i in members[g]}):
+            by_class[c].append(g)
+    used: set[str] = set()
+    have = {c: 0 for c in enrolled}
+    cursor = {c: 0 for c in enrolled}
+    while True:
+        needy = [c for c in enrolled if have[c] < quota[c] and cursor[c] < len(by_class[c])]
+        if not needy:
+            break
+        c = max(needy, key=lambda x: ((quota[x] - have[x]) / quota[x], x))
+        g = by_class[c][cursor[c]]
+        cursor[c] += 1
+        if g in used:
+            continue
+        used.add(g)
+        order = list(members[g])
+        rng.shuffle(order)
+        for i in order:
+            lab = ds.labels[i]
+            if lab in have and have[lab] < quota[lab]:
+                role[i] = SUPPORT
+                have[lab] += 1
+            else:
+                role[i] = EXCLUDED  # same prompt/photo as a support image: on neither side
+    true_label = np.where(np.isin(ds.labels, unknown), UNKNOWN_LABEL, ds.labels).astype(object)
+    return Split(shots=shots, fold=fold, role=role, true_label=true_label, enrolled=enrolled, unknown=list(unknown),
+                 quota=quota)
+
+
+def check_split(ds: Dataset, split: Split) -> None:
+    """Invariants every split must hold (used by tests and, cheaply, by every eval run)."""
+    sup = split.role == SUPPORT
+    qry = split.role == QUERY
+    shared = set(ds.groups[sup].tolist()) & set(ds.groups[qry].tolist())
+    if shared:
+        raise AssertionError(f"groups on both sides: {sorted(shared)[:5]}")
+    if np.any(sup & np.isin(ds.labels, split.unknown)):
+        raise AssertionError("an --unknown class was enrolled")

@@ -1,0 +1,83 @@
+"""Data sources, splits and augmentations of the trainer."""
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scanner.errors import UsageError
+from train.data import AugmentConfig, augment, load_samples, make_split, scan_preprocess
+
+KIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kit"
+
+
+def _write_images(root: Path, classes: dict[str, int], size=(40, 30)) -> None:
+    for label, n in classes.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, (i * 20 % 256, 100, 50)).save(root / label / f"{i}.png")
+
+
+def test_class_folders_get_stable_folds(tmp_path):
+    _write_images(tmp_path, {"real": 6, "gan": 4})
+    a, b = load_samples(tmp_path), load_samples(tmp_path)
+    assert [(s.label, s.fold) for s in a] == [(s.label, s.fold) for s in b]
+    assert {s.label for s in a} == {"real", "gan"} and all(0 <= s.fold < 5 for s in a)
+
+
+def test_manifest_paths_are_relative_to_the_csv(tmp_path):
+    _write_images(tmp_path / "imgs", {"real": 2, "sd": 2})
+    (tmp_path / "m.csv").write_text(
+        "path,label,fold,extra\nimgs/real/0.png,real,0,x\nimgs/real/1.png,real,1,x\nimgs/sd/0.png,sd,0,x\nimgs/sd/1.png,sd,1,x\n"
+    )
+    samples = load_samples(tmp_path / "m.csv")
+    assert all(s.path.is_file() for s in samples)
+    split = make_split(samples, val_fold=1, holdout=[])
+    assert [s.fold for s in split.train] == [0, 0] and [s.fold for s in split.val] == [1, 1]
+
+
+def test_holdout_removes_classes_from_training_only(tmp_path):
+    _write_images(tmp_path, {"real": 5, "a": 5, "b": 5})
+    split = make_split(load_samples(tmp_path), val_fold=None, holdout=["b"])
+    assert split.classes == ["a", "real"]
+    assert "b" not in {s.label for s in split.train} and "b" in {s.label for s in split.support}
+
+
+def test_bad_splits_are_usage_errors(tmp_path):
+    _write_images(tmp_path, {"real": 3, "a": 3})
+    samples = load_samples(tmp_path)
+    with pytest.raises(UsageError, match="unknown class"):
+        make_split(samples, None, ["nope"])
+    with pytest.raises(UsageError, match="folds"):
+        make_split(samples, 9, [])
+    with pytest.raises(UsageError, match="at least 2 classes"):
+        make_split(samples, None, ["a"])
+    with pytest.raises(UsageError):
+        load_samples(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_augment_always_returns_the_crop_size(enabled):
+    rng = random.Random(0)
+    img = Image.new("RGB", (50, 70), (10, 200, 30))
+    for _ in range(30):
+        out = augment(img, 48, AugmentConfig(enabled=enabled), rng)
+        assert out.size == (48, 48) and out.mode == "RGB"
+
+
+def test_scan_preprocess_is_shorter_side_then_centre_crop():
+    img = Image.new("RGB", (200, 100))
+    img.paste((255, 0, 0), (0, 0, 50, 100))  # left quarter red: cropped away by the centre crop
+    out = scan_preprocess(img, 64)
+    assert out.size == (64, 64)
+    assert out.getpixel((0, 32))[0] < 50
+
+
+@pytest.mark.kit
+@pytest.mark.skipif(not (KIT / "manifest.csv").is_file(), reason="needs ../shared/data/kit")
+def test_kit_manifest_split():
+    split = make_split(load_samples(KIT), val_fold=4, holdout=["glid-3", "gaugan"])
+    assert len(split.classes) == 14 and "real" in split.classes
+    assert all(s.fold != 4 for s in split.train) and all(s.fold == 4 for s in split.val)
+    assert not {"glid-3", "gaugan"} & {s.label for s in split.train}

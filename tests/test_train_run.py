@@ -1,0 +1,139 @@
+"""A short CPU training run through the `train` command: export, reload, embeddings, resume, bad arguments."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+typer = pytest.importorskip("typer")
+from typer.testing import CliRunner  # noqa: E402
+
+from scanner.errors import UsageError  # noqa: E402
+from scanner.model import load_model  # noqa: E402
+from train.cli import register  # noqa: E402
+
+TINY = ["--epochs", "2", "--batch-size", "6", "--images-per-class", "2", "--image-size", "32",
+        "--export-size", "48", "--val-fold", "0", "--workers", "0", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def app():
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root():  # keep `train` a sub-command, as in imgscan
+        pass
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """3 classes of 64px images the test makes itself: tinted noise, stripes, smooth gradients."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for label in ("real", "noise-gan", "stripes"):
+        (root / label).mkdir()
+        for i in range(8):
+            if label == "real":
+                g = np.linspace(0, 255, 64)
+                img = np.stack([g[None, :].repeat(64, 0), g[:, None].repeat(64, 1), np.full((64, 64), 40 * (i % 6))], -1)
+            elif label == "noise-gan":
+                img = rng.integers(0, 256, (64, 64, 3))
+            else:
+                img = np.zeros((64, 64, 3)) + ((np.arange(64) // (2 + i % 3)) % 2 * 255)[None, :, None]
+            Image.fromarray(img.astype(np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_two_epoch_run_exports_a_loadable_model(app, tiny_data, tmp_path):
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--holdout", "stripes", *TINY])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    card, module = load_model(out)
+    assert card.input_size == 48 and card.embedding_dim == 128
+    x = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        emb = module(x)
+    assert emb.shape == (5, 128)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)
+
+    t = card.training
+    assert t["holdout_classes"] == ["stripes"] and t["val_fold_held_out"] == 0
+    assert t["export_check"]["max_abs_diff"] < 1e-4
+    assert "supcon" in card.loss and "tf_efficientnet_lite0" in card.backbone
+    assert card.normalization == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all(0.0 <= r["knn_acc"] <= 1.0 for r in log)
+
+    # The checkpoint exists; a second run into it must ask for --resume, and --resume with more epochs works.
+    again = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--holdout", "stripes", *TINY])
+    assert isinstance(again.exception, UsageError) and "--resume" in str(again.exception)
+    more = [*TINY]
+    more[more.index("--epochs") + 1] = "3"
+    resumed = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--holdout", "stripes", *more, "--resume"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("loss", ["ce", "soft-supcon"])
+def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):
+    args = [*TINY]
+    args[args.index("--epochs") + 1] = "1"
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(tmp_path / "m"), "--loss", loss, *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    card, _ = load_model(tmp_path / "m")
+    assert card.loss.startswith(loss)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--loss", "triplet"], "--loss"),
+        (["--batch-size", "7"], "multiple"),
+        (["--holdout", "nope"], "unknown class"),
+        (["--holdout", "real,"], "comma-separated"),
+        (["--val-fold", "9"], "folds"),
+        (["--pretrained", "--init-weights", "x.pt"], "exclusive"),
+        (["--backbone", "no_such_net"], "timm"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(app, tiny_data, tmp_path, extra, message):
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(tmp_path / "m"), *extra])
+    assert isinstance(result.exception, UsageError), result.output
+    assert message in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_init_weights_file_is_loaded_tensors_only(app, tiny_data, tmp_path):
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    torch.save(net.state_dict(), tmp_path / "backbone.pt")
+    args = [*TINY]
+    args[args.index("--epochs") + 1] = "1"
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(tmp_path / "m"),
+                                      "--init-weights", str(tmp_path / "backbone.pt"), *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    card, _ = load_model(tmp_path / "m")
+    assert "backbone.pt" in card.backbone
+
+    # A pickled Python object is not a tensors-only state dict: refused.
+    torch.save({"x": object()}, tmp_path / "evil.pt")
+    bad = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(tmp_path / "m2"),
+                                   "--init-weights", str(tmp_path / "evil.pt"), *args])
+    assert isinstance(bad.exception, UsageError)
+
+
+def test_help_teaches(app):
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    for word in ("--holdout", "--val-fold", "--loss", "manifest", "k-NN", "--resume"):
+        assert word in result.output

@@ -1,0 +1,50 @@
+"""P x K batch sampler: every batch has positives, rare classes are drawn with replacement."""
+
+from collections import Counter
+
+import pytest
+
+from train.sampling import PKBatchSampler
+
+# 3 classes: 10, 5 and 1 image(s)
+LABELS = [0] * 10 + [1] * 5 + [2]
+
+
+def test_every_batch_is_p_classes_times_k_images():
+    sampler = PKBatchSampler(LABELS, classes_per_batch=2, images_per_class=4, batches_per_epoch=50, seed=1)
+    assert len(sampler) == 50
+    seen_classes = Counter()
+    for batch in sampler:
+        assert len(batch) == 8
+        per_class = Counter(LABELS[i] for i in batch)
+        assert len(per_class) == 2 and set(per_class.values()) == {4}  # every image has 3 positives
+        seen_classes.update(per_class.keys())
+    assert set(seen_classes) == {0, 1, 2}
+
+
+def test_large_classes_without_replacement_small_with_replacement():
+    sampler = PKBatchSampler(LABELS, classes_per_batch=3, images_per_class=4, batches_per_epoch=20, seed=0)
+    for batch in sampler:
+        by_class = {c: [i for i in batch if LABELS[i] == c] for c in (0, 1, 2)}
+        assert len(set(by_class[0])) == 4 and len(set(by_class[1])) == 4  # enough images: all distinct
+        assert by_class[2] == [15] * 4  # a single image, repeated
+
+
+def test_fewer_classes_than_p_uses_all_classes():
+    sampler = PKBatchSampler(LABELS, classes_per_batch=8, images_per_class=2, seed=0)
+    batch = next(iter(sampler))
+    assert sorted(Counter(LABELS[i] for i in batch).values()) == [2, 2, 2]
+
+
+def test_default_epoch_covers_about_the_dataset_and_is_deterministic():
+    sampler = PKBatchSampler(LABELS, classes_per_batch=2, images_per_class=2, seed=3)
+    assert len(sampler) == 4  # ceil(16 / 4)
+    first = list(sampler)
+    assert first == list(PKBatchSampler(LABELS, 2, 2, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_k_must_allow_positives():
+    with pytest.raises(ValueError):
+        PKBatchSampler(LABELS, classes_per_batch=2, images_per_class=1)

@@ -1,0 +1,233 @@
+"""Training data: where images come from, how they are split, and how they are augmented.
+
+DATA is either
+  - a manifest CSV (like the kit's): columns `path,label,fold` at least, `path` relative to the CSV's folder;
+  - a folder holding `manifest.csv` (used as above); or
+  - a folder with one sub-folder per class (`DATA/<label>/*.jpg`). Such a folder has no folds, so each image gets
+    fold = (first 4 bytes of sha1 of its relative path) mod 5: stable across runs and machines, but a split by
+    image, so near-duplicates (same prompt, same photo) can leak across folds. Prefer a manifest with folds
+    assigned per group.
+
+Splits: `--val-fold N` removes fold N from training and uses it as the validation queries; `--holdout a,b`
+removes whole classes from training (zero-shot: they are only enrolled into the k-NN support at evaluation).
+
+Decoding here uses Pillow: this is the training path, not the scan path.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner.errors import UsageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+NUM_FOLDS_WITHOUT_MANIFEST = 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    fold: int
+
+
+def _fold_from_path(rel: str) -> int:
+    return int.from_bytes(hashlib.sha1(rel.encode("utf-8")).digest()[:4], "big") % NUM_FOLDS_WITHOUT_MANIFEST
+
+
+def read_manifest(csv_path: Path) -> list[Sample]:
+    base = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise UsageError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+        has_fold = "fold" in (reader.fieldnames or [])
+        samples = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                fold = int(row["fold"]) if has_fold else _fold_from_path(row["path"])
+            except ValueError:
+                raise UsageError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
+            samples.append(Sample(base / row["path"], row["label"], fold))
+    if not samples:
+        raise UsageError(f"{csv_path}: manifest lists no images")
+    return samples
+
+
+def read_class_folders(root: Path) -> list[Sample]:
+    samples = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for img in sorted(class_dir.rglob("*")):
+            if img.is_file() and img.suffix.lower() in IMAGE_SUFFIXES:
+                rel = img.relative_to(root).as_posix()
+                samples.append(Sample(img, class_dir.name, _fold_from_path(rel)))
+    if not samples:
+        raise UsageError(f"{root}: no images found in class folders (expected {root}/<label>/<image>)")
+    return samples
+
+
+def load_samples(data: str | Path) -> list[Sample]:
+    data = Path(data)
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise UsageError(f"{data}: DATA must be a manifest .csv or a folder")
+        return read_manifest(data)
+    if data.is_dir():
+        if (data / "manifest.csv").is_file():
+            return read_manifest(data / "manifest.csv")
+        return read_class_folders(data)
+    raise UsageError(f"{data}: no such file or folder")
+
+
+@dataclass
+class Split:
+    train: list[Sample]  # training folds, classes not held out
+    support: list[Sample]  # training folds, all classes (held-out classes only "enrolled", never trained on)
+    val: list[Sample]  # the validation fold, all classes
+    classes: list[str]  # training classes, index = label id used by the losses
+    holdout: list[str]
+
+
+def make_split(samples: list[Sample], val_fold: int | None, holdout: list[str]) -> Split:
+    labels = {s.label for s in samples}
+    unknown = [h for h in holdout if h not in labels]
+    if unknown:
+        raise UsageError(f"--holdout: unknown class(es) {', '.join(unknown)}; classes are {', '.join(sorted(labels))}")
+    folds = sorted({s.fold for s in samples})
+    if val_fold is not None and val_fold not in folds:
+        raise UsageError(f"--val-fold {val_fold}: the data has folds {', '.join(map(str, folds))}")
+    in_train_folds = [s for s in samples if s.fold != val_fold]
+    train = [s for s in in_train_folds if s.label not in holdout]
+    val = [s for s in samples if s.fold == val_fold] if val_fold is not None else []
+    classes = sorted({s.label for s in train})
+    if len(classes) < 2:
+        raise UsageError(f"training needs at least 2 classes after the holdout; found {classes}")
+    return Split(train=train, support=in_train_folds, val=val, classes=classes, holdout=list(holdout))
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (all on by default). They model what happens to images on the web, so the
+    embedding does not key on one compression level or resolution:
+      - downscale by a factor in [0.5, 1] (probability p_downscale), bilinear with antialias;
+      - Gaussian blur, radius in [0.1, 1.0] px (p_blur);
+      - JPEG re-compression at quality 60..95 (p_jpeg);
+      - random crop to image_size (images smaller than that are first upscaled, shorter side = image_size);
+      - horizontal flip (p = 0.5).
+    """
+
+    enabled: bool = True
+    p_downscale: float = 0.5
+    downscale_range: tuple[float, float] = (0.5, 1.0)
+    p_blur: float = 0.2
+    blur_radius_range: tuple[float, float] = (0.1, 1.0)
+    p_jpeg: float = 0.5
+    jpeg_quality_range: tuple[int, int] = (60, 95)
+    p_flip: float = 0.5
+
+
+def open_rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def augment(img, size: int, cfg: AugmentConfig, rng):
+    """PIL RGB image -> augmented PIL RGB image of exactly size x size. `rng`: a random.Random or the module."""
+    from PIL import Image, ImageFilter
+
+    if cfg.enabled and rng.random() < cfg.p_downscale:
+        f = rng.uniform(*cfg.downscale_range)
+        w, h = img.size
+        img = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=None)
+    if cfg.enabled and rng.random() < cfg.p_blur:
+        img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*cfg.blur_radius_range)))
+    if cfg.enabled and rng.random() < cfg.p_jpeg:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=rng.randint(*cfg.jpeg_quality_range))
+        buf.seek(0)
+        with Image.open(buf) as im:
+            img = im.convert("RGB")
+    w, h = img.size
+    if min(w, h) < size:
+        s = size / min(w, h)
+        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = img.size
+    if cfg.enabled:
+        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+    else:
+        x, y = (w - size) // 2, (h - size) // 2
+    img = img.crop((x, y, x + size, y + size))
+    if cfg.enabled and rng.random() < cfg.p_flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return img
+
+
+def scan_preprocess(img, size: int):
+    """The scanner's preprocessing (model card: shorter side to S, bilinear antialias, centre S x S crop)."""
+    from PIL import Image
+
+    w, h = img.size
+    if min(w, h) != size:
+        s = size / min(w, h)
+        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = img.size
+    x, y = (w - size) // 2, (h - size) // 2
+    return img.crop((x, y, x + size, y + size))
+
+
+def pil_to_uint8_chw(img):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+class TrainImages:
+    """Map-style dataset: index -> (uint8 [3,S,S] augmented crop, class id)."""
+
+    def __init__(self, samples: list[Sample], classes: list[str], image_size: int, cfg: AugmentConfig, seed: int = 0):
+        self.samples = samples
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.labels = [self.class_to_idx[s.label] for s in samples]
+        self.image_size = image_size
+        self.cfg = cfg
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        # `random` is reseeded per DataLoader worker by PyTorch; in-process we draw from the global generator,
+        # which the trainer seeds with --seed.
+        img = augment(open_rgb(self.samples[i].path), self.image_size, self.cfg, random)  # type: ignore[arg-type]
+        return pil_to_uint8_chw(img), self.labels[i]
+
+
+class ScanImages:
+    """Map-style dataset for evaluation: index -> uint8 [3,S,S] exactly as the scanner would feed the model."""
+
+    def __init__(self, samples: list[Sample], size: int):
+        self.samples = samples
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return pil_to_uint8_chw(scan_preprocess(open_rgb(self.samples[i].path), self.size))
+
+
+def collate_train(batch):
+    import torch
+
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return images, labels

@@ -1,0 +1,64 @@
+"""Class-balanced P x K batches for contrastive training.
+
+A contrastive loss learns nothing from an anchor with no same-class partner in the batch, and the kit is very
+unbalanced (1,360 real photos, 20 images for each GAN). Each batch therefore draws P distinct classes uniformly
+and K images from each: every image in a batch has K-1 positives, and rare generators are seen as often as
+the real class. A class with fewer than K images is drawn with replacement (its duplicates are still valid
+positives; augmentation makes the two copies differ).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+
+class PKBatchSampler:
+    """Yields lists of dataset indices: `classes_per_batch` classes x `images_per_class` images.
+
+    `labels[i]` is the class of dataset item i. One epoch is `batches_per_epoch` batches (default: enough batches
+    to show about len(labels) images). Deterministic for a given seed and epoch (`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        classes_per_batch: int,
+        images_per_class: int,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        if images_per_class < 2:
+            raise ValueError("images_per_class must be >= 2 so that every image has a positive")
+        self.by_class: dict[int, list[int]] = defaultdict(list)
+        for idx, label in enumerate(labels):
+            self.by_class[int(label)].append(idx)
+        self.classes = sorted(self.by_class)
+        if not self.classes:
+            raise ValueError("no images to sample from")
+        # With fewer classes than P, use them all: a smaller batch beats repeating classes.
+        self.classes_per_batch = min(classes_per_batch, len(self.classes))
+        self.images_per_class = images_per_class
+        batch = self.classes_per_batch * images_per_class
+        self.batches_per_epoch = batches_per_epoch or max(1, -(-len(labels) // batch))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        for _ in range(self.batches_per_epoch):
+            batch: list[int] = []
+            for c in rng.sample(self.classes, self.classes_per_batch):
+                pool = self.by_class[c]
+                if len(pool) >= self.images_per_class:
+                    batch.extend(rng.sample(pool, self.images_per_class))
+                else:
+                    batch.extend(rng.choices(pool, k=self.images_per_class))
+            yield batch

@@ -1,0 +1,431 @@
+"""The training loop: P x K batches, contrastive (or CE) loss, per-epoch k-NN validation, checkpoints, export.
+
+Files (WORK = --work-dir, default OUT/train_work):
+  WORK/checkpoint.pt     state dicts after the last finished epoch (tensors/primitives only: loaded with
+                         torch.load(weights_only=True)); --resume continues from it
+  WORK/train_log.jsonl   one JSON object per epoch: epoch, loss, k-NN (k=11) accuracy on the validation fold, time
+  OUT/embedder.pt + OUT/model_card.json   the exported model (scanner/model.py contract); the log is copied to
+                         OUT/train_log.jsonl as well (small, and it is the evidence behind the card's figures)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from scanner.errors import UsageError
+from scanner.model import ModelCard, load_model, save_model_dir
+from train.data import (
+    AugmentConfig,
+    ScanImages,
+    TrainImages,
+    collate_train,
+    load_samples,
+    make_split,
+)
+from train.losses import CosineCELoss, build_loss
+from train.model import EMBEDDING_DIM, build_embedder, script_embedder
+from train.sampling import PKBatchSampler
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINT_FORMAT = 1
+# Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
+RESUME_MUST_MATCH = ("data", "backbone", "loss", "image_size", "holdout", "val_fold", "batch_size",
+                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed")
+KIT_LICENCE = (
+    "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
+    "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
+    "text-to-image renders from dcsan/imagen (no licence stated). The images are not shipped; these weights are "
+    "derived from them, so treat the model as research / non-commercial unless you retrain on data you may use."
+)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    backbone: str = "tf_efficientnet_lite0"
+    holdout: list[str] = field(default_factory=list)
+    epochs: int = 10
+    batch_size: int = 32
+    images_per_class: int = 4
+    image_size: int = 128
+    export_size: int = 256
+    loss: str = "supcon"
+    temperature: float = 0.1
+    init_weights: str | None = None
+    pretrained: bool = False
+    val_fold: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    seed: int = 0
+    lr: float = 3e-4
+    head_lr_mult: float = 5.0
+    weight_decay: float = 1e-4
+    freeze_blocks: int = 0
+    workers: int | None = None
+    augment: bool = True
+    knn_k: int = 11
+    embedding_dim: int = EMBEDDING_DIM
+    work_dir: str | None = None
+    name: str | None = None
+    model_version: str | None = None
+    batches_per_epoch: int | None = None  # default: about one pass over the training images
+    eval_every: int = 1  # k-NN validation every N epochs (always after the last one)
+    support_per_class: int | None = None  # cap on support images per class in intermediate validations
+    command: str = ""
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if requested not in ("cpu", "cuda"):
+        raise UsageError(f"--device {requested}: choose auto, cpu or cuda")
+    return torch.device(requested)
+
+
+def hardware_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        desc = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host: {desc}"
+    return desc
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+def knn_predict(support: torch.Tensor, support_labels: list[str], queries: torch.Tensor, k: int) -> list[str]:
+    """Majority vote of the k most cosine-similar support embeddings (all unit-norm); ties go to the label
+    with the larger summed similarity, then alphabetically (deterministic)."""
+    k = min(k, support.shape[0])
+    sims = queries @ support.T
+    top_sim, top_idx = sims.topk(k, dim=1)
+    preds = []
+    for row_sim, row_idx in zip(top_sim.tolist(), top_idx.tolist()):
+        votes: Counter = Counter()
+        weight: dict[str, float] = {}
+        for s, j in zip(row_sim, row_idx):
+            lab = support_labels[j]
+            votes[lab] += 1
+            weight[lab] = weight.get(lab, 0.0) + s
+        preds.append(max(votes, key=lambda lab: (votes[lab], weight[lab], [-ord(c) for c in lab])))
+    return preds
+
+
+@torch.no_grad()
+def embed_images(model, images: torch.Tensor, device: torch.device, batch: int = 16) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, images.shape[0], batch):
+        x = images[i : i + batch].to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.head[-1].out_features)
+
+
+def load_scan_images(samples, size: int, workers: int) -> torch.Tensor:
+    ds = ScanImages(samples, size)
+    if not len(ds):
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
+    return torch.cat(list(loader))
+
+
+def knn_metrics(preds: list[str], truth: list[str], holdout: list[str]) -> dict:
+    def acc(pairs):
+        pairs = list(pairs)
+        return round(sum(p == t for p, t in pairs) / len(pairs), 4) if pairs else None
+
+    pairs = list(zip(preds, truth))
+    per_class = {c: acc((p, t) for p, t in pairs if t == c) for c in sorted(set(truth))}
+    return {
+        "knn_acc": acc(pairs),
+        "knn_acc_trained_classes": acc((p, t) for p, t in pairs if t not in holdout),
+        "knn_acc_holdout_classes": acc((p, t) for p, t in pairs if t in holdout),
+        # Detection view: is the image real or AI-made (any generator)?
+        "real_vs_ai_acc": acc(((p == "real"), (t == "real")) for p, t in pairs),
+        "per_class_acc": per_class,
+        "n_val": len(pairs),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+def _cap_per_class(labels: list[str], cap: int | None, seed: int) -> list[int]:
+    """Indices of at most `cap` items per label (a fixed random subset), all of them when cap is None."""
+    if cap is None:
+        return list(range(len(labels)))
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(i)
+    keep = [i for idx in by_label.values() for i in (idx if len(idx) <= cap else rng.sample(idx, cap))]
+    return sorted(keep)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True,
+    )
+
+
+def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
+    """Run training end to end and export OUT; returns the written model card."""
+    t_start = time.time()
+    if cfg.loss not in ("supcon", "soft-supcon", "ce"):
+        raise UsageError(f"--loss {cfg.loss}: choose supcon, soft-supcon or ce")
+    for name, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 2),
+                             ("--image-size", cfg.image_size, 16), ("--export-size", cfg.export_size, 16),
+                             ("--images-per-class", cfg.images_per_class, 2)):
+        if value < low:
+            raise UsageError(f"{name} must be at least {low} (got {value})")
+    if cfg.batch_size % cfg.images_per_class:
+        raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of --images-per-class {cfg.images_per_class}")
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    work = Path(cfg.work_dir) if cfg.work_dir else out / "train_work"
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = work / CHECKPOINT_FILE, work / LOG_FILE
+    if ckpt_path.exists() and not cfg.resume:
+        raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out/--work-dir")
+    if cfg.resume and not ckpt_path.exists():
+        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+
+    samples = load_samples(cfg.data)
+    split = make_split(samples, cfg.val_fold, cfg.holdout)
+    real_label = split.classes.index("real") if "real" in split.classes else None
+    _seed_everything(cfg.seed)
+
+    model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim)
+    model.freeze_stages(cfg.freeze_blocks)
+    loss_fn = build_loss(cfg.loss, num_classes=len(split.classes), embedding_dim=cfg.embedding_dim,
+                         real_label=real_label, temperature=cfg.temperature)
+    model.to(device)
+    loss_fn.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # measured faster for depthwise convs on CPU
+
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    head_params = list(model.head.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}],
+        weight_decay=cfg.weight_decay,
+    )
+    train_ds = TrainImages(split.train, split.classes, cfg.image_size, AugmentConfig(enabled=cfg.augment), cfg.seed)
+    sampler = PKBatchSampler(train_ds.labels, cfg.batch_size // cfg.images_per_class, cfg.images_per_class,
+                             cfg.batches_per_epoch, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=workers,
+                                         collate_fn=collate_train, persistent_workers=workers > 0)
+    total_steps = cfg.epochs * len(sampler)
+    warmup = min(len(sampler), max(1, total_steps // 20))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)}
+    start_epoch, history, prior_seconds = 0, [], 0.0
+    if cfg.resume:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UsageError(f"{ckpt_path}: unknown checkpoint format {ckpt.get('format')}")
+        changed = [k for k in RESUME_MUST_MATCH if ckpt["settings"].get(k) != settings.get(k)]
+        if changed:
+            raise UsageError(f"--resume: settings differ from the checkpoint's: {', '.join(changed)}")
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        random.setstate(ckpt["py_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_epoch, history, prior_seconds = ckpt["epoch"], list(ckpt["history"]), float(ckpt["seconds"])
+        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+
+    log(f"train: {len(split.train)} images, {len(split.classes)} classes ({', '.join(split.classes)}); "
+        f"val fold {cfg.val_fold}: {len(split.val)} images; holdout: {', '.join(split.holdout) or 'none'}; "
+        f"device {device}, {len(sampler)} batches of {cfg.batch_size} per epoch, init {init.kind}")
+
+    # Validation images decoded once (scan-style preprocessing at the export size) and kept in memory.
+    support_images = val_images = None
+    if split.val:
+        support_images = load_scan_images(split.support, cfg.export_size, workers)
+        val_images = load_scan_images(split.val, cfg.export_size, workers)
+        support_labels = [s.label for s in split.support]
+        # Intermediate validations may use a per-class-capped support set: embedding thousands of images at
+        # scan size every epoch costs more than the epoch on a CPU. The final validation uses all of it.
+        small_support = _cap_per_class(support_labels, cfg.support_per_class, cfg.seed)
+
+    t_run = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_fn.train()
+        loss_sum, n_batches = 0.0, 0
+        with _progress(show_progress) as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), info="")
+            for images, labels in loader:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if device.type == "cpu":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    emb = model(images)
+                loss = loss_fn(emb.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+                loss_sum += loss.item()
+                n_batches += 1
+                progress.update(task, advance=1, info=f"loss {loss_sum / n_batches:.4f}")
+        train_seconds = time.time() - t_epoch
+        record = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, n_batches), 5),
+                  "train_seconds": round(train_seconds, 1)}
+        last_epoch = epoch + 1 == cfg.epochs
+        if split.val and (last_epoch or (epoch + 1) % max(1, cfg.eval_every) == 0):
+            t_eval = time.time()
+            idx = list(range(len(support_labels))) if last_epoch else small_support
+            sup = embed_images(model, support_images[idx], device)
+            qry = embed_images(model, val_images, device)
+            preds = knn_predict(sup, [support_labels[i] for i in idx], qry, cfg.knn_k)
+            record.update(knn_metrics(preds, [s.label for s in split.val], split.holdout))
+            record["n_support"] = len(idx)
+            record["eval_seconds"] = round(time.time() - t_eval, 1)
+        record["seconds"] = round(time.time() - t_epoch, 1)
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        history.append(record)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        log(" ".join(f"{k}={v}" for k, v in record.items() if k != "per_class_acc"))
+        _atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "settings": settings, "history": history,
+            "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "py_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+            "seconds": prior_seconds + (time.time() - t_run),
+        }, ckpt_path)
+
+    wall = prior_seconds + (time.time() - t_run)
+    return export(cfg, model, init, split, history, wall, time.time() - t_start, device, val_images, out, log_path, log)
+
+
+def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
+    data = Path(cfg.data)
+    root = data.parent if data.is_file() else data
+    counts = Counter(s.label for s in split.train)
+    what = (f"{data}: {len(split.train)} training images in {len(counts)} classes "
+            f"({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
+    readme = root / "README.md"
+    is_kit = readme.is_file() and "AI-generated image kit" in readme.read_text(encoding="utf-8", errors="replace")
+    licence = KIT_LICENCE if is_kit else (
+        "Derived from the training data named in training_data; its licence was not recorded: check it before "
+        "distributing these weights."
+    )
+    return what, licence
+
+
+def export(cfg, model, init, split, history, wall, total, device, val_images, out: Path, log_path: Path, log) -> ModelCard:
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation notice
+        scripted = script_embedder(model)
+    # The scripted module must compute what the eager one does: compare on real validation images if any.
+    if val_images is not None and len(val_images):
+        check = val_images[:16]
+    else:
+        check = torch.randint(0, 256, (8, 3, cfg.export_size, cfg.export_size), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        eager, script = model(check), scripted(check)
+    max_diff = float((eager - script).abs().max())
+    if not max_diff < 1e-4:
+        raise RuntimeError(f"TorchScript export differs from the eager model by {max_diff:.2e}")
+    what, licence = _describe_data(cfg, split)
+    last = history[-1] if history else {}
+    card = ModelCard(
+        name=cfg.name or f"imgscan-{cfg.backbone.replace('_', '-')}-{cfg.loss}",
+        version=cfg.model_version or time.strftime("%Y.%m.%d", time.gmtime()),
+        input_size=cfg.export_size,
+        embedding_dim=cfg.embedding_dim,
+        normalization={"mean": list(init.mean), "std": list(init.std)},
+        backbone=f"{cfg.backbone} (timm), init: {init.detail}",
+        loss=cfg.loss + (f" (temperature {cfg.temperature})" if cfg.loss != "ce" else " (cosine classifier, scale 16)"),
+        training_data=what,
+        licence=licence,
+        training={
+            "command": cfg.command,
+            "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "command"},
+            "val_fold_held_out": cfg.val_fold,
+            "holdout_classes": split.holdout,
+            "classes_trained": split.classes,
+            "augmentations": dataclasses.asdict(AugmentConfig(enabled=cfg.augment)),
+            "epochs_log": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in history],
+            "final_val": last,
+            "train_wall_seconds": round(wall, 1),
+            "total_wall_seconds": round(total, 1),
+            "hardware": hardware_description(device),
+            "export_check": {"compared": "TorchScript vs eager embeddings", "images": int(check.shape[0]),
+                             "max_abs_diff": max_diff},
+        },
+        notes=(f"Trained on {cfg.image_size}px random crops, exported for {cfg.export_size}px scan input. "
+               f"k-NN (k={cfg.knn_k}) validation: support = training folds of all classes (held-out classes "
+               f"enrolled, never trained on), queries = fold {cfg.val_fold}."),
+    )
+    card = save_model_dir(scripted, card, out)
+    shutil.copyfile(log_path, out / LOG_FILE) if log_path.exists() and log_path.parent != out else None
+    # Read it back through the scanner's own loader: what we wrote is what `imgscan scan` will get.
+    _, loaded = load_model(out)
+    with torch.no_grad():
+        reloaded_diff = float((loaded(check) - eager).abs().max())
+    if not reloaded_diff < 1e-4:
+        raise RuntimeError(f"reloaded model differs from the trained one by {reloaded_diff:.2e}")
+    log(f"exported {out} ({card.model_id}); TorchScript vs eager max |diff| {max_diff:.2e}")
+    return card

@@ -61,7 +61,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         roots = [os.fsencode(root)]
 
         # decode: the scan's own front stages (walk, readers, DALI/Pillow decode), no model
-        opts = ScanOptions(roots=roots, out=tmp / "unused", model_dir=Path(), index_dir=Path(), batch_size=batch_size)
+        opts = ScanOptions(roots=roots, out=tmp / "unused", batch_size=batch_size)
         empty = np.zeros(0, dtype=np.uint64)
         decoder = ImageDecoder(embedder.size, batch_size, device=embedder.device)
         decoder.decode([None])  # no-op warm-up of the imports
@@ -106,8 +106,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
 
         # end to end: a real scan, Parquet and all
         out = tmp / "verdicts.parquet"
-        scan_opts = ScanOptions(roots=roots, out=out, model_dir=Path(), index_dir=index_dir, k=k,
-                                batch_size=batch_size, device=embedder.device)
+        scan_opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size)
         with ScanProgress("bench scan", force_plain=True, log_every_s=1e9) as progress:
             start = time.perf_counter()
             summary = run_scan(scan_opts, embedder, index, progress, {"bench": True}, {})

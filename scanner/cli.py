@@ -136,8 +136,7 @@ def scan(
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
         if support.manifest.total == 0:
             raise UsageError(f"{index_dir}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
-        opts = ScanOptions(roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir, k=k,
-                           batch_size=batch_size, device=embedder.device, skip_known=list(skip_known or []),
+        opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size, skip_known=list(skip_known or []),
                            all_files=all_files, max_pixels=max_pixels, readers=readers)
         fingerprint = {
             "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": embedder.model_id, "k": k,

@@ -38,11 +38,8 @@ _END = object()
 class ScanOptions:
     roots: list[bytes]
     out: Path
-    model_dir: Path
-    index_dir: Path
     k: int = 11
     batch_size: int = 64
-    device: str = "cpu"
     skip_known: list[Path] = field(default_factory=list)
     all_files: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -224,7 +221,7 @@ def embedded_batches(roots: list[bytes], embedder: Embedder, *, all_files: bool 
     """Walk, read, decode and embed: yield (reads, decoded, embeddings) per batch. Shared by scan, enroll and
     eval so they all see images through the same stages. Rows of `embeddings` follow the items of `reads`
     whose read and decode succeeded. `stats["skipped_known"]` counts files skipped by `known_shas`."""
-    opts = ScanOptions(roots=roots, out=Path(), model_dir=Path(), index_dir=Path(), batch_size=batch_size,
+    opts = ScanOptions(roots=roots, out=Path(), batch_size=batch_size,
                        all_files=all_files, max_pixels=max_pixels, max_bytes=max_bytes, readers=readers,
                        queue_batches=queue_batches)
     empty = np.zeros(0, dtype=np.uint64)

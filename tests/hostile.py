@@ -70,6 +70,8 @@ def make_hostile_files(root: Path) -> dict[str, str]:
     os.symlink(root / "loop_a.jpg", root / "loop_b.jpg")
     out["loop_a.jpg"] = "error:symlink loop"
     out["loop_b.jpg"] = "error:symlink loop"
+    os.mkfifo(root / "fifo.jpg")  # opening it for reading would block: it must be refused, not opened
+    out["fifo.jpg"] = "error:not a regular file"
     # A directory symlink loop must not make the walk recurse forever.
     (root / "sub").mkdir()
     os.symlink(root, root / "sub" / "back_to_root")

@@ -233,7 +233,7 @@ def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: lis
     seconds = {m.name: 0.0 for m in methods}
     for n in shots:
         for f in folds:
-            split = make_split(ds, n, unknown, seed=seed, fold=f)
+            split = make_split(ds, n, unknown, seed=seed, fold=f, usable=feats.ok)
             check_split(ds, split)
             for m in methods:
                 t0 = time.monotonic()

@@ -144,8 +144,10 @@ class Split:
         return out
 
 
-def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None) -> Split:
-    """One support/query split (see the module docstring for the rules)."""
+def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None,
+               usable: np.ndarray | None = None) -> Split:
+    """One support/query split (see the module docstring for the rules). Images not `usable` (they could not
+    be decoded) are on neither side and do not count towards a class's size."""
     if shots < 1:
         raise UsageError(f"--shots {shots}: must be at least 1")
     classes = ds.classes
@@ -155,13 +157,15 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
     enrolled = [c for c in classes if c not in unknown]
     if not enrolled:
         raise UsageError("every class is --unknown: nothing left to enroll")
-    counts = ds.counts()
+    usable = np.ones(len(ds), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    counts = {c: int(np.sum(usable & (ds.labels == c))) for c in classes}
     quota = {c: min(shots, counts[c] // 2) for c in enrolled}
     rng = np.random.default_rng([seed, 0 if fold is None else fold + 1])  # same order for every N: nested supports
     role = np.full(len(ds), EXCLUDED if fold is not None else QUERY, dtype=object)
     if fold is not None:
         role[ds.folds == fold] = QUERY
-    candidates = ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)
+    role[~usable] = EXCLUDED
+    candidates = (ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)) & usable
     # groups that may give support, and each class's groups, in a seeded random order
     members: dict[str, list[int]] = defaultdict(list)
     for i in np.flatnonzero(candidates):
@@ -176,7 +180,7 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
     have = {c: 0 for c in enrolled}
     cursor = {c: 0 for c in enrolled}
     while True:
-        needy = [c for c in enrolled if have[c] < quota[c] and cursor[c] < len(by_class[c])]
+        needy = [c for c in enrolled if 0 < quota[c] and have[c] < quota[c] and cursor[c] < len(by_class[c])]
         if not needy:
             break
         c = max(needy, key=lambda x: ((quota[x] - have[x]) / quota[x], x))

@@ -1,0 +1,150 @@
+"""`imgscan explain IMAGE --out FILE.png`: which regions of an image move its embedding most.
+
+The image is prepared exactly as `scan` prepares it (shorter side to the model's input size, centre crop).
+Many perturbed views are embedded:
+- square occlusions, filled with the image's mean colour, sliding with half-patch stride at up to three
+  scales (1/4, 1/6 and 1/8 of the side; finer scales are dropped when --views is too small for them);
+- random coarse masks (an 8x8 grid, each cell hidden with probability 1/4, as in RISE / LIME-style
+  sampling) for the rest of the --views budget.
+A view's score is 1 - cosine(embedding of the view, embedding of the image). A pixel's importance is the
+mean score of the views that hid it minus the mean score of the views that left it visible: positive where
+hiding the region moves the embedding (the evidence the k-NN vote rests on).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scanner.errors import UsageError
+
+
+def occlusion_masks(size: int, budget: int) -> list[np.ndarray]:
+    """Boolean [size, size] masks (True = hidden), coarse scale first, within `budget` views."""
+    masks: list[np.ndarray] = []
+    for div in (4, 6, 8):
+        patch = max(2, round(size / div))
+        stride = max(1, patch // 2)
+        starts = list(range(0, size - patch + 1, stride))
+        if starts[-1] != size - patch:
+            starts.append(size - patch)
+        scale = []
+        for y in starts:
+            for x in starts:
+                m = np.zeros((size, size), dtype=bool)
+                m[y:y + patch, x:x + patch] = True
+                scale.append(m)
+        if len(masks) + len(scale) > budget and masks:
+            break
+        masks.extend(scale[: budget - len(masks)])
+    return masks
+
+
+def random_masks(size: int, n: int, rng: np.random.Generator, cells: int = 8, p_hide: float = 0.25) -> list[np.ndarray]:
+    out = []
+    reps = -(-size // cells)
+    for _ in range(n):
+        grid = rng.random((cells, cells)) < p_hide
+        if not grid.any():
+            grid[rng.integers(cells), rng.integers(cells)] = True
+        out.append(np.kron(grid, np.ones((reps, reps), dtype=bool))[:size, :size].astype(bool))
+    return out
+
+
+def importance_map(pixels: np.ndarray, embed, views: int = 400, seed: int = 0, batch: int = 32) -> tuple[np.ndarray, int]:
+    """pixels: uint8 [S, S, 3]; embed: uint8 [n, S, S, 3] -> unit vectors [n, d]. Returns (map [S, S], views)."""
+    size = pixels.shape[0]
+    rng = np.random.default_rng(seed)
+    masks = occlusion_masks(size, views)
+    masks += random_masks(size, max(0, views - len(masks)), rng)
+    base = embed(pixels[None])[0]
+    fill = pixels.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    hidden_sum = np.zeros((size, size), dtype=np.float64)
+    hidden_cnt = np.zeros((size, size), dtype=np.float64)
+    total = 0.0
+    for start in range(0, len(masks), batch):
+        chunk = masks[start:start + batch]
+        views_px = np.repeat(pixels[None], len(chunk), axis=0)
+        for i, m in enumerate(chunk):
+            views_px[i][m] = fill
+        scores = 1.0 - embed(views_px) @ base
+        for m, s in zip(chunk, scores):
+            hidden_sum += m * s
+            hidden_cnt += m
+            total += s
+    n = len(masks)
+    visible_cnt = n - hidden_cnt
+    hidden_mean = np.divide(hidden_sum, hidden_cnt, out=np.zeros_like(hidden_sum), where=hidden_cnt > 0)
+    visible_mean = np.divide(total - hidden_sum, visible_cnt, out=np.zeros_like(hidden_sum), where=visible_cnt > 0)
+    return (hidden_mean - visible_mean).astype(np.float32), n
+
+
+def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = None, views: int = 400,
+                device: str = "auto", seed: int = 0, console=None) -> dict:
+    import torch
+
+    from scanner.decode import pillow_decode, sniff
+    from scanner.embed import Embedder, resolve_device
+    from scanner.evaluation.plots import _plt, _save
+
+    try:
+        data = Path(image).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{image}: cannot read ({exc.strerror or exc})") from None
+    sniffed = sniff(data, 100_000_000)
+    if sniffed.error:
+        raise UsageError(f"{image}: {sniffed.error}")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the output is a PNG file (name it *.png)")
+    if not out.parent.expanduser().is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist")
+    embedder = Embedder(model_dir, device=resolve_device(device))
+    try:
+        pixels, (w, h) = pillow_decode(data, embedder.size)
+    except Exception as exc:
+        raise UsageError(f"{image}: cannot decode ({exc})") from None
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        return embedder.embed(torch.from_numpy(np.ascontiguousarray(batch)))
+
+    verdict = None
+    if index is not None:
+        from indexes import SupportIndex
+        from scanner.verdict import decide
+
+        support = SupportIndex.open(index)
+        support.check_model(embedder.model_id, embedder.card.weights_sha256)
+        nb = support.search(embed(pixels[None]), 11)
+        v = decide(nb.labels, nb.sims)
+        verdict = {"label": str(v.labels(support.threshold)[0]), "closed_set_label": str(v.closed_set_label[0]),
+                   "ai_score": float(v.ai_score[0]), "open_set_score": float(v.open_set_score[0])}
+    heat, n_views = importance_map(pixels, embed, views=views, seed=seed)
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.8))
+    axes[0].imshow(pixels)
+    axes[0].set_title(f"input as the model sees it ({embedder.size}x{embedder.size})", fontsize=9)
+    lim = float(np.max(np.abs(heat))) or 1.0
+    im = axes[1].imshow(heat, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[1].set_title("importance: embedding change when hidden\n(minus when visible)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    axes[2].imshow(pixels)
+    pos = np.clip(heat / lim, 0, 1)
+    axes[2].imshow(pos, cmap="inferno", alpha=0.55 * (pos > 0.15) + 0.0, vmin=0, vmax=1)
+    axes[2].set_title("regions that move the embedding most", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    title = f"{Path(image).name} ({w}x{h}) - {embedder.model_id} - {n_views} views"
+    if verdict:
+        title += (f"\nverdict: {verdict['label']} (closest class {verdict['closed_set_label']}), "
+                  f"ai_score {verdict['ai_score']:.3f}, open_set_score {verdict['open_set_score']:.3f}")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, out)
+    result = {"image": str(image), "out": str(out), "views": n_views, "model": embedder.model_id, "verdict": verdict,
+              "max_importance": lim}
+    if console is not None:
+        console.print(f"wrote {out} ({n_views} views)" + (f"; verdict {verdict['label']} (ai_score "
+                      f"{verdict['ai_score']:.3f})" if verdict else ""), highlight=False)
+    return result

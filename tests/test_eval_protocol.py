@@ -1,0 +1,124 @@
+"""The few-shot protocol: support chosen by group, never an --unknown class, half a class at most, folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanner.errors import UsageError
+from scanner.evaluation.evaluate import Judged, compute_metrics
+from scanner.evaluation.protocol import EXCLUDED, QUERY, SUPPORT, Dataset, check_split, load_dataset, make_split
+
+
+def synthetic(n_prompts: int = 12, per: int = 3, n_real: int = 40, n_gan: int = 8) -> Dataset:
+    """Two text-to-image classes sharing prompts (groups across classes), a GAN class, real photos."""
+    paths, labels, groups, folds = [], [], [], []
+    for p in range(n_prompts):
+        for cls in ("t2i_a", "t2i_b"):
+            for r in range(per):
+                paths.append(f"/x/{cls}/{p}_{r}.jpg"); labels.append(cls); groups.append(f"prompt-{p}"); folds.append(p % 5)
+    for i in range(n_real):
+        paths.append(f"/x/real/{i}.jpg"); labels.append("real"); groups.append(f"photo-{i}"); folds.append(i % 5)
+    for i in range(n_gan):
+        paths.append(f"/x/gan/{i}.jpg"); labels.append("gan"); groups.append(f"gan-{i}"); folds.append(i % 5)
+    labels = np.array(labels, dtype=object)
+    return Dataset(root=None, paths=np.array(paths, dtype=object), labels=labels, is_ai=labels != "real",
+                   groups=np.array(groups, dtype=object), folds=np.array(folds))
+
+
+@pytest.mark.parametrize("shots", [1, 4, 10, 100])
+@pytest.mark.parametrize("fold", [None, 0, 3])
+def test_split_rules(shots, fold):
+    ds = synthetic()
+    split = make_split(ds, shots, ["t2i_b"], seed=1, fold=fold)
+    check_split(ds, split)  # no group on both sides, unknown never enrolled
+    sup, qry = split.role == SUPPORT, split.role == QUERY
+    counts = ds.counts()
+    for c in ("t2i_a", "real", "gan"):
+        n_sup = int(np.sum(sup & (ds.labels == c)))
+        assert n_sup == min(shots, counts[c] // 2), (c, n_sup)  # exactly the quota: half a class at most
+        assert np.sum(qry & (ds.labels == c)) > 0
+    assert not np.any(sup & (ds.labels == "t2i_b"))
+    assert set(split.true_label[ds.labels == "t2i_b"]) == {"unknown"}
+    # groups on the support side hold no query, across classes: t2i_b renders of support prompts are excluded
+    support_groups = set(ds.groups[sup])
+    assert all(r != QUERY for g, r in zip(ds.groups, split.role) if g in support_groups)
+    if fold is not None:
+        assert set(ds.folds[qry]) == {fold}
+        assert not np.any(sup & (ds.folds == fold))
+
+
+def test_split_is_seeded_and_nested_over_shots():
+    ds = synthetic()
+    a = make_split(ds, 5, [], seed=7)
+    b = make_split(ds, 5, [], seed=7)
+    assert (a.role == b.role).all()
+    small, large = make_split(ds, 4, [], seed=7), make_split(ds, 10, [], seed=7)
+    # the same group order for every N: real support at 4 shots is inside real support at 10
+    real = ds.labels == "real"
+    assert set(np.flatnonzero(real & (small.role == SUPPORT))) <= set(np.flatnonzero(real & (large.role == SUPPORT)))
+
+
+def test_split_refuses_bad_arguments():
+    ds = synthetic()
+    with pytest.raises(UsageError, match="no such class"):
+        make_split(ds, 5, ["nope"])
+    with pytest.raises(UsageError, match="nothing left"):
+        make_split(ds, 5, ds.classes)
+
+
+def test_load_manifest_and_class_folders(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.csv").write_text(
+        "path,label,is_ai,group,fold\nimages/a.jpg,real,0,g1,0\nimages/b.jpg,sd,1,g1,1\nimages/c.jpg,sd,1,,2\n")
+    ds = load_dataset(tmp_path / "m")
+    assert ds.labels.tolist() == ["real", "sd", "sd"]
+    assert ds.is_ai.tolist() == [False, True, True]
+    assert ds.groups.tolist() == ["g1", "g1", "image:images/c.jpg"]
+    assert ds.folds.tolist() == [0, 1, 2]
+    assert ds.paths[0] == str((tmp_path / "m" / "images" / "a.jpg").resolve())
+    for cls in ("real", "gan_x"):
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        (tmp_path / "f" / cls / "1.png").write_bytes(b"")
+        (tmp_path / "f" / cls / "notes.txt").write_text("not an image")
+    ds = load_dataset(tmp_path / "f")
+    assert ds.labels.tolist() == ["gan_x", "real"]
+    assert ds.is_ai.tolist() == [True, False]
+    assert (ds.folds == -1).all()
+    with pytest.raises(UsageError):
+        load_dataset(tmp_path / "missing")
+
+
+def test_compute_metrics_on_a_hand_made_split():
+    """Detection per generator, PRF1 with `unknown`, confusion rows with the unknown class's own name."""
+    labels = np.array(["real", "real", "gen_a", "gen_a", "gen_b", "gen_x", "gen_x"], dtype=object)
+    ds = Dataset(None, np.array([f"/p{i}" for i in range(7)], dtype=object), labels, labels != "real",
+                 np.array([f"g{i}" for i in range(7)], dtype=object), np.full(7, -1))
+    split = make_split(ds, 1, ["gen_x"], seed=0)
+    split.role[:] = QUERY  # judge every image (the support side does not matter to the metrics)
+    q = np.arange(7)
+    pred = np.array(["real", "gen_a", "gen_a", "unknown", "gen_b", "unknown", "gen_b"], dtype=object)
+    closed = np.array(["real", "gen_a", "gen_a", "gen_b", "gen_b", "gen_a", "gen_b"], dtype=object)
+    ai = np.array([0.1, 0.6, 0.9, 0.7, 0.8, 0.9, 0.4], dtype=np.float32)
+    osc = np.array([0.1, 0.2, 0.1, 0.5, 0.2, 0.6, 0.3], dtype=np.float32)
+    j = Judged("m", split, q, pred, closed, ai, osc, 0.45, None, None, None)
+    m = compute_metrics(ds, j)
+    det = m["detection"]["per_generator"]
+    # real vs gen_a: truth [0,0,1,1], is_ai [0,1,1,1] -> acc 3/4 ; scores .1 .6 | .9 .7 -> AUC 1
+    assert det["gen_a"]["accuracy"] == pytest.approx(0.75) and det["gen_a"]["auc"] == 1.0
+    assert det["gen_a"]["enrolled"] and not det["gen_x"]["enrolled"]
+    # real vs gen_x: scores .1 .6 | .9 .4 -> pairs (.9>.1, .9>.6, .4>.1, .4<.6) = 3/4
+    assert det["gen_x"]["auc"] == pytest.approx(0.75)
+    assert m["detection"]["mean_auc"] == pytest.approx((1.0 + 1.0) / 2)  # enrolled generators only
+    att = m["attribution"]["per_class"]
+    assert att["unknown"]["recall"] == pytest.approx(0.5) and att["unknown"]["precision"] == pytest.approx(0.5)
+    assert att["real"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    conf = m["confusion"]
+    assert conf["rows"] == ["gen_a", "gen_b", "real", "gen_x"]
+    assert conf["columns"] == ["gen_a", "gen_b", "real", "unknown"]
+    assert conf["matrix"] == [[1, 0, 0, 1], [0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1]]
+    # open set: unknown scores .6 .3 vs known .1 .2 .1 .5 .2: .6 beats all 5, .3 beats 4 of 5 -> 9/10
+    assert m["open_set"]["auroc"] == pytest.approx(0.9)
+    assert m["open_set"]["unknown_rejected"] == pytest.approx(0.5)
+    # closed set on the 5 known queries: real ok, real->gen_a, gen_a ok, gen_a->gen_b, gen_b ok -> 3/5
+    assert m["closed_set_attribution"]["accuracy"] == pytest.approx(3 / 5)

@@ -1,0 +1,146 @@
+"""`imgscan eval` end to end on generated images with the tiny colour model: outputs, metrics, and the HTML
+report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import BLUE, GREEN, RED, encode, coloured
+from scanner.cli import app
+
+pytest.importorskip("matplotlib")
+
+CLASSES = {"real": RED, "gen_blue": BLUE, "gen_green": GREEN, "gen_yellow": (220, 220, 30)}
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    """A manifest folder: 4 classes x 14 images; pairs of images share a group; folds per group."""
+    root = tmp_path_factory.mktemp("eval_data")
+    lines = ["path,label,is_ai,group,fold"]
+    for c, (label, rgb) in enumerate(CLASSES.items()):
+        (root / "images" / label).mkdir(parents=True)
+        for i in range(14):
+            rel = f"images/{label}/{i:03d}.jpg"
+            (root / rel).write_bytes(encode(coloured(rgb, seed=100 * c + i)))
+            group = f"{label}-g{i // 2}"
+            lines.append(f"{rel},{label},{int(label != 'real')},{group},{(i // 2) % 3}")
+    (root / "images" / "gen_blue" / "broken.jpg").write_bytes(b"not an image")
+    lines.append("images/gen_blue/broken.jpg,gen_blue,1,broken,0")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_out(eval_data, tiny_model_dir, tmp_path_factory):
+    from scanner.evaluation.cli import run_eval
+
+    out = tmp_path_factory.mktemp("eval_out") / "report"
+    doc = run_eval(eval_data, out, model=tiny_model_dir, shots="3,6", unknown="gen_yellow", device="cpu",
+                   use_umap=False, batch_size=16, command="test")
+    return out, doc
+
+
+def test_eval_writes_every_output(eval_out):
+    out, doc = eval_out
+    for name in ("metrics.json", "predictions.parquet", "report.html"):
+        assert (out / name).is_file(), name
+    for fig in ("confusion", "roc", "oscr", "shots", "umap"):
+        assert (out / doc["figures"][fig]).stat().st_size > 5000, fig
+    assert json.loads((out / "metrics.json").read_text()) == doc
+    assert doc["data"]["n_images"] == 57 and doc["data"]["decoded"] == 56 and doc["data"]["errors"] == 1
+    assert set(doc["methods"]) == {"imgscan", "spectral-knn", "metadata"}
+    assert [r["shots"] for r in doc["sweep"]["imgscan"]] == [3, 6]
+
+
+def test_eval_metrics_on_separable_colours(eval_out):
+    _, doc = eval_out
+    main = doc["main"]["imgscan"]
+    # the tiny model separates colours perfectly: every known query is attributed right, detection is perfect,
+    # and the never-enrolled yellow class lies far from every enrolled class
+    assert main["headline"]["closed_macro_f1"] == 1.0
+    assert main["headline"]["mean_det_auc"] == 1.0
+    assert main["headline"]["open_set_auroc"] == 1.0
+    assert main["metrics"]["open_set"]["unknown_rejected"] == 1.0
+    assert main["headline"]["oscr"] >= 0.9
+    conf = main["metrics"]["confusion"]
+    assert conf["rows"][-1] == "gen_yellow" and conf["columns"][-1] == "unknown"
+    yellow = conf["matrix"][-1]
+    assert yellow[-1] == sum(yellow) > 0
+    # queries: 14 - 6 per enrolled class (6 shots = 3 groups of 2; half of 14 is 7), all 14 of the unknown
+    # class; the undecodable file is on neither side
+    assert doc["main"]["imgscan"]["metrics"]["n_queries"] == 3 * (14 - 6) + 14
+
+
+def test_eval_predictions_parquet(eval_out):
+    out, doc = eval_out
+    t = pq.read_table(out / "predictions.parquet")
+    assert t.num_rows == 57 * 3  # every image, once per method, at the main shots
+    rows = [r for r in t.to_pylist() if r["method"] == "imgscan"]
+    roles = {r["role"] for r in rows}
+    assert roles <= {"support", "query", "excluded", "error"}
+    broken = [r for r in rows if r["path"].endswith("broken.jpg")][0]
+    assert broken["role"] == "error" and broken["error"].startswith("decode")
+    q = [r for r in rows if r["role"] == "query"]
+    assert all(len(r["neighbors"]) == 11 for r in q)
+    assert all(r["label"] == "unknown" for r in q if r["class"] == "gen_yellow")
+    assert all(r["label"] is None for r in rows if r["role"] == "support")
+
+
+def test_eval_html_is_self_contained(eval_out):
+    out, _ = eval_out
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)
+    assert "<script" not in html
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="no headless Chromium (apt-get install chromium)")
+def test_eval_html_renders_in_headless_chromium(eval_out):
+    """Acceptance: the report opened in a real browser shows the plots (not broken-image icons)."""
+    from PIL import Image
+
+    from scanner.evaluation.browser import screenshot
+
+    out, _ = eval_out
+    png = screenshot(out / "report.html", out / "screenshot.png", width=1280, height=3600)
+    im = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert im.shape[:2] == (3600, 1280)
+    non_white = (im.min(axis=2) < 235).mean()
+    assert non_white > 0.05  # tables alone cover far less; the figures fill the page
+    # the confusion matrix's dark blue and the ROC/shots curves' tab10 blue are drawn: pixels of the plots
+    dark_blue = ((im[..., 2] > 90) & (im[..., 0] < 40) & (im[..., 1] < 80)).sum()
+    assert dark_blue > 500
+    assert len(np.unique(im.reshape(-1, 3)[::7], axis=0)) > 200  # anti-aliased plots, not flat text
+
+
+def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path):
+    from scanner.evaluation.cli import run_eval
+
+    doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="2", unknown=None, folds=True,
+                   device="cpu", use_umap=False, baselines=False)
+    assert doc["protocol"]["folds"] == [0, 1, 2]
+    runs = [r for r in doc["runs"] if r["method"] == "imgscan"]
+    assert len(runs) == 3
+    assert doc["sweep"]["imgscan"][0]["closed_macro_f1"]["n"] == 3
+    # pooled over folds, every decoded image is a query exactly once
+    assert doc["main"]["imgscan"]["metrics"]["n_queries"] == 56
+    assert doc["main"]["imgscan"]["metrics"]["open_set"].get("oscr") is None  # no --unknown: no OSCR
+
+
+def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--help"])
+    assert result.exit_code == 0 and "--unknown" in result.output and "--folds" in result.output
+    result = runner.invoke(app, ["eval", str(eval_data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                                 "--unknown", "no_such_class", "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "no such class" in str(result.exception)
+    for cmd in ("report", "explain"):
+        assert runner.invoke(app, [cmd, "--help"]).exit_code == 0

@@ -144,3 +144,21 @@ def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, 
     assert "no such class" in str(result.exception)
     for cmd in ("report", "explain"):
         assert runner.invoke(app, [cmd, "--help"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_umap_layout_with_cosine_metric():
+    """The embedding map uses umap-learn (metric="cosine") when installed; numba's first compile is slow."""
+    pytest.importorskip("umap")
+    from scanner.evaluation.plots import project_2d
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    x = np.concatenate([c + 0.05 * rng.normal(size=(30, 16)) for c in centres])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    xy, how = project_2d(x, seed=0)
+    assert how == "UMAP (cosine)" and xy.shape == (90, 2)
+    # clusters stay apart: each point's nearest 2-D neighbour is from its own cluster
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (np.argmin(d, axis=1) // 30 == np.arange(90) // 30).mean() > 0.95

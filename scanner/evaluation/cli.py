@@ -77,7 +77,8 @@ def _model_dir(model: Optional[Path]) -> Path:
 
 
 def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
-             unknown: Optional[str] = None, folds: bool = False, ce_model: Optional[Path] = None,
+             unknown: Optional[str] = None, folds: bool = False, query_folds: Optional[str] = None,
+             ce_model: Optional[Path] = None,
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "") -> dict:
     """The eval command as a function (tests call it directly)."""
@@ -100,11 +101,20 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     if missing:
         raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
     fold_list: list = [None]
-    if folds:
+    if folds or query_folds:
         present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))
         if len(present) < 2 or np.any(ds.folds < 0):
             raise UsageError(f"--folds: {ds.source} has no fold for every image (a manifest with a fold column is needed)")
         fold_list = present
+        if query_folds:
+            try:
+                wanted = sorted({int(x) for x in _csv_list(query_folds)})
+            except ValueError:
+                raise UsageError(f"--query-folds {query_folds!r}: expected fold numbers, e.g. 4 or 3,4") from None
+            bad = [f for f in wanted if f not in present]
+            if bad:
+                raise UsageError(f"--query-folds: no fold {bad[0]} in the data (folds: {', '.join(map(str, present))})")
+            fold_list = wanted
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -173,6 +183,7 @@ def register(app: typer.Typer) -> None:
         shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
         unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
         folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,
+        query_folds: Annotated[Optional[str], typer.Option("--query-folds", help="Like --folds, but only these folds are queries, e.g. the model's validation fold (4) so no query was seen in training.")] = None,
         ce_model: Annotated[Optional[Path], typer.Option("--ce-model", help="A model trained with --loss ce, evaluated as a baseline.")] = None,
         no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the spectral and metadata baselines.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the group draw.")] = 0,
@@ -181,7 +192,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
     ) -> None:
-        run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, ce_model=ce_model,
+        run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
                  use_umap=not no_umap, command=_invocation())
 

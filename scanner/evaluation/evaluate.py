@@ -191,6 +191,7 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
 
 HEADLINE = [
     ("mean_det_acc", ("detection", "mean_accuracy")),
+    ("mean_det_bal_acc", ("detection", "mean_balanced_accuracy")),
     ("mean_det_auc", ("detection", "mean_auc")),
     ("closed_macro_f1", ("closed_set_attribution", "macro_f1")),
     ("open_macro_f1", ("attribution", "macro_f1")),

@@ -6,9 +6,10 @@ Many perturbed views are embedded:
   scales (1/4, 1/6 and 1/8 of the side; finer scales are dropped when --views is too small for them);
 - random coarse masks (an 8x8 grid, each cell hidden with probability 1/4, as in RISE / LIME-style
   sampling) for the rest of the --views budget.
-A view's score is 1 - cosine(embedding of the view, embedding of the image). A pixel's importance is the
-mean score of the views that hid it minus the mean score of the views that left it visible: positive where
-hiding the region moves the embedding (the evidence the k-NN vote rests on).
+A view's score is 1 - cosine(embedding of the view, embedding of the image). A pixel's importance is the mean
+of two maps: the mean score of the occlusion views that hid it, and (random masks) the mean score of the views
+that hid it minus that of the views that left it visible. High where hiding the region moves the embedding,
+i.e. the evidence the k-NN vote rests on.
 """
 
 from __future__ import annotations
@@ -53,31 +54,48 @@ def random_masks(size: int, n: int, rng: np.random.Generator, cells: int = 8, p_
 
 
 def importance_map(pixels: np.ndarray, embed, views: int = 400, seed: int = 0, batch: int = 32) -> tuple[np.ndarray, int]:
-    """pixels: uint8 [S, S, 3]; embed: uint8 [n, S, S, 3] -> unit vectors [n, d]. Returns (map [S, S], views)."""
+    """pixels: uint8 [S, S, 3]; embed: uint8 [n, S, S, 3] -> unit vectors [n, d]. Returns (map [S, S], views).
+
+    Occlusion part: a pixel's mean score over the occlusion views that hid it (0 where hiding changes
+    nothing). Random-mask part: mean score of the random views that hid the pixel minus the mean of those
+    that left it visible (random masks hide other regions too; the difference removes that baseline). With
+    both, the map is their mean."""
     size = pixels.shape[0]
     rng = np.random.default_rng(seed)
-    masks = occlusion_masks(size, views)
-    masks += random_masks(size, max(0, views - len(masks)), rng)
+    occ = occlusion_masks(size, views)
+    rnd = random_masks(size, max(0, views - len(occ)), rng)
     base = embed(pixels[None])[0]
     fill = pixels.reshape(-1, 3).mean(axis=0).astype(np.uint8)
-    hidden_sum = np.zeros((size, size), dtype=np.float64)
-    hidden_cnt = np.zeros((size, size), dtype=np.float64)
-    total = 0.0
-    for start in range(0, len(masks), batch):
-        chunk = masks[start:start + batch]
-        views_px = np.repeat(pixels[None], len(chunk), axis=0)
-        for i, m in enumerate(chunk):
-            views_px[i][m] = fill
-        scores = 1.0 - embed(views_px) @ base
-        for m, s in zip(chunk, scores):
-            hidden_sum += m * s
-            hidden_cnt += m
-            total += s
-    n = len(masks)
-    visible_cnt = n - hidden_cnt
-    hidden_mean = np.divide(hidden_sum, hidden_cnt, out=np.zeros_like(hidden_sum), where=hidden_cnt > 0)
-    visible_mean = np.divide(total - hidden_sum, visible_cnt, out=np.zeros_like(hidden_sum), where=visible_cnt > 0)
-    return (hidden_mean - visible_mean).astype(np.float32), n
+
+    def scores(masks: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for start in range(0, len(masks), batch):
+            chunk = masks[start:start + batch]
+            views_px = np.repeat(pixels[None], len(chunk), axis=0)
+            for i, m in enumerate(chunk):
+                views_px[i][m] = fill
+            out.append(1.0 - embed(views_px) @ base)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def hidden_mean(masks, s):
+        acc = np.zeros((size, size)); cnt = np.zeros((size, size))
+        for m, v in zip(masks, s):
+            acc += m * v
+            cnt += m
+        return acc, cnt
+
+    parts = []
+    if occ:
+        acc, cnt = hidden_mean(occ, scores(occ))
+        parts.append(np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0))
+    if rnd:
+        s = scores(rnd)
+        acc, cnt = hidden_mean(rnd, s)
+        vis = len(rnd) - cnt
+        h = np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0)
+        v = np.divide(s.sum() - acc, vis, out=np.zeros_like(acc), where=vis > 0)
+        parts.append(np.where((cnt > 0) & (vis > 0), h - v, 0.0))
+    return np.mean(parts, axis=0).astype(np.float32), len(occ) + len(rnd)
 
 
 def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = None, views: int = 400,
@@ -127,7 +145,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     axes[0].set_title(f"input as the model sees it ({embedder.size}x{embedder.size})", fontsize=9)
     lim = float(np.max(np.abs(heat))) or 1.0
     im = axes[1].imshow(heat, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    axes[1].set_title("importance: embedding change when hidden\n(minus when visible)", fontsize=9)
+    axes[1].set_title("importance: embedding change (1 - cosine)\nwhen the region is hidden", fontsize=9)
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     axes[2].imshow(pixels)
     pos = np.clip(heat / lim, 0, 1)

@@ -1,0 +1,98 @@
+"""`imgscan report` on a real scan of generated images (with errors), and `imgscan explain`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import encode, coloured, write_class_dir
+from scanner.cli import app
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture()
+def scanned(tmp_path, two_class_index, tiny_model_dir):
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "red", (220, 30, 30), 4, seed0=500)
+    write_class_dir(crawl / "yellow", (220, 220, 30), 3, seed0=600)  # no class near yellow: unknown
+    (crawl / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (crawl / "empty.png").write_bytes(b"")
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["scan", str(crawl), "--out", str(out), "--index", str(two_class_index),
+                                 "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    return out, two_class_index
+
+
+def test_report_summary_and_html(scanned, tmp_path):
+    verdicts, index = scanned
+    r = CliRunner().invoke(app, ["report", str(verdicts), "--out", str(tmp_path / "rep"), "--index", str(index)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert doc["rows"] == 9 and doc["scanned"] == 7 and doc["errors_total"] == 2
+    assert doc["labels"] == {"real": 4, "unknown": 3}
+    assert sum(doc["errors"].values()) == 2 and all(k.startswith("decode") for k in doc["errors"])
+    top = doc["most_unknown"]
+    assert [t["label"] for t in top[:3]] == ["unknown"] * 3  # the yellow images come first
+    assert all("/yellow/" in t["path"] for t in top[:3])
+    assert top[0]["open_set_score"] >= top[1]["open_set_score"] >= top[-1]["open_set_score"]
+    assert len(top[0]["neighbors"]) == 11
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # label bars + two histograms
+    # thumbnails of the 7 scanned images and of their neighbours (support files resolved through --index)
+    assert html.count("data:image/jpeg;base64,") >= 7 + 7 * 6
+    assert "http" not in html.split("<body>")[1]
+
+
+def test_report_refuses_a_file_that_is_not_a_verdict_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scanner.errors import UsageError
+    from scanner.evaluation.report import run_report
+
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
+    with pytest.raises(UsageError, match="not an imgscan verdict file"):
+        run_report(tmp_path / "x.parquet", tmp_path / "out")
+    (tmp_path / "junk.parquet").write_bytes(b"junk")
+    with pytest.raises(UsageError, match="not a readable Parquet file"):
+        run_report(tmp_path / "junk.parquet", tmp_path / "out")
+
+
+def test_importance_map_finds_the_region_the_embedding_depends_on():
+    """A synthetic embedder that only looks at the top-left quadrant: only that region may light up."""
+    from scanner.evaluation.explain import importance_map
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        x = batch[:, :32, :32].reshape(len(batch), -1).astype(np.float64)[:, :128] - 127.5
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    # embed reads the first 128 values of the quadrant's rows: pixels (0, 0..31) and (1, 0..10)
+    heat, n = importance_map(pixels, embed, views=49, seed=1)  # 49 = the coarse occlusion grid, no random masks
+    assert n == 49 and heat.shape == (64, 64)
+    assert heat[:2, :32].min() > 0.05 and np.abs(heat[24:, :]).max() < 1e-9  # exact: hiding elsewhere changes nothing
+    heat, n = importance_map(pixels, embed, views=300, seed=1)  # occlusion at three scales + random masks
+    assert n == 300
+    assert heat[:2, :32].mean() > 5 * np.abs(heat[32:, 32:]).mean()
+
+
+def test_explain_writes_a_png(tmp_path, tiny_model_dir, two_class_index):
+    img = tmp_path / "half.jpg"
+    arr = np.array(coloured((220, 30, 30), size=(64, 64)))
+    arr[:, 32:] = (30, 30, 220)
+    from PIL import Image
+
+    img.write_bytes(encode(Image.fromarray(arr)))
+    out = tmp_path / "explained.png"
+    r = CliRunner().invoke(app, ["explain", str(img), "--model", str(tiny_model_dir), "--out", str(out), "--views", "64",
+                                 "--index", str(two_class_index), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 10_000
+    assert Image.open(out).size[0] > 800

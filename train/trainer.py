@@ -100,8 +100,18 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model()
     desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         desc = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host: {desc}"
@@ -420,7 +430,8 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
                f"enrolled, never trained on), queries = fold {cfg.val_fold}."),
     )
     card = save_model_dir(scripted, card, out)
-    shutil.copyfile(log_path, out / LOG_FILE) if log_path.exists() and log_path.parent != out else None
+    if log_path.exists() and log_path.parent.resolve() != out.resolve():
+        shutil.copyfile(log_path, out / LOG_FILE)
     # Read it back through the scanner's own loader: what we wrote is what `imgscan scan` will get.
     _, loaded = load_model(out)
     with torch.no_grad():

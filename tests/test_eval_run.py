@@ -124,14 +124,20 @@ def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path):
     from scanner.evaluation.cli import run_eval
 
     doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="2", unknown=None, folds=True,
-                   device="cpu", use_umap=False, baselines=False)
+                   device="cpu", use_umap=False, baselines=False, ce_model=tiny_model_dir)
     assert doc["protocol"]["folds"] == [0, 1, 2]
+    assert set(doc["methods"]) == {"imgscan", "ce"}  # a --ce-model is judged like the main model
+    assert doc["main"]["ce"]["headline"] == doc["main"]["imgscan"]["headline"]  # (here: the same weights)
     runs = [r for r in doc["runs"] if r["method"] == "imgscan"]
     assert len(runs) == 3
     assert doc["sweep"]["imgscan"][0]["closed_macro_f1"]["n"] == 3
     # pooled over folds, every decoded image is a query exactly once
     assert doc["main"]["imgscan"]["metrics"]["n_queries"] == 56
     assert doc["main"]["imgscan"]["metrics"]["open_set"].get("oscr") is None  # no --unknown: no OSCR
+    one = run_eval(eval_data, tmp_path / "r1", model=tiny_model_dir, shots="2", query_folds="1", device="cpu",
+                   use_umap=False, baselines=False)
+    assert one["protocol"]["folds"] == [1]
+    assert one["main"]["imgscan"]["metrics"]["n_queries"] < 56
 
 
 def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, tmp_path):

@@ -35,3 +35,19 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int = 4000, tim
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
     return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m scanner.evaluation.browser REPORT.html SHOT.png [HEIGHT]: screenshot a report."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3):
+        print("usage: python -m scanner.evaluation.browser REPORT.html SHOT.png [HEIGHT]", file=sys.stderr)
+        return 2
+    print(screenshot(Path(args[0]), Path(args[1]), height=int(args[2]) if len(args) == 3 else 4000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

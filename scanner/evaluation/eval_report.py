@@ -23,8 +23,8 @@ from scanner.schema import NEIGHBOR_TYPE
 from scanner.verdict import UNKNOWN_LABEL
 
 HEADLINE_TITLES = {
-    "mean_det_acc": "mean det. acc", "mean_det_bal_acc": "mean det. bal. acc", "mean_det_auc": "mean det. AUC", "closed_macro_f1": "macro F1 (closed)",
-    "open_macro_f1": "macro F1 (open)", "open_set_auroc": "open-set AUROC", "oscr": "OSCR",
+    "mean_det_acc": "det acc", "mean_det_bal_acc": "det bal acc", "mean_det_auc": "det AUC",
+    "closed_macro_f1": "F1 closed", "open_macro_f1": "F1 open", "open_set_auroc": "OS AUROC", "oscr": "OSCR",
 }
 
 PREDICTION_SCHEMA = pa.schema([

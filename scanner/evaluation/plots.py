@@ -33,10 +33,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# Kelly's colours of maximum contrast (without white and black): 20 classes stay distinguishable, where
+# tab20 pairs a dark and a light shade of each hue.
+KELLY = ["#0067A5", "#F38400", "#008856", "#BE0032", "#875692", "#F3C300", "#848482", "#A1CAF1", "#882D17",
+         "#8DB600", "#E68FAC", "#2B3D26", "#C2B280", "#604E97", "#F99379", "#DCD300", "#B3446C", "#654522",
+         "#E25822", "#F6A600"]
+
+
 def _colours(n: int):
+    if n <= len(KELLY):
+        return KELLY[:n]
     plt = _plt()
-    cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
-    return [cmap(i % cmap.N) for i in range(n)]
+    cmap = plt.get_cmap("tab20")
+    return KELLY + [cmap(i % cmap.N) for i in range(n - len(KELLY))]
 
 
 def confusion_png(rows: list[str], cols: list[str], matrix, path: Path, title: str) -> Path:
@@ -155,13 +164,16 @@ def embedding_map_png(xy: np.ndarray, labels: np.ndarray, roles: np.ndarray, pat
     for c, col in zip(classes, _colours(len(classes))):
         q = (labels == c) & (roles == "query")
         s = (labels == c) & (roles == "support")
-        ax.scatter(xy[q, 0], xy[q, 1], s=7, color=col, alpha=0.55, linewidths=0, label=c)
+        unknown = c.endswith("(unknown)")
         if s.any():
-            ax.scatter(xy[s, 0], xy[s, 1], s=42, color=col, marker="^", edgecolors="black", linewidths=0.5)
+            ax.scatter(xy[s, 0], xy[s, 1], s=16, color=col, marker="^", edgecolors="none", alpha=0.45)
+        ax.scatter(xy[q, 0], xy[q, 1], s=30 if unknown else 9, color=col, marker="X" if unknown else "o",
+                   alpha=0.9, linewidths=0.4 if unknown else 0, edgecolors="black" if unknown else "none", label=c)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class")
-    ax.set_title(title + "\n(triangles: support images; dots: queries)", fontsize=10)
+    ax.legend(fontsize=7, markerscale=1.6, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class (queries)")
+    ax.set_title(title + "\n(pale triangles: support images; dots: queries; crosses: queries of never-enrolled classes)",
+                 fontsize=9)
     return _save(fig, path)
 
 

@@ -43,13 +43,20 @@ def occlusion_masks(size: int, budget: int) -> list[np.ndarray]:
 
 
 def random_masks(size: int, n: int, rng: np.random.Generator, cells: int = 8, p_hide: float = 0.25) -> list[np.ndarray]:
+    """Coarse random masks: a cells x cells grid, each cell hidden with probability p_hide, shifted by a random
+    offset (as RISE does) so that cell borders do not stay in the same place across views."""
     out = []
     reps = -(-size // cells)
     for _ in range(n):
-        grid = rng.random((cells, cells)) < p_hide
-        if not grid.any():
-            grid[rng.integers(cells), rng.integers(cells)] = True
-        out.append(np.kron(grid, np.ones((reps, reps), dtype=bool))[:size, :size].astype(bool))
+        grid = rng.random((cells + 1, cells + 1)) < p_hide
+        big = np.kron(grid, np.ones((reps, reps), dtype=bool)).astype(bool)
+        dy, dx = rng.integers(0, reps, 2)
+        m = big[dy:dy + size, dx:dx + size]
+        if not m.any():
+            m = m.copy()
+            y, x = rng.integers(0, size - reps + 1, 2)
+            m[y:y + reps, x:x + reps] = True
+        out.append(m)
     return out
 
 
@@ -149,7 +156,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     axes[2].imshow(pixels)
     pos = np.clip(heat / lim, 0, 1)
-    axes[2].imshow(pos, cmap="inferno", alpha=0.55 * (pos > 0.15) + 0.0, vmin=0, vmax=1)
+    axes[2].imshow(pos, cmap="jet", alpha=0.75 * pos ** 1.5, vmin=0, vmax=1)
     axes[2].set_title("regions that move the embedding most", fontsize=9)
     for ax in axes:
         ax.set_xticks([])

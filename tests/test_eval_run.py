@@ -33,6 +33,9 @@ def eval_data(tmp_path_factory):
             lines.append(f"{rel},{label},{int(label != 'real')},{group},{(i // 2) % 3}")
     (root / "images" / "gen_blue" / "broken.jpg").write_bytes(b"not an image")
     lines.append("images/gen_blue/broken.jpg,gen_blue,1,broken,0")
+    # a byte-identical copy in another group: left out, or it could be a query while its twin is enrolled
+    (root / "images" / "real" / "copy.jpg").write_bytes((root / "images" / "real" / "000.jpg").read_bytes())
+    lines.append("images/real/copy.jpg,real,0,copy-group,1")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -54,7 +57,8 @@ def test_eval_writes_every_output(eval_out):
     for fig in ("confusion", "roc", "oscr", "shots", "umap"):
         assert (out / doc["figures"][fig]).stat().st_size > 5000, fig
     assert json.loads((out / "metrics.json").read_text()) == doc
-    assert doc["data"]["n_images"] == 57 and doc["data"]["decoded"] == 56 and doc["data"]["errors"] == 1
+    assert doc["data"]["n_images"] == 58 and doc["data"]["decoded"] == 57 and doc["data"]["errors"] == 1
+    assert doc["data"]["duplicates_left_out"] == 1 and doc["data"]["used"] == 56
     assert set(doc["methods"]) == {"imgscan", "spectral-knn", "metadata"}
     assert [r["shots"] for r in doc["sweep"]["imgscan"]] == [3, 6]
 
@@ -81,10 +85,11 @@ def test_eval_metrics_on_separable_colours(eval_out):
 def test_eval_predictions_parquet(eval_out):
     out, doc = eval_out
     t = pq.read_table(out / "predictions.parquet")
-    assert t.num_rows == 57 * 3  # every image, once per method, at the main shots
+    assert t.num_rows == 58 * 3  # every image, once per method, at the main shots
     rows = [r for r in t.to_pylist() if r["method"] == "imgscan"]
     roles = {r["role"] for r in rows}
-    assert roles <= {"support", "query", "excluded", "error"}
+    assert roles <= {"support", "query", "excluded", "error", "duplicate"}
+    assert [r["path"].endswith("copy.jpg") for r in rows if r["role"] == "duplicate"] == [True]
     broken = [r for r in rows if r["path"].endswith("broken.jpg")][0]
     assert broken["role"] == "error" and broken["error"].startswith("decode")
     q = [r for r in rows if r["role"] == "query"]

@@ -152,6 +152,9 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
                               "width, height, format, log2 bytes; Euclidean k-NN", time.monotonic() - t0))
     for path, err in sorted(feats.errors.items()):
         console.print(f"skipped {path}: {err}", highlight=False)
+    if feats.duplicates:
+        console.print(f"left out {len(feats.duplicates)} byte-identical duplicate file(s) (see predictions.parquet, role "
+                      "'duplicate')", highlight=False)
 
     with tempfile.TemporaryDirectory(prefix="imgscan-eval-") as work:
         steps = len(shot_values) * len(fold_list) * len(methods)
@@ -161,7 +164,8 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
                                   on_step=lambda *a: progress.advance(1))
     info = {
         "command": command,
-        "data": {"source": ds.source, "n_images": len(ds), "decoded": int(feats.ok.sum()), "counts": ds.counts(),
+        "data": {"source": ds.source, "n_images": len(ds), "decoded": len(ds) - len(feats.errors),
+                 "duplicates_left_out": len(feats.duplicates), "used": int(feats.ok.sum()), "counts": ds.counts(),
                  "errors": len(feats.errors)},
         "protocol": {"shots": shot_values, "unknown": unknown_list, "folds": fold_list, "seed": seed, "k": k,
                      "support_cap": "min(shots, floor(class size / 2))", "split_by": "group"},

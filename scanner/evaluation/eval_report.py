@@ -76,7 +76,8 @@ def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: in
                 cols["true_label"].append(j.split.true_label[i])
                 cols["is_ai_true"].append(bool(ds.is_ai[i]))
                 cols["group"].append(ds.groups[i])
-                cols["role"].append(j.split.role[i] if feats.ok[i] else "error")
+                cols["role"].append(j.split.role[i] if feats.ok[i] else
+                                    "duplicate" if ds.paths[i] in feats.duplicates else "error")
                 cols["error"].append(feats.errors.get(ds.paths[i]))
                 if r is None:
                     for name in ("label", "closed_set_label", "is_ai", "ai_score", "open_set_score", "open_set_threshold", "neighbors"):
@@ -177,7 +178,8 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
     proto = doc["protocol"]
     b.append('<p class="meta">'
              f"Data: <code>{H.esc(doc['data']['source'])}</code>, {doc['data']['n_images']} images in "
-             f"{len(doc['data']['counts'])} classes ({doc['data']['decoded']} decoded). "
+             f"{len(doc['data']['counts'])} classes ({doc['data']['decoded']} decoded, "
+             f"{doc['data']['duplicates_left_out']} byte-identical duplicates left out). "
              f"Model: <code>{H.esc(doc['methods'][MAIN_METHOD]['model'])}</code>. "
              f"Shots: {', '.join(map(str, proto['shots']))} (main: {main_n}); unknown classes: "
              f"{H.esc(', '.join(proto['unknown']) or 'none')}; "

@@ -57,6 +57,19 @@ class Features:
     sha: np.ndarray
     errors: dict[str, str]
     embeddings: np.ndarray
+    duplicates: dict[str, str] = field(default_factory=dict)  # path -> path of the first byte-identical file
+
+
+def drop_duplicates(ds: Dataset, feats: Features) -> None:
+    """Byte-identical files (same sha) are one image: keep the first, leave the others out of both sides.
+    Otherwise a copy could be a query while its twin is enrolled (an exact match across the split, possibly
+    across groups), or count twice among the queries."""
+    first: dict[str, int] = {}
+    for i in np.flatnonzero(feats.ok):
+        j = first.setdefault(feats.sha[i], int(i))
+        if j != i:
+            feats.ok[i] = False
+            feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
 def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None) -> Features:
@@ -81,7 +94,9 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None) ->
                 errors[ds.paths[j]] = err
         if progress is not None:
             progress(len(reads))
-    return Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
+    feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
+    drop_duplicates(ds, feats)
+    return feats
 
 
 def _judge_cosine(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path):

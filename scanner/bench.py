@@ -1,6 +1,7 @@
 """`imgscan bench`: throughput of each stage and of a real scan, measured in one run.
 
-decode_ips      read + hash + decode + resize (the threaded front of the scan pipeline, no model)
+decode_ips      read + hash + decode + resize (the threaded front of the scan pipeline, no model; includes
+                starting the isolated decoder process, as a scan does)
 embed_ips       the embedder alone on ready uint8 tensors, same batch size
 query_ips       HNSW k-NN search + verdict, over a support index of `support` synthetic vectors
 end_to_end_ips  a real scan (walk -> Parquet) of the same images, through run_scan
@@ -46,8 +47,7 @@ def _peak_rss_mb() -> float:
 def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, batch_size: int = 32,
               support: int = 2000, k: int = 11, repeats: int = 3) -> dict[str, float]:
     from indexes import SupportIndex, enroll_embeddings
-    from scanner.pipeline import ScanOptions, _Stages, run_scan
-    from scanner.decode import ImageDecoder
+    from scanner.pipeline import ScanOptions, _Stages, make_decoder, run_scan
     from scanner.progress import ScanProgress
     from scanner.verdict import decide
 
@@ -63,8 +63,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         # decode: the scan's own front stages (walk, readers, DALI/Pillow decode), no model
         opts = ScanOptions(roots=roots, out=tmp / "unused", batch_size=batch_size)
         empty = np.zeros(0, dtype=np.uint64)
-        decoder = ImageDecoder(embedder.size, batch_size, device=embedder.device)
-        decoder.decode([None])  # no-op warm-up of the imports
+        decoder = make_decoder(embedder.size, batch_size, embedder.device)
         stages = _Stages(opts, empty, empty, decoder)
         start = time.perf_counter()
         stages.start()

@@ -97,6 +97,8 @@ def scan(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
     readers: Annotated[int, typer.Option("--readers", min=1, max=64, help="Threads reading and hashing files.")] = 4,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
+    isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
+    decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
 ) -> None:
     """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
 
@@ -137,7 +139,8 @@ def scan(
         if support.manifest.total == 0:
             raise UsageError(f"{index_dir}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
         opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size, skip_known=list(skip_known or []),
-                           all_files=all_files, max_pixels=max_pixels, readers=readers)
+                           all_files=all_files, max_pixels=max_pixels, readers=readers,
+                           isolate_decode=isolate_decode, decode_timeout_s=decode_timeout)
         fingerprint = {
             "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": embedder.model_id, "k": k,
             "all_files": all_files, "skip_known": sorted(str(p) for p in opts.skip_known),

@@ -27,7 +27,7 @@ DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "JPEG2000
 class DecodedBatch:
     """Decoded images of one batch: rows of `pixels` are the items whose error is None, in order."""
 
-    pixels: "object"  # torch.uint8 [m, S, S, 3] on the decode device (NHWC, as decoders produce it)
+    pixels: "object"  # uint8 [m, S, S, 3] (NHWC, as decoders produce it): numpy on CPU, a torch tensor on CUDA
     sizes: list[tuple[int, int] | None]  # (width, height) as decoded, after EXIF rotation, per item
     errors: list[str | None]  # per item
 
@@ -96,7 +96,7 @@ def resize_center_crop(im: Image.Image, size: int) -> np.ndarray:
     if (new_w, new_h) != (w, h):
         im = im.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy for torch
+    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # a copy: the crop view would keep the whole image alive
 
 
 class DaliImageDecoder:
@@ -137,10 +137,9 @@ class DaliImageDecoder:
         return pipe
 
     def run(self, datas: list[bytes]):
-        """Decode a list of encoded images; returns (torch uint8 [n,S,S,3], numpy int64 [n,3] shapes).
-        Raises if any item fails (the caller then decodes the items one by one elsewhere)."""
-        import torch
-
+        """Decode a list of encoded images; returns (uint8 [n,S,S,3], numpy int64 [n,3] shapes): a numpy array
+        on CPU, a torch CUDA tensor on the GPU. Raises if any item fails (the caller then decodes the items one
+        by one elsewhere)."""
         if self._pipe is None:
             self._pipe = self._build()
         try:
@@ -151,13 +150,14 @@ class DaliImageDecoder:
             raise
         shapes = np.asarray(shapes.as_array(), dtype=np.int64).reshape(len(datas), -1)
         if self.device == "cuda":
+            import torch
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dense = images.as_tensor()
             out = torch.empty(dense.shape(), dtype=torch.uint8, device="cuda")
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
             return out, shapes
-        return torch.from_numpy(images.as_array()), shapes
+        return images.as_array(), shapes
 
 
 class ImageDecoder:
@@ -171,8 +171,6 @@ class ImageDecoder:
         self.dali = DaliImageDecoder(size, max_batch, device, num_threads)
 
     def decode(self, datas: list[bytes | None]) -> DecodedBatch:
-        import torch
-
         n = len(datas)
         errors: list[str | None] = [None] * n
         sizes: list[tuple[int, int] | None] = [None] * n
@@ -199,10 +197,19 @@ class ImageDecoder:
                 for_pillow.extend(for_dali)  # isolate the bad item(s): decode this batch one by one
         for i in for_pillow:
             try:
-                arr, sizes[i] = pillow_decode(datas[i], self.size)
-                frames[i] = torch.from_numpy(arr).to(self.device)
+                frames[i], sizes[i] = pillow_decode(datas[i], self.size)
             except Exception as exc:
                 errors[i] = f"decode: {_short(exc)}"
         ok = [frames[i] for i in range(n) if errors[i] is None]
-        pixels = torch.stack(ok) if ok else torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
-        return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors)
+        return DecodedBatch(pixels=self._stack(ok), sizes=sizes, errors=errors)
+
+    def _stack(self, frames: list):
+        if self.device == "cuda":
+            import torch
+
+            if not frames:
+                return torch.empty((0, self.size, self.size, 3), dtype=torch.uint8, device="cuda")
+            return torch.stack([torch.as_tensor(f).to("cuda") for f in frames])
+        if not frames:
+            return np.empty((0, self.size, self.size, 3), dtype=np.uint8)
+        return np.stack(frames)

@@ -42,11 +42,12 @@ class Embedder:
         return self.card.model_id
 
     def embed(self, pixels_nhwc) -> np.ndarray:
-        """pixels_nhwc: torch.uint8 [n, S, S, 3] (any device). Returns float32 [n, dim], unit norm."""
+        """pixels_nhwc: uint8 [n, S, S, 3], a numpy array or a torch tensor on any device.
+        Returns float32 [n, dim], unit norm."""
         torch = self._torch
         if pixels_nhwc.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = pixels_nhwc.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

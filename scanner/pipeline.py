@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder
+from scanner.decode_isolated import DEFAULT_TIMEOUT_S, IsolatedImageDecoder
 from scanner.embed import Embedder
 from scanner.errors import UsageError
 from scanner.read import DEFAULT_MAX_BYTES, ReadResult, read_file
@@ -46,6 +47,8 @@ class ScanOptions:
     max_bytes: int = DEFAULT_MAX_BYTES
     readers: int = 4
     queue_batches: int = 4  # bounded prefetch, in batches, between stages
+    isolate_decode: bool = True
+    decode_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 @dataclass
@@ -181,6 +184,9 @@ class _Stages:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=5)
+        close = getattr(self.decoder, "close", None)
+        if close is not None:
+            close()
 
 
 def _record_batch(reads: list[ReadResult], decoded: DecodedBatch, embeddings: np.ndarray, index, k: int,
@@ -214,9 +220,19 @@ def _record_batch(reads: list[ReadResult], decoded: DecodedBatch, embeddings: np
     return pa.RecordBatch.from_arrays(arrays, schema=VERDICT_SCHEMA)
 
 
+def make_decoder(size: int, batch_size: int, device: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 isolate: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """The decode stage: in a child process on CPU (a crashing or hanging decoder costs one row), in-process
+    on CUDA (nvJPEG needs this process's CUDA context) or when isolation is turned off."""
+    if isolate and device != "cuda":
+        return IsolatedImageDecoder(size, batch_size, max_pixels=max_pixels, timeout_s=timeout_s)
+    return ImageDecoder(size, batch_size, device=device, max_pixels=max_pixels)
+
+
 def embedded_batches(roots: list[bytes], embedder: Embedder, *, all_files: bool = False, batch_size: int = 64,
                      readers: int = 4, queue_batches: int = 4, max_bytes: int = DEFAULT_MAX_BYTES,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, done_paths: np.ndarray | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, isolate_decode: bool = True,
+                     decode_timeout_s: float = DEFAULT_TIMEOUT_S, done_paths: np.ndarray | None = None,
                      known_shas: np.ndarray | None = None, stats: dict | None = None):
     """Walk, read, decode and embed: yield (reads, decoded, embeddings) per batch. Shared by scan, enroll and
     eval so they all see images through the same stages. Rows of `embeddings` follow the items of `reads`
@@ -225,7 +241,7 @@ def embedded_batches(roots: list[bytes], embedder: Embedder, *, all_files: bool 
                        all_files=all_files, max_pixels=max_pixels, max_bytes=max_bytes, readers=readers,
                        queue_batches=queue_batches)
     empty = np.zeros(0, dtype=np.uint64)
-    decoder = ImageDecoder(embedder.size, batch_size, device=embedder.device, max_pixels=max_pixels)
+    decoder = make_decoder(embedder.size, batch_size, embedder.device, max_pixels, isolate_decode, decode_timeout_s)
     stages = _Stages(opts, empty if done_paths is None else done_paths, empty if known_shas is None else known_shas, decoder)
     stages.start()
     try:
@@ -250,7 +266,7 @@ def run_scan(opts: ScanOptions, embedder: Embedder, index, progress, fingerprint
         for reads, decoded, embeddings in embedded_batches(
             opts.roots, embedder, all_files=opts.all_files, batch_size=opts.batch_size, readers=opts.readers,
             queue_batches=opts.queue_batches, max_bytes=opts.max_bytes, max_pixels=opts.max_pixels,
-            done_paths=done, known_shas=load_known_shas(opts.skip_known), stats=stats,
+            isolate_decode=opts.isolate_decode, decode_timeout_s=opts.decode_timeout_s, done_paths=done, known_shas=load_known_shas(opts.skip_known), stats=stats,
         ):
             batch = _record_batch(reads, decoded, embeddings, index, opts.k, embedder.model_id)
             journal.append(batch)

@@ -1,0 +1,49 @@
+"""Isolated decoding: an aborting or hanging decoder costs exactly one image its pixels."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import BLUE, RED, coloured, encode
+from scanner.decode import ImageDecoder
+from scanner.decode_isolated import IsolatedImageDecoder
+
+HERE = Path(__file__).parent
+
+
+def _gif_with(marker: bytes) -> bytes:
+    # GIF goes to Pillow (DALI has no GIF decoder); the marker rides in a GIF comment block.
+    return encode(coloured(RED, seed=1), "GIF", comment=marker)
+
+
+def test_isolated_decoder_matches_in_process_decoder():
+    datas = [encode(coloured(RED, seed=i)) for i in range(5)] + [b"junk", encode(coloured(BLUE, seed=9), "PNG")]
+    isolated = IsolatedImageDecoder(32, 8)
+    try:
+        got = isolated.decode(datas)
+        again = isolated.decode(datas[:2])  # the child is reused across batches
+    finally:
+        isolated.close()
+    want = ImageDecoder(32, 8).decode(datas)
+    assert got.errors == want.errors and got.sizes == want.sizes
+    assert np.array_equal(got.pixels, want.pixels) and again.pixels.shape == (2, 32, 32, 3)
+
+
+def test_abort_and_hang_cost_one_row_each():
+    datas = [encode(coloured(RED, seed=1)), _gif_with(b"ABORT-ME"), encode(coloured(BLUE, seed=2)),
+             _gif_with(b"HANG-ME"), _gif_with(b"fine")]
+    decoder = IsolatedImageDecoder(32, 8, timeout_s=2.0, startup_s=8.0,
+                                   child_command=[sys.executable, str(HERE / "faulty_decoder_child.py")])
+    try:
+        batch = decoder.decode(datas)
+        after = decoder.decode([encode(coloured(RED, seed=3))])  # a fresh child takes over
+    finally:
+        decoder.close()
+    assert batch.errors[0] is None and batch.errors[2] is None and batch.errors[4] is None
+    assert batch.errors[1] == "decode: decoder crashed (SIGABRT)"
+    assert batch.errors[3].startswith("decode: timed out after 2 s")
+    assert batch.pixels.shape == (3, 32, 32, 3) and batch.sizes[1] is None and batch.sizes[4] == (48, 40)
+    assert after.errors == [None]

@@ -1,0 +1,122 @@
+"""Mutation fuzzing of the read -> decode -> embed stages, in-process (no isolation, the harsher setting).
+
+Seeds are small valid JPEG, PNG, WebP and GIF files; each input is a seed mutated by byte flips, truncation,
+insertion, deletion, chunk duplication or a header spliced from another format. Every input must end as
+exactly one of: an embedding row, or an `error` string, with no exception escaping and no hang.
+
+Short form: `tests/test_fuzz.py` (part of the default test run). Long form:
+
+    python tests/fuzz_decode.py --inputs 100000 --batch 32 --seed 1 --model MODEL_DIR --report docs/fuzz-run.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def seed_files() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    seeds = []
+    for fmt, kw in (("JPEG", {"quality": 90}), ("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {}),
+                    ("GIF", {}), ("PNG", {"mode": "RGBA"}), ("BMP", {}), ("TIFF", {})):
+        buf = io.BytesIO()
+        src = img.convert(kw.pop("mode")) if "mode" in kw else img
+        src.save(buf, fmt, **kw)
+        seeds.append(buf.getvalue())
+    return seeds
+
+
+def mutate(data: bytes, rnd: random.Random, seeds: list[bytes]) -> bytes:
+    b = bytearray(data)
+    for _ in range(rnd.randint(1, 4)):
+        op = rnd.randrange(7)
+        if op == 0 and b:  # flip bytes
+            for _ in range(rnd.randint(1, 8)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        elif op == 1 and b:  # truncate
+            del b[rnd.randrange(len(b)):]
+        elif op == 2:  # insert random bytes
+            pos = rnd.randrange(len(b) + 1)
+            b[pos:pos] = rnd.randbytes(rnd.randint(1, 64))
+        elif op == 3 and len(b) > 2:  # delete a run
+            pos = rnd.randrange(len(b) - 1)
+            del b[pos:pos + rnd.randint(1, 32)]
+        elif op == 4 and len(b) > 8:  # duplicate a chunk
+            pos = rnd.randrange(len(b) - 4)
+            b[pos:pos] = b[pos:pos + rnd.randint(4, 256)]
+        elif op == 5:  # splice another format's header
+            other = rnd.choice(seeds)
+            cut = rnd.randint(2, min(64, len(other)))
+            b[:cut] = other[:cut]
+        elif op == 6 and len(b) > 24:  # overwrite a likely size field with a huge value
+            pos = rnd.randrange(4, min(len(b) - 4, 64))
+            b[pos:pos + 4] = rnd.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"])
+    return bytes(b)
+
+
+def run(n_inputs: int, batch: int, seed: int, size: int = 32, embed=None) -> dict:
+    """Fuzz n_inputs; return counts. `embed` maps uint8 NHWC -> [m, dim] (a real model in the tests)."""
+    from scanner.decode import ImageDecoder
+
+    rnd = random.Random(seed)
+    seeds = seed_files()
+    decoder = ImageDecoder(size, batch, device="cpu", max_pixels=4_000_000)
+    outcomes: Counter = Counter()
+    slowest = 0.0
+    started = time.monotonic()
+    done = 0
+    while done < n_inputs:
+        datas = [mutate(rnd.choice(seeds), rnd, seeds) for _ in range(min(batch, n_inputs - done))]
+        t0 = time.monotonic()
+        decoded = decoder.decode(datas)
+        slowest = max(slowest, time.monotonic() - t0)
+        ok = sum(e is None for e in decoded.errors)
+        assert decoded.pixels.shape[0] == ok, "every decoded image has exactly one row of pixels"
+        if embed is not None and ok:
+            emb = embed(decoded.pixels)
+            assert emb.shape[0] == ok and np.isfinite(emb).all()
+        for err in decoded.errors:
+            outcomes["decoded" if err is None else err.split(" (")[0].split(":")[0] + ": " + err.split(":", 1)[1].split("(")[0].strip()[:40]] += 1
+        done += len(datas)
+    return {
+        "inputs": done, "seconds": round(time.monotonic() - started, 1), "slowest_batch_s": round(slowest, 3),
+        "decoded": outcomes.pop("decoded", 0), "errors": dict(outcomes.most_common()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inputs", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--report", type=Path)
+    ap.add_argument("--model", type=Path, help="embed every decoded input with this model directory")
+    args = ap.parse_args()
+    embed, size = None, 32
+    if args.model:
+        from scanner.embed import Embedder
+
+        embedder = Embedder(args.model, device="cpu")
+        embed, size = embedder.embed, embedder.size
+    result = run(args.inputs, args.batch, args.seed, size=size, embed=embed)
+    result.update({"command": " ".join(["python", *sys.argv]), "seed": args.seed,
+                   "model": str(args.model) if args.model else None, "input_size": size})
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ def eval_out(eval_data, tiny_model_dir, tmp_path_factory):
 
 def test_eval_writes_every_output(eval_out):
     out, doc = eval_out
-    for name in ("metrics.json", "predictions.parquet", "report.html"):
+    for name in ("metrics.json", "predictions.parquet", "report.html", "summary.md"):
         assert (out / name).is_file(), name
     for fig in ("confusion", "roc", "oscr", "shots", "umap"):
         assert (out / doc["figures"][fig]).stat().st_size > 5000, fig
@@ -61,6 +61,8 @@ def test_eval_writes_every_output(eval_out):
     assert doc["data"]["duplicates_left_out"] == 1 and doc["data"]["used"] == 56
     assert set(doc["methods"]) == {"imgscan", "spectral-knn", "metadata"}
     assert [r["shots"] for r in doc["sweep"]["imgscan"]] == [3, 6]
+    md = (out / "summary.md").read_text()
+    assert "| imgscan | 1.000 | 1.000 |" in md  # shots sweep of closed-set macro F1: 3 and 6 shots
 
 
 def test_eval_metrics_on_separable_colours(eval_out):

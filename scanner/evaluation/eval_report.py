@@ -169,7 +169,61 @@ def write_outputs(result: EvalResult, ds: Dataset, feats: Features, out: Path, i
     doc = nan_to_none(doc)
     (out / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     (out / "report.html").write_text(render_html(doc, figs, pooled, result, ds), encoding="utf-8")
+    (out / "summary.md").write_text(render_markdown(doc), encoding="utf-8")
     return doc
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(H.fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_pivot(doc: dict, key: str, with_std: bool) -> tuple[list[str], list[list]]:
+    shots = [r["shots"] for r in next(iter(doc["sweep"].values()))]
+    rows = []
+    for name, sw in doc["sweep"].items():
+        cells = []
+        for r in sw:
+            v = r[key]
+            cells.append("–" if v["mean"] is None else H.fmt(v["mean"]) + (f" ± {H.fmt(v['std'])}" if with_std and v["n"] > 1 else ""))
+        rows.append([name] + cells)
+    return ["method"] + [f"{n} shots" for n in shots], rows
+
+
+def render_markdown(doc: dict) -> str:
+    """The figures as Markdown tables, ready to paste into docs."""
+    main_n = doc["main_shots"]
+    proto = doc["protocol"]
+    with_std = len(proto["folds"]) > 1
+    out = [f"Command: `{doc.get('command', '')}`  \n",
+           f"Data: {doc['data']['source']} ({doc['data']['n_images']} images, {doc['data']['used']} used); "
+           f"model `{doc['methods'][MAIN_METHOD]['model']}`; unknown: {', '.join(proto['unknown']) or 'none'}; "
+           f"k = {proto['k']}; "
+           + ("one seeded group split (seed " + str(proto["seed"]) + ")" if proto["folds"] == [None]
+              else "query folds: " + ", ".join(str(f) for f in proto["folds"]))
+           + f"; written {doc['created_at']} on "
+           f"{doc['machine']['platform']} ({doc['machine']['cpus']} CPUs).\n\n",
+           f"**At {main_n} shots**\n\n"]
+    out.append(_md_table(["method"] + [HEADLINE_TITLES[k] for k, _ in HEADLINE],
+                         [[name] + [m["headline"][k] for k, _ in HEADLINE] for name, m in doc["main"].items()]))
+    for key in ("closed_macro_f1", "mean_det_auc", "mean_det_bal_acc", "oscr"):
+        header, rows = sweep_pivot(doc, key, with_std)
+        out.append(f"\n**Shots sweep: {HEADLINE_TITLES[key]}**\n\n" + _md_table(header, rows))
+    per_gen = doc["main"][MAIN_METHOD]["metrics"]["detection"]["per_generator"]
+    others = [n for n in doc["main"] if n != MAIN_METHOD]
+    rows = []
+    for g, v in per_gen.items():
+        rows.append([g + ("" if v["enrolled"] else " (unknown)"), str(v["n_generated"]), v["balanced_accuracy"], v["auc"]]
+                    + [doc["main"][n]["metrics"]["detection"]["per_generator"].get(g, {}).get("auc") for n in others])
+    out.append(f"\n**Detection per generator at {main_n} shots ({MAIN_METHOD})**\n\n"
+               + _md_table(["generator", "queries", "bal. acc", "AUC"] + [f"{n} AUC" for n in others], rows))
+    att = doc["main"][MAIN_METHOD]["metrics"]["attribution"]["per_class"]
+    closed = doc["main"][MAIN_METHOD]["metrics"]["closed_set_attribution"]["per_class"]
+    rows = [[c, str(v["support"]), v["precision"], v["recall"], v["f1"], closed.get(c, {}).get("f1")] for c, v in att.items()]
+    out.append(f"\n**Attribution per class at {main_n} shots ({MAIN_METHOD})**\n\n"
+               + _md_table(["class", "queries", "precision", "recall", "F1", "F1 closed"], rows))
+    return "".join(out)
 
 
 def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], result: EvalResult, ds: Dataset) -> str:
@@ -212,6 +266,9 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
                 H.RawHTML(H.fmt(r[k]["mean"]) + (f" ± {H.fmt(r[k]['std'])}" if len(proto["folds"]) > 1 and r[k]["mean"] is not None else ""))
                 for k, _ in HEADLINE])
     b.append(H.table(header, rows))
+    for key in ("closed_macro_f1", "mean_det_auc"):
+        ph, prow = sweep_pivot(doc, key, len(proto["folds"]) > 1)
+        b.append(f"<p><b>{H.esc(HEADLINE_TITLES[key])} by shots</b></p>" + H.table(ph, [[H.RawHTML(H.esc(c)) for c in r] for r in prow]))
     b.append(H.figure(figs["shots"], "Shots sweep: attribution macro F1, mean detection AUC and OSCR per method."))
     b.append("<h2>Detection per generator</h2>")
     main = doc["main"][MAIN_METHOD]["metrics"]["detection"]["per_generator"]

@@ -259,16 +259,3 @@ def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: lis
                     on_step(m.name, n, f)
     return EvalResult(judged=judged, methods=methods, shots=list(shots), main_shots=max(shots), folds=list(folds),
                       seconds=seconds)
-
-
-def pooled(result: EvalResult, method: str, shots: int) -> dict[str, np.ndarray]:
-    """Query predictions of every fold at one shots value, concatenated (each query image appears in one fold)."""
-    parts = [result.judged[(method, shots, f)] for f in result.folds]
-    return {
-        "idx": np.concatenate([p.query_idx for p in parts]),
-        "true": np.concatenate([p.split.true_label[p.query_idx] for p in parts]),
-        "label": np.concatenate([p.label for p in parts]),
-        "closed": np.concatenate([p.closed_set_label for p in parts]),
-        "ai_score": np.concatenate([p.ai_score for p in parts]),
-        "open_set_score": np.concatenate([p.open_set_score for p in parts]),
-    }

@@ -99,6 +99,12 @@ def scan(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
     isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
     decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
+    # --- engine options (issue 6; scanner/engines/ray_engine.py, docs/ray.md) ---
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: pip install 'imgscan[ray]'; see docs/ray.md).")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: auto (the cluster this machine belongs to) or ray://HOST:10001. Default: start a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor (fractions share a GPU). Default: 1 when the cluster has GPUs, else 0.")] = None,
+    # --- end engine options ---
 ) -> None:
     """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
 
@@ -126,6 +132,32 @@ def scan(
             raise UsageError(f"--out {out}: directory {out.parent} does not exist")
         if not os.access(out.parent, os.W_OK):
             raise UsageError(f"--out {out}: directory {out.parent} is not writable")
+        # --- --engine ray (issue 6; scanner/engines/ray_engine.py): everything below this block is the local engine ---
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine {engine}: expected local or ray")
+        if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
+            raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+        if engine == "ray":
+            from scanner.engines.ray_engine import RayScanOptions, interrupted_message, run_ray_scan
+
+            ray_opts = RayScanOptions(
+                roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir_for_reading(index), k=k,
+                batch_size=batch_size, device=device, skip_known=list(skip_known or []), all_files=all_files,
+                max_pixels=max_pixels, readers=readers, overwrite=overwrite, address=address, workers=workers,
+                gpus_per_worker=gpus_per_worker, isolate_decode=isolate_decode, decode_timeout_s=decode_timeout,
+            )
+            try:
+                with ScanProgress("scanning (ray)") as progress:
+                    ray_summary = run_ray_scan(ray_opts, progress)
+            except KeyboardInterrupt:
+                err_console.print(interrupted_message(ray_opts))
+                raise typer.Exit(130)
+            if ray_summary is None:
+                err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
+            else:
+                _print_summary(ray_summary)
+            return
+        # --- end --engine ray ---
         partial = out.with_name(out.name + ".partial")
         if out.exists() and not partial.exists():
             if not overwrite:

@@ -1,0 +1,145 @@
+"""`imgscan scan --engine ray` on a local Ray with 2 CPUs: the same rows and verdicts as the local engine, parts
+written atomically, resume by parts. Skipped where Ray is not installed (`pip install 'imgscan[ray]'`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import BLUE, GREEN, RED, write_class_dir
+from hostile import make_hostile_files
+from scanner.cli import app
+from scanner.schema import VERDICT_SCHEMA
+
+ray = pytest.importorskip("ray")
+
+from scanner.engines.ray_engine import (  # noqa: E402  (after the importorskip)
+    MANIFEST_FILE, RUN_FILE, RayScanOptions, part_files, run_ray_scan,
+)
+from scanner.errors import UsageError  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _key(row) -> bytes:
+    return row["path_bytes"] if row["path_bytes"] is not None else row["path"].encode()
+
+
+def _crawl(root: Path) -> dict[str, str]:
+    write_class_dir(root / "reds", RED, 50, seed0=500)
+    write_class_dir(root / "blues", BLUE, 45, seed0=600, fmt="PNG", ext=".png")
+    write_class_dir(root / "greens", GREEN, 10, seed0=700)
+    return make_hostile_files(root / "hostile")
+
+
+def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class_index, local_ray):
+    crawl = tmp_path / "crawl"
+    hostile = _crawl(crawl)
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "16"]
+    local_out, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+
+    result = runner.invoke(app, ["scan", str(crawl), "--out", str(local_out), *common])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["scan", str(crawl), "--out", str(ray_out), *common, "--engine", "ray", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "ray.parquet.parts").exists()  # assembled into one file, staging removed
+
+    local_t, ray_t = pq.read_table(local_out), pq.read_table(ray_out)
+    assert ray_t.schema.remove_metadata() == VERDICT_SCHEMA == local_t.schema.remove_metadata()
+    local_meta = json.loads(local_t.schema.metadata[b"imgscan"])
+    ray_meta = json.loads(ray_t.schema.metadata[b"imgscan"])
+    assert ray_meta == local_meta
+
+    local_rows = {_key(r): r for r in local_t.to_pylist()}
+    ray_rows = {_key(r): r for r in ray_t.to_pylist()}
+    assert ray_t.num_rows == len(ray_rows) == local_t.num_rows == 105 + len(hostile)  # one row per file
+    assert ray_rows.keys() == local_rows.keys()
+
+    scanned = agree = 0
+    for key, lr in local_rows.items():
+        rr = ray_rows[key]
+        assert (rr["path"], rr["path_bytes"], rr["sha"], rr["bytes"]) == (lr["path"], lr["path_bytes"], lr["sha"], lr["bytes"])
+        assert rr["error"] == lr["error"], key  # bad files: the same error rows
+        assert (rr["width"], rr["height"]) == (lr["width"], lr["height"])
+        if lr["error"] is None:
+            scanned += 1
+            agree += rr["label"] == lr["label"]
+            assert rr["ai_score"] == pytest.approx(lr["ai_score"], abs=1e-4)
+            assert rr["model"] == lr["model"] and rr["index"] == lr["index"]
+    assert scanned >= 100
+    assert agree / scanned >= 0.99, (agree, scanned)
+    latin1 = [r for r in ray_rows.values() if r["path_bytes"] is not None]
+    assert latin1 and latin1[0]["path_bytes"].endswith(b"caf\xe9_latin1.jpg")  # non-UTF-8 name kept exactly
+
+    # A finished --out is left alone.
+    result = runner.invoke(app, ["scan", str(crawl), "--out", str(ray_out), *common, "--engine", "ray", "--workers", "1"])
+    assert result.exit_code == 0 and "already complete" in result.output
+
+
+def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_class_index, local_ray):
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "reds", RED, 30, seed0=900)
+    write_class_dir(crawl / "blues", BLUE, 20, seed0=950)
+    (crawl / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "verdicts"
+    opts = RayScanOptions(roots=[os.fsencode(crawl)], out=out, model_dir=tiny_model_dir, index_dir=two_class_index,
+                          device="cpu", batch_size=8, workers=1, part_rows=10, isolate_decode=False)
+
+    first = run_ray_scan(opts)
+    parts = part_files(out)
+    assert first.rows == 51 and first.scanned_this_run == 51 and len(parts) >= 5
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["complete"] and manifest["rows"] == 51 and sorted(manifest["parts"]) == [p.name for p in parts]
+    full = {_key(r): r for r in pq.read_table(out).to_pylist()}  # the directory reads as one table
+    assert len(full) == 51 and full[str(crawl / "empty.jpg").encode()]["error"] == "decode: empty file"
+
+    # Simulate a run killed mid-way: no manifest, two parts missing, a torn temporary part left behind.
+    (out / MANIFEST_FILE).unlink()
+    lost = parts[:2]
+    lost_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in lost)
+    for p in lost:
+        p.unlink()
+    (out / ".part-0000000000000000.parquet.tmp-1-dead").write_bytes(b"PAR1 torn")
+
+    second = run_ray_scan(opts)
+    assert second.resumed_rows == 51 - lost_rows and second.scanned_this_run == lost_rows and second.rows == 51
+    assert not list(out.glob(".part-*"))
+    again = {_key(r): r for r in pq.read_table(out).to_pylist()}
+    assert again.keys() == full.keys()  # exactly one row per file
+    assert all(again[k]["label"] == full[k]["label"] and again[k]["error"] == full[k]["error"] for k in full)
+
+    assert run_ray_scan(opts) is None  # complete: nothing to do
+
+    # An unfinished scan with other settings is refused, not mixed in.
+    (out / MANIFEST_FILE).unlink()
+    with pytest.raises(UsageError, match="other settings"):
+        run_ray_scan(RayScanOptions(**{**opts.__dict__, "k": 5}))
+    assert json.loads((out / RUN_FILE).read_text())["k"] == 11
+
+
+def test_ray_engine_option_checks(tmp_path, tiny_model_dir, two_class_index):
+    img = write_class_dir(tmp_path / "c", RED, 1)
+    base = ["scan", str(img), "--index", str(two_class_index), "--model", str(tiny_model_dir)]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a.parquet"), "--workers", "2"])
+    assert result.exit_code == 2 and "need --engine ray" in result.output
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a.parquet"), "--engine", "spark"])
+    assert result.exit_code == 2 and "expected local or ray" in result.output
+    (tmp_path / "not_ours").mkdir()
+    (tmp_path / "not_ours" / "x.txt").write_text("someone else's")
+    with pytest.raises(UsageError, match="not an imgscan parts directory"):
+        run_ray_scan(RayScanOptions(roots=[os.fsencode(img)], out=tmp_path / "not_ours", model_dir=tiny_model_dir,
+                                    index_dir=two_class_index))

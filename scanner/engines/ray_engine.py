@@ -83,6 +83,9 @@ class RayScanOptions:
     part_rows: int = DEFAULT_PART_ROWS
     isolate_decode: bool = True  # as `imgscan scan`: on CPU, decode in a child process of the actor
     decode_timeout_s: float = DEFAULT_TIMEOUT_S
+    # All actors must be up (model and index loaded) within this time, else the run stops with an error instead
+    # of waiting forever on a cluster that cannot place them. Covers an autoscaler bringing up GPU nodes.
+    actor_start_timeout_s: int = 900
 
 
 # ------------------------------------------------------------------------------------------ stages (remote)
@@ -434,6 +437,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
             raise UsageError("--device cuda: the workers get no GPU (--gpus-per-worker 0, or a cluster without GPUs)")
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # imgscan's own progress (files, img/s) is on stderr
+        ctx.wait_for_min_actors_s = opts.actor_start_timeout_s
         # Small arrays travel by reference (wrapped in a list so Ray Data does not resolve them in the closure).
         done_ref = [ray.put(done)] if done.size else []
         known_ref = [ray.put(known)] if known.size else []

@@ -127,7 +127,7 @@ def test_eval_html_renders_in_headless_chromium(eval_out):
     assert len(np.unique(im.reshape(-1, 3)[::7], axis=0)) > 200  # anti-aliased plots, not flat text
 
 
-def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path):
+def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path, monkeypatch):
     from scanner.evaluation.cli import run_eval
 
     doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="2", unknown=None, folds=True,
@@ -141,8 +141,18 @@ def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path):
     # pooled over folds, every decoded image is a query exactly once
     assert doc["main"]["imgscan"]["metrics"]["n_queries"] == 56
     assert doc["main"]["imgscan"]["metrics"]["open_set"].get("oscr") is None  # no --unknown: no OSCR
+    cache = tmp_path / "emb.npz"
     one = run_eval(eval_data, tmp_path / "r1", model=tiny_model_dir, shots="2", query_folds="1", device="cpu",
-                   use_umap=False, baselines=False)
+                   use_umap=False, baselines=False, cache=cache)
+    import scanner.pipeline
+
+    seen = []
+    real_batches = scanner.pipeline.embedded_batches
+    monkeypatch.setattr(scanner.pipeline, "embedded_batches", lambda roots, *a, **kw: seen.extend(roots) or real_batches(roots, *a, **kw))
+    again = run_eval(eval_data, tmp_path / "r2", model=tiny_model_dir, shots="2", query_folds="1", device="cpu",
+                     use_umap=False, baselines=False, cache=cache)  # from the cache: same embeddings, same metrics
+    assert [p.endswith(b"broken.jpg") for p in seen] == [True]  # only the file that failed is tried again
+    assert again["main"] == one["main"] and again["data"] == one["data"]
     assert one["protocol"]["folds"] == [1]
     assert one["main"]["imgscan"]["metrics"]["n_queries"] < 56
 

@@ -80,7 +80,8 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
              unknown: Optional[str] = None, folds: bool = False, query_folds: Optional[str] = None,
              ce_model: Optional[Path] = None,
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
-             use_umap: bool = True, console: Console | None = None, command: str = "") -> dict:
+             use_umap: bool = True, console: Console | None = None, command: str = "",
+             cache: Optional[Path] = None) -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -123,7 +124,8 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
 
     t0 = time.monotonic()
     with ScanProgress(f"embedding ({embedder.model_id})") as progress:
-        feats = embed_dataset(ds, embedder, batch_size=batch_size, progress=lambda n: progress.advance(n))
+        feats = embed_dataset(ds, embedder, batch_size=batch_size, progress=lambda n: progress.advance(n),
+                              cache=cache.expanduser() if cache else None)
     embed_s = time.monotonic() - t0
     if not feats.ok.any():
         raise UsageError(f"{data}: no image could be decoded")
@@ -195,10 +197,11 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
+        cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
-                 use_umap=not no_umap, command=_invocation())
+                 use_umap=not no_umap, command=_invocation(), cache=cache)
 
     @app.command("report", no_args_is_help=True)
     def report_command(

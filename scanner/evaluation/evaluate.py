@@ -72,28 +72,65 @@ def drop_duplicates(ds: Dataset, feats: Features) -> None:
             feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
-def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None) -> Features:
-    """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages)."""
+def _load_cache(cache: Path | None, model_sha256: str) -> dict[str, np.ndarray]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["model_sha256"]) != model_sha256:
+                return {}
+            return dict(zip(z["sha"].tolist(), z["embedding"]))
+    except (OSError, KeyError, ValueError):
+        return {}  # unreadable or foreign cache: embed again and overwrite it
+
+
+def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, cache: Path | None = None) -> Features:
+    """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages).
+
+    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256; files
+    whose bytes are in it are not decoded or embedded again, and the cache is rewritten with this run's."""
+    import xxhash
+
     from scanner.pipeline import embedded_batches
 
-    pos = {os.fsencode(p): i for i, p in enumerate(ds.paths)}
     emb = np.zeros((len(ds), embedder.dim), dtype=np.float32)
     ok = np.zeros(len(ds), dtype=bool)
     sha = np.empty(len(ds), dtype=object)
     errors: dict[str, str] = {}
-    roots = [os.fsencode(p) for p in ds.paths]
-    for reads, decoded, e in embedded_batches(roots, embedder, batch_size=batch_size, readers=2):
-        row = 0
-        for i, r in enumerate(reads):
-            j = pos[r.path]
-            err = r.error or decoded.errors[i]
-            if err is None:
-                emb[j], ok[j], sha[j] = e[row], True, r.sha
-                row += 1
+    cached = _load_cache(cache, embedder.card.weights_sha256)
+    todo = list(range(len(ds)))
+    if cached:
+        todo = []
+        for i, p in enumerate(ds.paths):
+            try:
+                h = xxhash.xxh3_128_hexdigest(Path(p).read_bytes())
+            except OSError:
+                h = None
+            if h in cached:
+                emb[i], ok[i], sha[i] = cached[h], True, h
             else:
-                errors[ds.paths[j]] = err
+                todo.append(i)
         if progress is not None:
-            progress(len(reads))
+            progress(len(ds) - len(todo))
+    pos = {os.fsencode(ds.paths[i]): i for i in todo}
+    if todo:
+        for reads, decoded, e in embedded_batches(list(pos), embedder, batch_size=batch_size, readers=2):
+            row = 0
+            for i, r in enumerate(reads):
+                j = pos[r.path]
+                err = r.error or decoded.errors[i]
+                if err is None:
+                    emb[j], ok[j], sha[j] = e[row], True, r.sha
+                    row += 1
+                else:
+                    errors[ds.paths[j]] = err
+            if progress is not None:
+                progress(len(reads))
+    if cache is not None:
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), sha=np.array(sha[ok].tolist(), dtype=str),
+                 embedding=emb[ok])
+        os.replace(tmp, cache)
     feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
     drop_duplicates(ds, feats)
     return feats

@@ -96,3 +96,20 @@ def test_explain_writes_a_png(tmp_path, tiny_model_dir, two_class_index):
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 10_000
     assert Image.open(out).size[0] > 800
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="no headless Chromium (apt-get install chromium)")
+def test_report_html_renders_thumbnails_in_headless_chromium(scanned, tmp_path):
+    from PIL import Image
+
+    from scanner.evaluation.browser import screenshot
+    from scanner.evaluation.report import run_report
+
+    verdicts, index = scanned
+    run_report(verdicts, tmp_path / "rep", index=index)
+    png = screenshot(tmp_path / "rep" / "report.html", tmp_path / "shot.png", width=1280, height=2600)
+    im = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, g, b = im[..., 0], im[..., 1], im[..., 2]
+    assert ((r > 150) & (g > 150) & (b < 90)).sum() > 2000  # the yellow `unknown` thumbnails are drawn
+    assert ((r > 150) & (g < 80) & (b < 80)).sum() > 2000  # the red neighbour thumbnails
+    assert ((b > 120) & (r < 110) & (g < 150)).sum() > 2000  # the histograms' bars

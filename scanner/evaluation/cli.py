@@ -31,12 +31,13 @@ Baselines in the same run: spectral-knn (FFT of a high-pass residual), metadata 
 bytes; must be near chance on a uniform kit), and the `ce` model when --ce-model is given.
 
 \b
-Writes to REPORT_DIR: metrics.json, predictions.parquet (one row per image, method and fold at the main
-shots), figures/*.png (confusion, ROC, OSCR, shots sweep, UMAP of embeddings) and report.html (self-contained).
+Writes to REPORT_DIR: metrics.json, summary.md (Markdown tables), predictions.parquet (one row per image,
+method and fold at the main shots), figures/*.png (confusion, ROC, OSCR, shots sweep, UMAP of embeddings)
+and report.html (self-contained).
 
 \b
 Examples:
-  imgscan eval ../shared/data/kit --model scanner/default_model --out runs/eval --unknown glid-3,gaugan
+  imgscan eval ../shared/data/kit --model scanner/default_model --out runs/eval --unknown glid-3,gaugan --query-folds 4
   imgscan eval ./my_classes --out runs/eval2 --shots 10,50 --folds
 """
 

@@ -47,6 +47,7 @@ LAYOUT = "imgscan-parts/1"
 RUN_FILE = "_run.json"
 MANIFEST_FILE = "_manifest.json"
 PART_GLOB = "part-*.parquet"
+WORKERS_DIR = "_workers"  # each actor announces itself here (node, device); folded into _manifest.json at the end
 LIST_BLOCK_ROWS = 1024  # paths per block out of the listing tasks
 DEFAULT_PART_ROWS = 1024  # files per part (and per actor call): the unit of resume
 
@@ -184,6 +185,14 @@ class VerdictWorker:
         self.k, self.batch_size = k, batch_size
         self.parts_dir, self.metadata = Path(parts_dir), metadata
         self.node = ray.get_runtime_context().get_node_id()
+        workers_dir = self.parts_dir / WORKERS_DIR
+        workers_dir.mkdir(exist_ok=True)
+        import socket
+
+        _write_json_atomic(workers_dir / f"{self.node[:16]}-{os.getpid()}.json", {
+            "node": self.node, "host": socket.gethostname(), "pid": os.getpid(), "device": self.embedder.device,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": datetime.now(timezone.utc).isoformat(),
+        })
 
     def __del__(self):
         close = getattr(getattr(self, "decoder", None), "close", None)
@@ -278,6 +287,7 @@ def _prepare_dir(layout: _Layout, fingerprint: dict, overwrite: bool) -> None:
             )
         for stale in d.glob(".part-*.tmp-*"):
             stale.unlink(missing_ok=True)  # a part that was being written when an earlier run died
+        shutil.rmtree(d / WORKERS_DIR, ignore_errors=True)  # actors of the earlier run
         return
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
@@ -290,6 +300,7 @@ def _prepare_dir(layout: _Layout, fingerprint: dict, overwrite: bool) -> None:
 def _clear_parts(d: Path) -> None:
     for f in [*part_files(d), d / MANIFEST_FILE, d / RUN_FILE, *d.glob(".part-*.tmp-*")]:
         f.unlink(missing_ok=True)
+    shutil.rmtree(d / WORKERS_DIR, ignore_errors=True)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -476,13 +487,21 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
             ray.shutdown()
 
     summary.labels, summary.errors = summarize_parts(layout.parts_dir)
+    announced = []
+    for f in sorted((layout.parts_dir / WORKERS_DIR).glob("*.json")):
+        try:
+            announced.append(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(layout.parts_dir / WORKERS_DIR, ignore_errors=True)
     all_parts = part_files(layout.parts_dir)
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in all_parts)
     _write_json_atomic(layout.parts_dir / MANIFEST_FILE, {
         "layout": LAYOUT, "complete": True, "rows": rows, "parts": [f.name for f in all_parts],
         "finished_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fingerprint,
         "this_run": {"rows": summary.scanned_this_run, "parts": len(parts), "workers": workers,
-                     "gpus_per_worker": gpus_per_worker, "rows_per_node": dict(nodes), "rows_per_device": dict(devices)},
+                     "gpus_per_worker": gpus_per_worker, "rows_per_node": dict(nodes), "rows_per_device": dict(devices),
+                     "actors": announced},
         "imgscan": json.loads(metadata["imgscan"]),
     })
     if layout.single_file is not None:

@@ -40,7 +40,7 @@ def test_two_node_cluster_scan(tmp_path, tiny_model_dir, two_class_index, two_no
     out = tmp_path / "night"
     opts = RayScanOptions(roots=[os.fsencode(crawl / "reds"), os.fsencode(crawl / "blues"), os.fsencode(crawl / "broken.jpg")],
                           out=out, model_dir=tiny_model_dir, index_dir=two_class_index, address=two_node_cluster.address,
-                          workers=2, gpus_per_worker=1, batch_size=8, part_rows=6, isolate_decode=False)
+                          workers=2, gpus_per_worker=1, batch_size=8, part_rows=6)  # isolated decoding, as scan does on CPU
     summary = run_ray_scan(opts)
     assert not ray.is_initialized()  # the engine connected, and let go of the cluster afterwards
 

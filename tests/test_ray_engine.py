@@ -49,7 +49,8 @@ def _crawl(root: Path) -> dict[str, str]:
 def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class_index, local_ray):
     crawl = tmp_path / "crawl"
     hostile = _crawl(crawl)
-    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "16"]
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "16",
+              "--in-process-decode"]  # both engines decode in-process here (the child start-up costs seconds)
     local_out, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
 
     result = runner.invoke(app, ["scan", str(crawl), "--out", str(local_out), *common])

@@ -14,7 +14,7 @@ body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.86em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f3f5f8; } td:first-child, th:first-child { text-align: left; }
+th { background: #f3f5f8; } td:first-child, th:first-child, td.t { text-align: left; }
 .meta { color: #555; font-size: 0.88em; } .meta code { font-size: 0.95em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.85em; }
@@ -56,7 +56,13 @@ def figure(png: Path, caption: str) -> str:
 
 def table(header: list[str], rows: list[list], digits: int = 3) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, RawHTML) else fmt(c, digits)}</td>" for c in r) + "</tr>" for r in rows)
+    def cell(c) -> str:
+        if isinstance(c, RawHTML):
+            return f"<td>{c}</td>"
+        text = isinstance(c, str)
+        return f'<td class="t">{esc(c)}</td>' if text else f"<td>{fmt(c, digits)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -115,10 +115,14 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     for p in lost:
         p.unlink()
     (out / ".part-0000000000000000.parquet.tmp-1-dead").write_bytes(b"PAR1 torn")
+    # ... and a part written twice (a retried actor call bundled differently, or a dead driver's actor finishing).
+    copy = out / "part-ffffffffffffffff.parquet"
+    copy.write_bytes(parts[2].read_bytes())
 
     second = run_ray_scan(opts)
     assert second.resumed_rows == 51 - lost_rows and second.scanned_this_run == lost_rows and second.rows == 51
-    assert not list(out.glob(".part-*"))
+    assert not list(out.glob(".part-*")) and not copy.exists()  # the copy held only duplicates: removed
+    assert json.loads((out / MANIFEST_FILE).read_text())["this_run"]["duplicate_rows_dropped"] == pq.ParquetFile(parts[2]).metadata.num_rows
     again = {_key(r): r for r in pq.read_table(out).to_pylist()}
     assert again.keys() == full.keys()  # exactly one row per file
     assert all(again[k]["label"] == full[k]["label"] and again[k]["error"] == full[k]["error"] for k in full)
@@ -144,3 +148,25 @@ def test_ray_engine_option_checks(tmp_path, tiny_model_dir, two_class_index):
     with pytest.raises(UsageError, match="not an imgscan parts directory"):
         run_ray_scan(RayScanOptions(roots=[os.fsencode(img)], out=tmp_path / "not_ours", model_dir=tiny_model_dir,
                                     index_dir=two_class_index))
+
+
+def test_duplicate_rows_across_parts_are_dropped(tmp_path):
+    import pyarrow as pa
+
+    from scanner.engines.ray_engine import drop_duplicate_rows, write_part
+
+    def rows(names):
+        return pa.Table.from_pylist([{"path": n, "path_bytes": None, "label": "real"} for n in names],
+                                    schema=VERDICT_SCHEMA).to_batches()
+
+    meta = {"imgscan": "{}"}
+    write_part(tmp_path, "part-a.parquet", rows(["/c/1.jpg", "/c/2.jpg"]), meta)
+    os.utime(tmp_path / "part-a.parquet", ns=(1, 1))  # the oldest part keeps its rows
+    write_part(tmp_path, "part-b.parquet", rows(["/c/2.jpg", "/c/3.jpg"]), meta)
+    write_part(tmp_path, "part-c.parquet", rows(["/c/1.jpg"]), meta)
+    assert drop_duplicate_rows(tmp_path, meta) == 2
+    assert not (tmp_path / "part-c.parquet").exists()
+    assert pq.read_table(tmp_path / "part-b.parquet").column("path").to_pylist() == ["/c/3.jpg"]
+    assert pq.read_schema(tmp_path / "part-b.parquet").metadata == {b"imgscan": b"{}"}
+    assert sorted(pq.read_table(tmp_path).column("path").to_pylist()) == ["/c/1.jpg", "/c/2.jpg", "/c/3.jpg"]
+    assert drop_duplicate_rows(tmp_path, meta) == 0

@@ -265,8 +265,44 @@ def done_path_keys(parts_dir: Path) -> tuple[np.ndarray, int]:
             f.unlink(missing_ok=True)  # unreadable (cannot happen with atomic renames, but never trust it): redo
             continue
         keys.extend(batch_path_keys(b) for b in table.to_batches())
-    done = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
-    return np.unique(done), int(done.size)
+    done = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.uint64)
+    return done, int(done.size)
+
+
+def drop_duplicate_rows(parts_dir: Path, metadata: dict[str, str]) -> int:
+    """Keep one row per path across the parts; returns how many rows were dropped.
+
+    Duplicates cannot come from one run's listing, but they can come from a retried actor call that Ray Data
+    bundled differently, or from actors of a killed driver that were still finishing parts while a re-run listed
+    the same files. The oldest part keeps its row; a later part with duplicates is rewritten (atomically)
+    without them, or removed when nothing is left. Memory: 16 bytes per row (path keys), like the done set."""
+    from scanner.writer import batch_path_keys
+
+    files = sorted(part_files(parts_dir), key=lambda f: (f.stat().st_mtime_ns, f.name))
+    keys, owner = [], []
+    for i, f in enumerate(files):
+        table = pq.read_table(f, columns=["path", "path_bytes"])
+        k = np.concatenate([batch_path_keys(b) for b in table.to_batches()]) if table.num_rows else np.zeros(0, np.uint64)
+        keys.append(k)
+        owner.append(np.full(k.size, i, dtype=np.int64))
+    if not keys:
+        return 0
+    all_keys, all_owner = np.concatenate(keys), np.concatenate(owner)
+    order = np.lexsort((all_owner, all_keys))  # by key, then oldest part first
+    dup = np.zeros(all_keys.size, dtype=bool)
+    dup[order[1:]] = all_keys[order[1:]] == all_keys[order[:-1]]
+    if not dup.any():
+        return 0
+    offsets = np.cumsum([0] + [k.size for k in keys])
+    for i in np.unique(all_owner[dup]):
+        keep = ~dup[offsets[i]:offsets[i + 1]]
+        f = files[i]
+        if not keep.any():
+            f.unlink()
+            continue
+        table = pq.read_table(f).filter(pa.array(keep))
+        write_part(parts_dir, f.name, table.to_batches(), metadata)
+    return int(dup.sum())
 
 
 def _prepare_dir(layout: _Layout, fingerprint: dict, overwrite: bool) -> None:
@@ -486,6 +522,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
         if started_ray:
             ray.shutdown()
 
+    duplicates = drop_duplicate_rows(layout.parts_dir, metadata)
     summary.labels, summary.errors = summarize_parts(layout.parts_dir)
     announced = []
     for f in sorted((layout.parts_dir / WORKERS_DIR).glob("*.json")):
@@ -501,7 +538,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
         "finished_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fingerprint,
         "this_run": {"rows": summary.scanned_this_run, "parts": len(parts), "workers": workers,
                      "gpus_per_worker": gpus_per_worker, "rows_per_node": dict(nodes), "rows_per_device": dict(devices),
-                     "actors": announced},
+                     "actors": announced, "duplicate_rows_dropped": duplicates},
         "imgscan": json.loads(metadata["imgscan"]),
     })
     if layout.single_file is not None:

@@ -77,7 +77,7 @@ class RayScanOptions:
     max_bytes: int = DEFAULT_MAX_BYTES
     readers: int = 4  # threads per read task
     overwrite: bool = False
-    address: str | None = None  # None: a local Ray; "auto": the cluster this machine belongs to; ray://host:port
+    address: str | None = None  # None: a new local Ray; "auto": the cluster this machine belongs to; ray://host:port
     workers: int | None = None  # verdict actors; None: one per GPU (gpus_per_worker), else CPUs // (cpus_per_worker + 1)
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0  # CPUs each actor reserves (decode threads, torch on CPU)
@@ -404,7 +404,8 @@ def _init_ray(address: str | None):
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False if address is None else None)
+        # No --address: always a new local Ray (never silently joining a cluster someone `ray start`ed here).
+        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if address is None else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
         raise UsageError(f"--address {where}: cannot start or reach Ray ({str(exc).splitlines()[0]})") from None

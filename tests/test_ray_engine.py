@@ -86,6 +86,15 @@ def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class
     latin1 = [r for r in ray_rows.values() if r["path_bytes"] is not None]
     assert latin1 and latin1[0]["path_bytes"].endswith(b"caf\xe9_latin1.jpg")  # non-UTF-8 name kept exactly
 
+    # --skip-known: files whose sha is in earlier verdicts get no row, as locally (unreadable files have no sha).
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["scan", str(crawl), "--out", str(again), *common, "--engine", "ray", "--workers", "1",
+                                 "--skip-known", str(local_out)])
+    assert result.exit_code == 0, result.output
+    kept = {_key(r) for r in pq.read_table(again).to_pylist()}
+    assert kept == {k for k, r in local_rows.items() if r["sha"] is None} and kept
+    assert f"{len(local_rows) - len(kept)} files skipped" in result.output
+
     # A finished --out is left alone.
     result = runner.invoke(app, ["scan", str(crawl), "--out", str(ray_out), *common, "--engine", "ray", "--workers", "1"])
     assert result.exit_code == 0 and "already complete" in result.output
@@ -134,6 +143,19 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     with pytest.raises(UsageError, match="other settings"):
         run_ray_scan(RayScanOptions(**{**opts.__dict__, "k": 5}))
     assert json.loads((out / RUN_FILE).read_text())["k"] == 11
+
+
+def test_plan_workers():
+    from scanner.engines.ray_engine import plan_workers
+
+    assert plan_workers({"CPU": 2}, None, None, 1) == (1, 0)
+    assert plan_workers({"CPU": 64, "GPU": 8}, None, None, 1) == (8, 1)
+    assert plan_workers({"CPU": 64, "GPU": 8}, None, 0.5, 1) == (16, 0.5)
+    assert plan_workers({"CPU": 4}, 4, 2, 1) == (4, 2)  # explicit: an autoscaler may bring the GPUs
+    with pytest.raises(UsageError, match="leave at least one"):
+        plan_workers({"CPU": 2}, 2, None, 1)
+    with pytest.raises(UsageError, match="give --workers as well"):
+        plan_workers({"CPU": 8}, None, 1, 1)
 
 
 def test_ray_engine_option_checks(tmp_path, tiny_model_dir, two_class_index):

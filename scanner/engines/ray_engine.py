@@ -414,24 +414,27 @@ def _init_ray(address: str | None):
 
 def plan_workers(resources: dict, workers: int | None, gpus_per_worker: float | None,
                  cpus_per_worker: float) -> tuple[int, float]:
-    """How many verdict actors, and GPUs per actor, for the cluster's resources."""
+    """How many verdict actors, and GPUs per actor, for the cluster's resources as they are now.
+
+    With both --workers and --gpus-per-worker given, GPUs are not checked against what the cluster has now: an
+    autoscaler may be about to add GPU nodes (actor_start_timeout_s bounds the wait). Actors without GPUs must
+    leave at least one CPU free, or the listing and reading tasks could never be scheduled."""
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 0))
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_worker > 0 and gpus < gpus_per_worker:
-        raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s)")
     if workers is None:
         if gpus_per_worker > 0:
             workers = int(gpus // gpus_per_worker)
+            if workers < 1:
+                raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s) now "
+                                 "(with an autoscaler, give --workers as well)")
         else:  # leave a CPU per actor for the listing and reading tasks
-            workers = int(cpus // (cpus_per_worker + 1))
-    workers = max(1, workers)
-    if gpus_per_worker > 0 and workers * gpus_per_worker > gpus + 1e-9:
-        raise UsageError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s)")
-    if workers * cpus_per_worker >= cpus and gpus_per_worker == 0:
-        raise UsageError(f"--workers {workers}: the Ray cluster has {cpus:g} CPU(s); leave at least one for reading "
-                         f"(at most {max(1, int((cpus - 1) // cpus_per_worker))} workers)")
+            workers = max(1, int(cpus // (cpus_per_worker + 1)))
+    if gpus_per_worker == 0 and workers * cpus_per_worker > cpus - 1:
+        raise UsageError(f"--workers {workers}: the Ray cluster has {cpus:g} CPU(s) and actors without GPUs take "
+                         f"{cpus_per_worker:g} each; leave at least one for listing and reading "
+                         f"(at most {max(0, int((cpus - 1) // cpus_per_worker))} workers)")
     return workers, gpus_per_worker
 
 

@@ -70,6 +70,16 @@ def _model_dir(model: Optional[Path]) -> Path:
     return found
 
 
+def _model_sha(model: Optional[Path]) -> str:
+    """sha256 of the weights of the model in use (from its card), or "" when there is none."""
+    from scanner.model import read_card
+
+    try:
+        return read_card(_model_dir(model)).weights_sha256
+    except UsageError:
+        return ""
+
+
 def _embedder(model: Optional[Path], device: str):
     from scanner.embed import Embedder, resolve_device
 
@@ -141,7 +151,7 @@ def scan(
             from scanner.engines.ray_engine import RayScanOptions, interrupted_message, run_ray_scan
 
             ray_opts = RayScanOptions(
-                roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir_for_reading(index), k=k,
+                roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir_for_reading(index, _model_sha(model)), k=k,
                 batch_size=batch_size, device=device, skip_known=list(skip_known or []), all_files=all_files,
                 max_pixels=max_pixels, readers=readers, overwrite=overwrite, address=address, workers=workers,
                 gpus_per_worker=gpus_per_worker, isolate_decode=isolate_decode, decode_timeout_s=decode_timeout,
@@ -165,7 +175,7 @@ def scan(
                 return
             out.unlink()
         embedder = _embedder(model, device)
-        index_dir = index_dir_for_reading(index)
+        index_dir = index_dir_for_reading(index, embedder.card.weights_sha256)
         support = SupportIndex.open(index_dir)
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
         if support.manifest.total == 0:
@@ -252,7 +262,7 @@ def enroll(
         check_label(name)
         roots = check_roots(paths)
         embedder = _embedder(model, device)
-        index_dir = index_dir_for_writing(index)
+        index_dir = index_dir_for_writing(index, embedder.card.weights_sha256)
         embeddings, shas, sources, failed = [], [], [], []
         with ScanProgress(f"embedding {name}") as progress:
             for reads, decoded, emb in embedded_batches(roots, embedder, batch_size=batch_size):
@@ -290,7 +300,7 @@ def index_show(
     """Show the index: model, classes and counts, open-set threshold, files (all verified)."""
     from indexes import SupportIndex
 
-    index_dir = index_dir_for_reading(index)
+    index_dir = index_dir_for_reading(index, _model_sha(None))
     try:
         support = SupportIndex.open(index_dir)
     except UsageError as exc:
@@ -321,7 +331,7 @@ def index_remove(
     """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated)."""
     from indexes import remove_label
 
-    index_dir = index_dir_for_writing(index)
+    index_dir = index_dir_for_writing(index, _model_sha(None))
     try:
         removed, m = remove_label(index_dir, label)
     except UsageError as exc:

@@ -7,6 +7,7 @@ first `enroll` into the default location copies it there first, so new classes e
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -38,22 +39,34 @@ def _has_index(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 
 
-def index_dir_for_reading(index: Path | None) -> Path:
+def _starter_fits(model_sha256: str) -> bool:
+    """The starter index holds the packaged model's embeddings: it only serves that model."""
+    if not _has_index(PACKAGED_INDEX_DIR):
+        return False
+    try:
+        manifest = json.loads((PACKAGED_INDEX_DIR / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("model_sha256") == model_sha256
+
+
+def index_dir_for_reading(index: Path | None, model_sha256: str) -> Path:
     """--index, else the user's default index, else (while the user has none) the packaged starter index."""
     if index is not None:
         return index
     user = default_index_dir()
-    if not _has_index(user) and _has_index(PACKAGED_INDEX_DIR):
+    if not _has_index(user) and _starter_fits(model_sha256):
         return PACKAGED_INDEX_DIR
     return user
 
 
-def index_dir_for_writing(index: Path | None) -> Path:
-    """--index, else the user's default index, seeded from the packaged starter index on first use."""
+def index_dir_for_writing(index: Path | None, model_sha256: str) -> Path:
+    """--index, else the user's default index, seeded from the packaged starter index on first use (when
+    the starter index was built with the model in use)."""
     if index is not None:
         return index
     user = default_index_dir()
-    if not _has_index(user) and _has_index(PACKAGED_INDEX_DIR):
+    if not _has_index(user) and _starter_fits(model_sha256):
         user.parent.mkdir(parents=True, exist_ok=True)
         staging = user.with_name(user.name + f".seeding-{os.getpid()}")
         shutil.copytree(PACKAGED_INDEX_DIR, staging, ignore=shutil.ignore_patterns(".lock"))

@@ -186,13 +186,14 @@ def test_packaged_starter_index_is_read_in_place_and_seeds_the_user_index(tmp_pa
     enroll_embeddings(starter, "real", _unit(np.eye(4)[:3]), [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
     monkeypatch.setattr(paths, "PACKAGED_INDEX_DIR", starter)
     user = paths.default_index_dir()
-    assert paths.index_dir_for_reading(None) == starter  # the user has no index yet
-    assert paths.index_dir_for_writing(None) == user
+    assert paths.index_dir_for_reading(None, "another model") == user  # the starter only serves its model
+    assert paths.index_dir_for_reading(None, "s") == starter  # the user has no index yet
+    assert paths.index_dir_for_writing(None, "s") == user
     assert SupportIndex.open(user).manifest.counts == {"real": 3}  # seeded with the starter classes
     enroll_embeddings(user, "gen", _unit(np.eye(4)[3:]), ["f" * 32], ["q"], "m", "s")
-    assert paths.index_dir_for_reading(None) == user
+    assert paths.index_dir_for_reading(None, "s") == user
     assert SupportIndex.open(starter).manifest.total == 3  # the packaged copy is never written
-    assert paths.index_dir_for_reading(tmp_path / "explicit") == tmp_path / "explicit"
+    assert paths.index_dir_for_reading(tmp_path / "explicit", "s") == tmp_path / "explicit"
 
 
 def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):

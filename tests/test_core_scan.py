@@ -104,7 +104,10 @@ def test_scan_mixed_folder_one_row_per_file_with_exact_columns(tmp_path, tiny_mo
     assert pl.read_parquet(out).height == len(rows)
 
 
-def test_scan_refuses_model_mismatch_and_missing_model(tmp_path, tiny_model_dir, two_class_index):
+def test_scan_refuses_model_mismatch_and_missing_model(tmp_path, tiny_model_dir, two_class_index, monkeypatch):
+    import scanner.paths
+
+    monkeypatch.setattr(scanner.paths, "PACKAGED_MODEL_DIR", tmp_path / "a build without a default model")
     from conftest import make_tiny_embedder
     from scanner.model import ModelCard, save_model_dir
 
@@ -291,3 +294,21 @@ def test_two_enrolls_at_once_both_land(tmp_path, tiny_model_dir):
     opened = SupportIndex.open(index)
     assert opened.manifest.counts == {"gen_blue": 30, "real": 30} and opened.manifest.generation == 2
     assert len(opened.table) == opened.hnsw.get_current_count() == 60
+
+
+def test_fresh_install_scans_with_the_shipped_model_and_starter_index_without_flags(tmp_path):
+    from scanner.paths import PACKAGED_INDEX_DIR, PACKAGED_MODEL_DIR
+
+    if not (PACKAGED_MODEL_DIR / "model_card.json").is_file():
+        pytest.skip("this build ships no default model")
+    src = write_class_dir(tmp_path / "imgs", RED, 3)
+    write_class_dir(src, BLUE, 2, seed0=50, fmt="PNG", ext=".png")
+    out = tmp_path / "v.parquet"
+    result = cli("scan", src, "--out", out)  # no --model, no --index: XDG dir is empty (conftest)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 5 and all(r["error"] is None for r in table)
+    assert all(r["model"].startswith("imgscan-lite0-supcon@") for r in table)
+    assert all(r["index"].startswith("default_index@g") and len(r["neighbors"]) == 11 for r in table)
+    # The packaged index was read in place, never written.
+    assert not (PACKAGED_INDEX_DIR / ".lock").exists()

@@ -489,13 +489,15 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # imgscan's own progress (files, img/s) is on stderr
         ctx.wait_for_min_actors_s = opts.actor_start_timeout_s
-        # Small arrays travel by reference (wrapped in a list so Ray Data does not resolve them in the closure).
+        # The done / known key arrays (8 bytes a file) go to the object store once; tasks get a reference (inside
+        # a list, so that it reaches the function as a reference and is fetched where it is used).
         done_ref = [ray.put(done)] if done.size else []
         known_ref = [ray.put(known)] if known.size else []
         roots = [{"root": r} for r in opts.roots]
         ds = ray.data.from_items(roots, override_num_blocks=len(roots))
-        # Distinct num_cpus keep Ray Data from fusing the stages: listing stays one light task per root, reads
-        # run as many tasks as the cluster has CPUs for.
+        # Listing asks for a quarter CPU so Ray Data never fuses it with reading: one light task per root.
+        # Reading runs as its own tasks when the actors ask for a GPU (different resources); with CPU-only actors
+        # of one CPU, Ray Data fuses it into the actor, as the local engine reads in the scanning process.
         ds = ds.map_batches(_list_roots, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
                             fn_kwargs={"done_ref": done_ref, "all_files": opts.all_files})
         ds = ds.map_batches(_read_files, batch_size=opts.batch_size, batch_format="pyarrow", num_cpus=1,

@@ -83,6 +83,13 @@ def test_two_epoch_run_exports_a_loadable_model(app, tiny_data, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
+    # The stand-alone k-NN report reproduces the trainer's last validation on the exported model.
+    from train.knn_report import main as knn_report
+
+    report = knn_report([str(tiny_data), "--val-fold", "0", "--holdout", "stripes", "--model", str(out)])
+    assert report["knn_acc"] == log[-1]["knn_acc"] and report["n_support"] == log[-1]["n_support"]
+    assert set(report["flagged_as_ai"]) == set(report["per_class_acc"])
+
 
 @pytest.mark.parametrize("loss", ["ce", "soft-supcon"])
 def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):

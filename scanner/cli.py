@@ -80,10 +80,10 @@ def _model_sha(model: Optional[Path]) -> str:
         return ""
 
 
-def _embedder(model: Optional[Path], device: str):
+def _embedder(model: Optional[Path], device: str, precision: str = "auto"):
     from scanner.embed import Embedder, resolve_device
 
-    return Embedder(_model_dir(model), device=resolve_device(device))
+    return Embedder(_model_dir(model), device=resolve_device(device), precision=precision)
 
 
 def _handle_signals() -> None:
@@ -348,6 +348,7 @@ def bench(
     batch_size: BatchOpt = 32,
     support: Annotated[int, typer.Option("--support", min=16, help="Synthetic support vectors in the benchmark index.")] = 2000,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (CUDA) or bf16 (CPU autocast).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
     """Measure throughput: decode_ips, embed_ips, query_ips, end_to_end_ips (a real scan) and peak_rss_mb.
@@ -363,7 +364,7 @@ def bench(
             import torch
 
             torch.set_num_threads(threads)
-        embedder = _embedder(model, device)
+        embedder = _embedder(model, device, precision)
         if images_dir is not None and not images_dir.is_dir():
             raise UsageError(f"--images-dir {images_dir}: not a directory")
         result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support)

@@ -1,10 +1,11 @@
 """Embed stage: uint8 NHWC batches -> L2-normalised float32 embeddings, with the model's TorchScript module.
 
-fp16 on CUDA (the module is cast with .half(); its normalisation buffers follow), fp32 on CPU.
+fp16 autocast on CUDA, fp32 on CPU (bf16 autocast on request); see Embedder for why autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -25,17 +26,45 @@ def resolve_device(device: str) -> str:
     return device
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
 class Embedder:
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu"):
+    """Runs a model directory's TorchScript embedder.
+
+    Reduced precision comes from autocast, not from casting the module: an exported embedder casts its uint8
+    input to float32 itself, so a module cast with .half() would meet float32 input and fail. Under autocast
+    the convolutions run in fp16/bf16 and anything autocast cannot reach still runs, in fp32.
+    precision: auto = fp16 on CUDA, fp32 on CPU; bf16 = CPU autocast (AVX-512 BF16 hardware).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto"):
         import torch
 
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        if precision == "auto":
+            precision = "fp16" if device == "cuda" else "fp32"
+        if precision == "fp16" and device != "cuda":
+            raise UsageError("--precision fp16 needs --device cuda (on CPU use bf16 or fp32)")
         self.device = device
+        self.precision = precision
         self.card, module = load_model(model_dir, device=device)
-        self.half = device == "cuda"
-        self.module = module.half() if self.half else module
+        if device == "cpu":
+            # Same layout as the NHWC batches the decoder produces: no transposing copy, faster oneDNN convs.
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
         self.size = self.card.input_size
         self.dim = self.card.embedding_dim
         self._torch = torch
+
+    def _autocast(self):
+        torch = self._torch
+        if self.precision == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @property
     def model_id(self) -> str:
@@ -50,7 +79,7 @@ class Embedder:
         x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             out = self.module(x)
         emb = out.float().cpu().numpy()
         if emb.ndim != 2 or emb.shape[1] != self.dim:

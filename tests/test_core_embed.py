@@ -1,0 +1,31 @@
+"""The embed stage: unit-norm output, numpy or torch input, precision choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scanner.embed import Embedder
+from scanner.errors import UsageError
+
+
+def test_embeddings_are_unit_norm_and_input_type_does_not_matter(tiny_model_dir):
+    embedder = Embedder(tiny_model_dir, device="cpu")
+    x = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    a = embedder.embed(x)
+    b = embedder.embed(torch.from_numpy(x))
+    assert a.shape == (5, 128) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    assert np.array_equal(a, b)
+    assert embedder.embed(x[:0]).shape == (0, 128)
+
+
+def test_bf16_autocast_stays_close_to_fp32_and_bad_precisions_are_refused(tiny_model_dir):
+    x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    fp32 = Embedder(tiny_model_dir, device="cpu").embed(x)
+    bf16 = Embedder(tiny_model_dir, device="cpu", precision="bf16").embed(x)
+    assert np.all((fp32 * bf16).sum(axis=1) > 0.99)  # cosine similarity
+    with pytest.raises(UsageError, match="needs --device cuda"):
+        Embedder(tiny_model_dir, device="cpu", precision="fp16")
+    with pytest.raises(UsageError, match="expected one of"):
+        Embedder(tiny_model_dir, device="cpu", precision="int4")

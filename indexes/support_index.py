@@ -298,7 +298,7 @@ def enroll_embeddings(
         fresh_idx = np.array(fresh)
         now = _now()
         new_rows = SupportTable(
-            support_id=np.array([shas[i][:16] for i in fresh], dtype=object),
+            support_id=np.array([shas[i] for i in fresh], dtype=object),  # unique: a sha is enrolled once
             label=np.array([label] * len(fresh), dtype=object),
             sha=np.array([shas[i] for i in fresh], dtype=object),
             source_path=np.array([source_paths[i] for i in fresh], dtype=object),

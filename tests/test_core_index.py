@@ -69,7 +69,8 @@ def test_enroll_dedupes_by_sha_recalibrates_and_searches(tmp_path):
     v = decide(found.labels, found.sims)
     labels = v.labels(index.threshold)
     assert labels[0] == "real" and labels[1] == "unknown"
-    assert found.labels.shape == (2, 11) and found.support_ids[0, 0] in set(s[:16] for s in shas_a)
+    assert found.labels.shape == (2, 11) and found.support_ids[0, 0] in set(shas_a)
+    assert len(set(index.table.support_id)) == 60  # support ids are unique even where shas share a prefix
     # only the current and the previous generation's files are kept
     assert sorted(p.name for p in tmp_path.glob("support-g*")) == [
         "support-g000001.hnsw", "support-g000001.parquet", "support-g000002.hnsw", "support-g000002.parquet"]

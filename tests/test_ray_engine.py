@@ -192,3 +192,37 @@ def test_duplicate_rows_across_parts_are_dropped(tmp_path):
     assert pq.read_schema(tmp_path / "part-b.parquet").metadata == {b"imgscan": b"{}"}
     assert sorted(pq.read_table(tmp_path).column("path").to_pylist()) == ["/c/1.jpg", "/c/2.jpg", "/c/3.jpg"]
     assert drop_duplicate_rows(tmp_path, meta) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_by_parts(tmp_path, tiny_model_dir, two_class_index):
+    """A real `imgscan scan --engine ray` process gets SIGTERM after its first part: exit 130, the finished part
+    is kept, and the same command finishes the scan with exactly one row per file (about 60 s here)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "a", RED, 1100, seed0=3000)
+    write_class_dir(crawl / "b", BLUE, 1100, seed0=5000)
+    out = tmp_path / "night"
+    cmd = [sys.executable, "-c", "from scanner.cli import main; main()", "scan", str(crawl), "--out", str(out),
+           "--index", str(two_class_index), "--model", str(tiny_model_dir), "--engine", "ray", "--in-process-decode"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (out.is_dir() and part_files(out)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "finished parts are kept" in output
+    kept = sum(pq.ParquetFile(p).metadata.num_rows for p in part_files(out))
+    assert 0 < kept < 2200 and not (out / MANIFEST_FILE).exists()
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{kept} rows kept from an interrupted run" in result.stderr
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 2200

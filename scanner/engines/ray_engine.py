@@ -401,14 +401,24 @@ def _init_ray(address: str | None):
     """Connect (or start a local Ray). Returns True when this call started Ray, so the caller shuts it down."""
     import ray
 
+    import signal
+    import threading
+
     if ray.is_initialized():
         return False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         # No --address: always a new local Ray (never silently joining a cluster someone `ray start`ed here).
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if address is None else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
         raise UsageError(f"--address {where}: cannot start or reach Ray ({str(exc).splitlines()[0]})") from None
+    finally:
+        if main_thread and previous_term is not None:
+            # ray.init installs its own SIGTERM handler (exit at once); keep the caller's, so that `imgscan scan`
+            # stops on SIGTERM as on Ctrl-C: Ray shut down, finished parts kept, exit status 130.
+            signal.signal(signal.SIGTERM, previous_term)
     return True
 
 

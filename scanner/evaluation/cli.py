@@ -210,6 +210,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to write.")],
         index: Annotated[Optional[Path], typer.Option("--index", help="Support index, to show thumbnails of neighbours (their enrolled source files).")] = None,
         top: Annotated[int, typer.Option("--top", min=0, max=1000, help="How many of the most `unknown` images to show.")] = 24,
+        support_root: Annotated[Optional[Path], typer.Option("--support-root", help="Folder that relative support source paths are under (e.g. the data set the index was enrolled from).")] = None,
     ) -> None:
         """Summarise a scan: counts per label, score histograms, the most `unknown` images, errors.
 
@@ -218,12 +219,13 @@ def register(app: typer.Typer) -> None:
         neighbours, errors by kind; terminal tables plus a self-contained report.html with thumbnails.
 
         \b
-        Example:
+        Examples:
           imgscan report verdicts.parquet --out runs/night-report
+          imgscan report v.parquet --out rep --index scanner/default_index --support-root ../shared/data/kit
         """
         from scanner.evaluation.report import run_report
 
-        run_report(verdicts, out, index=index, top=top, console=err_console)
+        run_report(verdicts, out, index=index, top=top, console=err_console, support_root=support_root)
 
     @app.command("explain", no_args_is_help=True)
     def explain_command(

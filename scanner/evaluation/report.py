@@ -103,7 +103,8 @@ def _support_paths(index: Path | None) -> dict[str, str]:
     return dict(zip(support.table.support_id.tolist(), support.table.source_path.tolist()))
 
 
-def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 24, console=None) -> dict:
+def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 24, console=None,
+               support_root: Path | None = None) -> dict:
     table, meta = load_verdicts(verdicts)
     s = summarise(table, top)
     out = out.expanduser()
@@ -121,7 +122,8 @@ def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 
                                               threshold=thr),
     }
     sources = _support_paths(index)
-    _BASES[:] = [Path(verdicts).resolve().parent] + ([Path(index).resolve().parent] if index else [])
+    _BASES[:] = ([Path(support_root).expanduser().resolve()] if support_root else []) + [Path(verdicts).resolve().parent] \
+        + ([Path(index).resolve().parent] if index else [])
     doc = {k: v for k, v in s.items() if not k.startswith("_")}
     doc["verdicts"] = str(verdicts)
     doc["scan_metadata"] = meta

@@ -122,3 +122,13 @@ def test_compute_metrics_on_a_hand_made_split():
     assert m["open_set"]["unknown_rejected"] == pytest.approx(0.5)
     # closed set on the 5 known queries: real ok, real->gen_a, gen_a ok, gen_a->gen_b, gen_b ok -> 3/5
     assert m["closed_set_attribution"]["accuracy"] == pytest.approx(3 / 5)
+
+
+def test_commands_say_at_once_when_matplotlib_is_missing(monkeypatch, tmp_path):
+    import sys
+
+    from scanner.evaluation.cli import run_eval
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(UsageError, match=r"imgscan\[eval\]"):
+        run_eval(tmp_path, tmp_path / "out", model=tmp_path)  # before touching data or model

@@ -96,6 +96,9 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     from scanner.progress import ScanProgress
 
     console = console or err_console
+    from scanner.evaluation.plots import _plt
+
+    _plt()  # no matplotlib: say so now, not after minutes of embedding
     shot_values = _shots(shots)
     unknown_list = _csv_list(unknown)
     ds = load_dataset(data)

@@ -113,6 +113,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     from scanner.embed import Embedder, resolve_device
     from scanner.evaluation.plots import _plt, _save
 
+    _plt()  # no matplotlib: say so before embedding hundreds of views
     try:
         data = Path(image).read_bytes()
     except OSError as exc:

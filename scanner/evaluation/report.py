@@ -105,6 +105,7 @@ def _support_paths(index: Path | None) -> dict[str, str]:
 
 def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 24, console=None,
                support_root: Path | None = None) -> dict:
+    plots._plt()  # no matplotlib: say so before any work
     table, meta = load_verdicts(verdicts)
     s = summarise(table, top)
     out = out.expanduser()

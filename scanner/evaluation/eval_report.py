@@ -313,7 +313,11 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
 
 
 def print_tables(doc: dict, console) -> None:
+    from rich.console import Console
     from rich.table import Table
+
+    if not console.is_terminal and console.width < 120:  # a log file or a pipe: no need to squeeze to 80 columns
+        console = Console(file=console.file, width=120)
 
     t = Table(title=f"imgscan eval at {doc['main_shots']} shots", show_edge=False)
     t.add_column("method")

@@ -205,6 +205,10 @@ class SupportIndex:
                 "embeddings of different models cannot be compared (use the index's model, or enroll into a new --index)"
             )
 
+    def check_not_empty(self) -> None:
+        if self.manifest.total == 0:
+            raise UsageError(f"{self.directory}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
+
     def search(self, embeddings: np.ndarray, k: int) -> Neighbors:
         n = embeddings.shape[0]
         k = min(k, len(self.table))

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from scanner import __version__
@@ -54,7 +55,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Im
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]imgscan: error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is plain text, never markup: paths and names like imgscan[ray] hold square brackets.
+    err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -130,7 +132,7 @@ def scan(
       imgscan scan ./crawl/2026-11-22 --out night.parquet --skip-known night-*.parquet
     """
     from indexes import SupportIndex
-    from scanner.pipeline import ScanOptions, count_files, run_scan
+    from scanner.pipeline import ScanOptions, count_files, run_scan, scan_fingerprint, scan_metadata
     from scanner.progress import ScanProgress
     from scanner.walk import check_roots
 
@@ -178,20 +180,12 @@ def scan(
         index_dir = index_dir_for_reading(index, embedder.card.weights_sha256)
         support = SupportIndex.open(index_dir)
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
-        if support.manifest.total == 0:
-            raise UsageError(f"{index_dir}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
+        support.check_not_empty()
         opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size, skip_known=list(skip_known or []),
                            all_files=all_files, max_pixels=max_pixels, readers=readers,
                            isolate_decode=isolate_decode, decode_timeout_s=decode_timeout)
-        fingerprint = {
-            "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": embedder.model_id, "k": k,
-            "all_files": all_files, "skip_known": sorted(str(p) for p in opts.skip_known),
-        }
-        metadata = {"imgscan": json.dumps({
-            "version": __version__, "model": embedder.model_id, "model_card": json.loads(embedder.card.to_json()),
-            "index": support.name, "index_counts": support.manifest.counts,
-            "open_set_threshold": support.threshold, "k": k,
-        })}
+        fingerprint = scan_fingerprint(roots, embedder.model_id, k, all_files, opts.skip_known)
+        metadata = scan_metadata(embedder.card, support, k)
         stop_count = threading.Event()
         with ScanProgress("scanning") as progress:
             threading.Thread(target=count_files, args=(roots, all_files, stop_count, progress.set_total), daemon=True).start()
@@ -408,7 +402,7 @@ def main() -> None:
     try:
         app()
     except UsageError as exc:  # raised by commands registered from other packages
-        err_console.print(f"[bold red]imgscan: error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]imgscan: error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
 
 

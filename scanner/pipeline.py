@@ -10,6 +10,7 @@ bug, a full disk) stops the run with the journal intact, ready to resume.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -27,7 +28,7 @@ from scanner.decode_isolated import DEFAULT_TIMEOUT_S, IsolatedImageDecoder
 from scanner.embed import Embedder
 from scanner.errors import UsageError
 from scanner.read import DEFAULT_MAX_BYTES, ReadResult, read_file
-from scanner.schema import NEIGHBOR_TYPE, VERDICT_SCHEMA, display_path
+from scanner.schema import VERDICT_SCHEMA, display_path
 from scanner.verdict import decide
 from scanner.walk import walk_files
 from scanner.writer import ScanJournal, path_key
@@ -61,6 +62,25 @@ class ScanSummary:
     labels: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
+
+
+def scan_fingerprint(roots: list[bytes], model_id: str, k: int, all_files: bool, skip_known: list[Path]) -> dict:
+    """What makes two scans the same scan: an unfinished output is only resumed by a run with this unchanged."""
+    return {
+        "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": model_id, "k": k,
+        "all_files": all_files, "skip_known": sorted(str(p) for p in skip_known),
+    }
+
+
+def scan_metadata(card, support, k: int) -> dict[str, str]:
+    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold and k of the scan."""
+    from scanner import __version__
+
+    return {"imgscan": json.dumps({
+        "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
+        "index": support.name, "index_counts": support.manifest.counts,
+        "open_set_threshold": support.threshold, "k": k,
+    })}
 
 
 def load_known_shas(files: list[Path]) -> np.ndarray:

@@ -226,8 +226,9 @@ def test_corrupted_manifest_and_missing_roots_are_one_line_errors(tmp_path, tiny
     img = write_class_dir(tmp_path / "src", RED, 1)
     result = cli(*scan_cmd([img], tmp_path / "v.parquet", two_class_index, tiny_model_dir))
     assert result.exit_code == 2 and "manifest.json: corrupt index manifest" in result.output
-    result = cli(*scan_cmd([tmp_path / "nope"], tmp_path / "v.parquet", two_class_index, tiny_model_dir))
+    result = cli(*scan_cmd([tmp_path / "nope[1]"], tmp_path / "v.parquet", two_class_index, tiny_model_dir))
     assert result.exit_code == 2 and "no such file or directory" in result.output
+    assert "nope[1]" in result.output  # printed as text, not swallowed as rich markup
     result = cli(*scan_cmd([img], tmp_path / "missing_dir" / "v.parquet", two_class_index, tiny_model_dir))
     assert result.exit_code == 2 and "does not exist" in result.output
 

@@ -36,7 +36,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from scanner import __version__
 from scanner.decode import DEFAULT_MAX_PIXELS
 from scanner.decode_isolated import DEFAULT_TIMEOUT_S
 from scanner.errors import UsageError
@@ -388,15 +387,6 @@ def summarize_parts(parts_dir: Path) -> tuple[Counter, Counter]:
     return labels, errors
 
 
-def scan_metadata(card, support, k: int) -> dict[str, str]:
-    """The `imgscan` key-value metadata of a verdict file (the same keys `imgscan scan` writes locally)."""
-    return {"imgscan": json.dumps({
-        "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
-        "index": support.name, "index_counts": support.manifest.counts,
-        "open_set_threshold": support.threshold, "k": k,
-    })}
-
-
 def _init_ray(address: str | None):
     """Connect (or start a local Ray). Returns True when this call started Ray, so the caller shuts it down."""
     import ray
@@ -462,7 +452,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
         raise UsageError("--engine ray needs Ray: pip install 'imgscan[ray]'") from None
     from indexes import SupportIndex
     from scanner.model import verify_model_dir
-    from scanner.pipeline import ScanSummary, load_known_shas
+    from scanner.pipeline import ScanSummary, load_known_shas, scan_fingerprint, scan_metadata
 
     started = time.monotonic()
     if opts.device not in ("auto", "cpu", "cuda"):
@@ -477,14 +467,10 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
     card = verify_model_dir(opts.model_dir)
     support = SupportIndex.open(opts.index_dir)
     support.check_model(card.model_id, card.weights_sha256)
-    if support.manifest.total == 0:
-        raise UsageError(f"{opts.index_dir}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
+    support.check_not_empty()
     known = load_known_shas(opts.skip_known)
     metadata = scan_metadata(card, support, opts.k)
-    fingerprint = {
-        "roots": [os.fsdecode(os.path.abspath(r)) for r in opts.roots], "model": card.model_id, "k": opts.k,
-        "all_files": opts.all_files, "skip_known": sorted(str(p) for p in opts.skip_known), "layout": LAYOUT,
-    }
+    fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known), "layout": LAYOUT}
     _prepare_dir(layout, fingerprint, opts.overwrite)
     done, summary.resumed_rows = done_path_keys(layout.parts_dir)
     if progress is not None:

@@ -193,13 +193,12 @@ def pil_to_uint8_chw(img):
 class TrainImages:
     """Map-style dataset: index -> (uint8 [3,S,S] augmented crop, class id)."""
 
-    def __init__(self, samples: list[Sample], classes: list[str], image_size: int, cfg: AugmentConfig, seed: int = 0):
+    def __init__(self, samples: list[Sample], classes: list[str], image_size: int, cfg: AugmentConfig):
         self.samples = samples
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         self.labels = [self.class_to_idx[s.label] for s in samples]
         self.image_size = image_size
         self.cfg = cfg
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)

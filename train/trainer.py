@@ -17,7 +17,6 @@ import os
 import platform
 import random
 import shutil
-import sys
 import time
 import warnings
 from collections import Counter
@@ -36,7 +35,7 @@ from train.data import (
     load_samples,
     make_split,
 )
-from train.losses import CosineCELoss, build_loss
+from train.losses import build_loss
 from train.model import EMBEDDING_DIM, build_embedder, script_embedder
 from train.sampling import PKBatchSampler
 
@@ -263,7 +262,7 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
         [{"params": backbone_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}],
         weight_decay=cfg.weight_decay,
     )
-    train_ds = TrainImages(split.train, split.classes, cfg.image_size, AugmentConfig(enabled=cfg.augment), cfg.seed)
+    train_ds = TrainImages(split.train, split.classes, cfg.image_size, AugmentConfig(enabled=cfg.augment))
     sampler = PKBatchSampler(train_ds.labels, cfg.batch_size // cfg.images_per_class, cfg.images_per_class,
                              cfg.batches_per_epoch, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=workers,

@@ -161,7 +161,7 @@ def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split,
     s = np.flatnonzero((split.role == SUPPORT) & np.isin(ds.labels, split.enrolled) & feats.ok)
     q = np.flatnonzero((split.role == QUERY) & feats.ok)
     sup_labels = ds.labels[s]
-    sup_ids = np.array([str(x)[:16] for x in feats.sha[s]], dtype=object)
+    sup_ids = np.array([str(x) for x in feats.sha[s]], dtype=object)  # support ids are full shas, as in the index
     # leave-one-out calibration, as the support index does
     loo_idx, loo_sims = euclidean_knn(method.features[s], method.features[s], k, exclude_self=True)
     loo = decide(sup_labels[loo_idx], loo_sims)

@@ -204,3 +204,10 @@ def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert list(figures) == ["decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
     assert all(isinstance(v, float) and v > 0 for v in figures.values())
+
+
+def test_search_breadth_grows_with_the_index():
+    from indexes.support_index import ef_search_for
+
+    assert ef_search_for(0) == ef_search_for(12_800) == 128
+    assert ef_search_for(50_000) == 500 and ef_search_for(100_000) == 1000 and ef_search_for(10**7) == 1024

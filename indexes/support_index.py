@@ -265,7 +265,6 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexMa
             role: FileEntry(name, sha256_file(directory / name), (directory / name).stat().st_size)
             for role, name in (("support", support_name), ("hnsw", hnsw_name))
         }
-        hnsw.set_ef(max(manifest.hnsw["ef_search"], 2 * manifest.open_set.k))
         scores = leave_one_out_scores(hnsw, table.label, manifest.open_set.k)
         manifest.open_set.threshold = threshold_from_scores(scores, manifest.open_set.target_accept)
         manifest.open_set.calibrated_on = int(scores.size)

@@ -100,12 +100,12 @@ class SupportTable:
     def from_arrow(cls, table: pa.Table, dim: int) -> "SupportTable":
         emb = table.column("embedding").combine_chunks()
         flat = emb.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        def strings(name: str) -> np.ndarray:  # object arrays straight from Arrow, no Python list in between
+            return table.column(name).to_numpy(zero_copy_only=False).astype(object, copy=False)
+
         return cls(
-            support_id=np.array(table.column("support_id").to_pylist(), dtype=object),
-            label=np.array(table.column("label").to_pylist(), dtype=object),
-            sha=np.array(table.column("sha").to_pylist(), dtype=object),
-            source_path=np.array(table.column("source_path").to_pylist(), dtype=object),
-            enrolled_at=table.column("enrolled_at").to_pylist(),
+            support_id=strings("support_id"), label=strings("label"), sha=strings("sha"),
+            source_path=strings("source_path"), enrolled_at=table.column("enrolled_at").to_pylist(),
             embedding=flat.reshape(len(table), dim),
         )
 

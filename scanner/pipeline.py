@@ -301,17 +301,19 @@ def run_scan(opts: ScanOptions, embedder: Embedder, index, progress, fingerprint
     return summary
 
 
-def summarize(out: Path) -> tuple[Counter, Counter]:
-    """Counts per label, and per kind of error (the message up to its details in parentheses)."""
+def summarize(*files: Path) -> tuple[Counter, Counter]:
+    """Counts per label, and per kind of error (the message up to its details in parentheses), over verdict
+    files (one file, or an engine's parts)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(out, columns=["label", "error"])
     labels, errors = Counter(), Counter()
-    for lab, err in zip(table.column("label").to_pylist(), table.column("error").to_pylist()):
-        if err is None:
-            labels[lab] += 1
-        else:
-            errors[err.split(" (")[0]] += 1
+    for f in files:
+        table = pq.read_table(f, columns=["label", "error"])
+        for lab, err in zip(table.column("label").to_pylist(), table.column("error").to_pylist()):
+            if err is None:
+                labels[lab] += 1
+            else:
+                errors[err.split(" (")[0]] += 1
     return labels, errors
 
 

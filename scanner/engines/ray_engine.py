@@ -376,15 +376,9 @@ def assemble(parts_dir: Path, out: Path, metadata: dict[str, str]) -> int:
 
 
 def summarize_parts(parts_dir: Path) -> tuple[Counter, Counter]:
-    labels, errors = Counter(), Counter()
-    for f in part_files(parts_dir):
-        table = pq.read_table(f, columns=["label", "error"])
-        for lab, err in zip(table.column("label").to_pylist(), table.column("error").to_pylist()):
-            if err is None:
-                labels[lab] += 1
-            else:
-                errors[err.split(" (")[0]] += 1
-    return labels, errors
+    from scanner.pipeline import summarize
+
+    return summarize(*part_files(parts_dir))
 
 
 def _init_ray(address: str | None):

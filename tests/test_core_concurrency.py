@@ -58,3 +58,23 @@ def test_scan_with_output_on_another_filesystem(tmp_path, tiny_model_dir, two_cl
                                           "--model", str(tiny_model_dir), "--device", "cpu"])
         assert result.exit_code == 0, result.output
         assert pq.read_table(out).num_rows == 6 and not Path(str(out) + ".partial").exists()
+
+
+def test_read_only_output_directory_is_refused_up_front(tmp_path, tiny_model_dir, two_class_index):
+    """A read-only mount (as root, permission bits would not stop a write; a read-only filesystem does)."""
+    from scanner.cli import app
+
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        src = write_class_dir(tmp_path / "src", RED, 2)
+        result = CliRunner().invoke(app, ["scan", str(src), "--out", str(mount_point / "v.parquet"), "--index",
+                                          str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu"])
+        assert result.exit_code == 2 and "is not writable" in result.output
+        assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)

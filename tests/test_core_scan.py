@@ -185,7 +185,8 @@ def test_scan_killed_with_sigkill_resumes_to_exactly_one_row_per_file(tmp_path, 
     assert not journal_dir.exists()
 
 
-def test_sigterm_keeps_completed_rows_and_exits_cleanly(tmp_path, tiny_model_dir, two_class_index):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_keeps_completed_rows_and_exits_cleanly(signum, tmp_path, tiny_model_dir, two_class_index):
     crawl = write_class_dir(tmp_path / "crawl", RED, 300, seed0=3000)
     out = tmp_path / "v.parquet"
     args = scan_cmd([crawl], out, two_class_index, tiny_model_dir, "--batch-size", "4", "--readers", "1")
@@ -195,10 +196,10 @@ def test_sigterm_keeps_completed_rows_and_exits_cleanly(tmp_path, tiny_model_dir
     while time.monotonic() < deadline and not list(journal_dir.glob("journal-*.arrows")):
         time.sleep(0.02)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     if proc.returncode == 0:
-        pytest.skip("scan finished before SIGTERM arrived")
+        pytest.skip("scan finished before the signal arrived")
     assert proc.returncode == 130, stderr
     assert "run the same command again to continue" in stderr and "Traceback" not in stderr
     result = _python_cli(*args, timeout=300)

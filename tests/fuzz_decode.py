@@ -37,6 +37,32 @@ def seed_files() -> list[bytes]:
     return seeds
 
 
+def apply_ops(data: bytes, ops: list[tuple[int, int, bytes]], seeds: list[bytes]) -> bytes:
+    """The same mutations as `mutate`, driven by explicit (op, position, payload) triples: what hypothesis
+    draws and shrinks."""
+    b = bytearray(data)
+    for op, pos, payload in ops:
+        at = pos % (len(b) + 1)
+        if op == 0 and b:
+            for j, byte in enumerate(payload[:8] or b"\x00"):
+                b[(at + j) % len(b)] = byte
+        elif op == 1:
+            del b[at:]
+        elif op == 2:
+            b[at:at] = payload
+        elif op == 3:
+            del b[at:at + 1 + len(payload) % 32]
+        elif op == 4 and b:
+            b[at:at] = b[at:at + 4 + len(payload) * 4]
+        elif op == 5:
+            other = seeds[pos % len(seeds)]
+            cut = 2 + len(payload) % min(63, len(other) - 1)
+            b[:cut] = other[:cut]
+        elif op == 6 and len(b) > 8:
+            b[at % (len(b) - 4):at % (len(b) - 4) + 4] = (payload + b"\xff\xff\xff\xff")[:4]
+    return bytes(b)
+
+
 def mutate(data: bytes, rnd: random.Random, seeds: list[bytes]) -> bytes:
     b = bytearray(data)
     for _ in range(rnd.randint(1, 4)):

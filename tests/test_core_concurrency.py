@@ -78,3 +78,28 @@ def test_read_only_output_directory_is_refused_up_front(tmp_path, tiny_model_dir
         assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_scan_sees_one_snapshot_while_enrolls_write(tmp_path, tiny_model_dir, two_class_index):
+    """A scan opens the index once; enrolls landing meanwhile neither break it nor mix generations into it."""
+    from conftest import BLUE, GREEN
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 400, seed0=7000)
+    out = tmp_path / "v.parquet"
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu"]
+    scan = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(out),
+                             "--batch-size", "4", "--readers", "1", *common],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for i, rgb in enumerate((GREEN, BLUE, GREEN)):
+        src = write_class_dir(tmp_path / f"new{i}", rgb, 6, seed0=8000 + 100 * i)
+        enrolled = subprocess.run([sys.executable, "-m", "scanner.cli", "enroll", f"gen_new{i}", str(src), *common],
+                                  capture_output=True, text=True, timeout=300)
+        assert enrolled.returncode == 0, enrolled.stderr
+        if i == 0:
+            assert scan.poll() is None, "the scan ended before an enroll landed: make the crawl larger"
+    _, err = scan.communicate(timeout=300)
+    assert scan.returncode == 0, err
+    table = pq.read_table(out)
+    assert table.num_rows == 400 and table.column("error").null_count == 400
+    assert set(table.column("index").to_pylist()) == {"index@g2"}  # the generation the scan opened
+    assert SupportIndex.open(two_class_index).manifest.generation == 5  # while three enrolls landed

@@ -72,3 +72,10 @@ class ScanProgress:
 
     def _update(self) -> None:
         self._progress.update(self._task, completed=self.already_done + self.done, rate=self.rate, errors=self.errors)
+
+
+def table_console(console: Console) -> Console:
+    """The console to print wide tables on: a log file or a pipe gets 120 columns instead of rich's 80."""
+    if not console.is_terminal and console.width < 120:
+        return Console(file=console.file, width=120)
+    return console

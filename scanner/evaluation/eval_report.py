@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -228,7 +227,7 @@ def render_markdown(doc: dict) -> str:
 
 def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], result: EvalResult, ds: Dataset) -> str:
     main_n = doc["main_shots"]
-    b = [f"<h1>imgscan evaluation</h1>"]
+    b = ["<h1>imgscan evaluation</h1>"]
     proto = doc["protocol"]
     b.append('<p class="meta">'
              f"Data: <code>{H.esc(doc['data']['source'])}</code>, {doc['data']['n_images']} images in "
@@ -313,11 +312,11 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
 
 
 def print_tables(doc: dict, console) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    if not console.is_terminal and console.width < 120:  # a log file or a pipe: no need to squeeze to 80 columns
-        console = Console(file=console.file, width=120)
+    from scanner.progress import table_console
+
+    console = table_console(console)
 
     t = Table(title=f"imgscan eval at {doc['main_shots']} shots", show_edge=False)
     t.add_column("method")

@@ -139,13 +139,11 @@ def project_2d(x: np.ndarray, seed: int = 0, use_umap: bool = True) -> tuple[np.
     documented fallback; said in the figure's title)."""
     if use_umap and x.shape[0] >= 5:
         try:
-            import umap  # noqa: F401
+            import umap
         except ModuleNotFoundError:
             pass
         else:
             import warnings
-
-            import umap
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

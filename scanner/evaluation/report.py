@@ -197,11 +197,11 @@ def render_html(doc: dict, figs: dict[str, Path], sources: dict[str, str]) -> st
 
 
 def print_tables(doc: dict, console) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    if not console.is_terminal and console.width < 120:  # a log file or a pipe: no need to squeeze to 80 columns
-        console = Console(file=console.file, width=120)
+    from scanner.progress import table_console
+
+    console = table_console(console)
 
     t = Table(title=f"{doc['verdicts']}: {doc['rows']} rows", show_edge=False)
     t.add_column("label")

@@ -171,16 +171,13 @@ def augment(img, size: int, cfg: AugmentConfig, rng):
 
 
 def scan_preprocess(img, size: int):
-    """The scanner's preprocessing (model card: shorter side to S, bilinear antialias, centre S x S crop)."""
+    """The scanner's own preprocessing (model card: shorter side to S, bilinear antialias, centre S x S crop),
+    so validation sees images exactly as `imgscan scan` does."""
     from PIL import Image
 
-    w, h = img.size
-    if min(w, h) != size:
-        s = size / min(w, h)
-        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-        w, h = img.size
-    x, y = (w - size) // 2, (h - size) // 2
-    return img.crop((x, y, x + size, y + size))
+    from scanner.decode import resize_center_crop
+
+    return Image.fromarray(resize_center_crop(img, size))
 
 
 def pil_to_uint8_chw(img):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -90,13 +92,24 @@ def test_a_scan_sees_one_snapshot_while_enrolls_write(tmp_path, tiny_model_dir, 
     scan = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(out),
                              "--batch-size", "4", "--readers", "1", *common],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for i, rgb in enumerate((GREEN, BLUE, GREEN)):
-        src = write_class_dir(tmp_path / f"new{i}", rgb, 6, seed0=8000 + 100 * i)
-        enrolled = subprocess.run([sys.executable, "-m", "scanner.cli", "enroll", f"gen_new{i}", str(src), *common],
-                                  capture_output=True, text=True, timeout=300)
-        assert enrolled.returncode == 0, enrolled.stderr
-        if i == 0:
-            assert scan.poll() is None, "the scan ended before an enroll landed: make the crawl larger"
+    # Freeze the scan once its first rows are journalled (so it has opened the index), enroll three times,
+    # then let it finish: deterministic however fast the machine is, unlike racing a big crawl.
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.monotonic() + 120
+    while not list(partial.glob("journal-*.arrows")):
+        assert scan.poll() is None, "the scan ended before it was frozen"
+        assert time.monotonic() < deadline, "the scan wrote no rows in 120 s"
+        time.sleep(0.002)
+    scan.send_signal(signal.SIGSTOP)
+    try:
+        assert not out.exists(), "the scan finished before it was frozen: make the crawl larger"
+        for i, rgb in enumerate((GREEN, BLUE, GREEN)):
+            src = write_class_dir(tmp_path / f"new{i}", rgb, 6, seed0=8000 + 100 * i)
+            enrolled = subprocess.run([sys.executable, "-m", "scanner.cli", "enroll", f"gen_new{i}", str(src),
+                                       *common], capture_output=True, text=True, timeout=300)
+            assert enrolled.returncode == 0, enrolled.stderr
+    finally:
+        scan.send_signal(signal.SIGCONT)
     _, err = scan.communicate(timeout=300)
     assert scan.returncode == 0, err
     table = pq.read_table(out)

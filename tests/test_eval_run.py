@@ -185,3 +185,39 @@ def test_umap_layout_with_cosine_metric():
     d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
     np.fill_diagonal(d, np.inf)
     assert (np.argmin(d, axis=1) // 30 == np.arange(90) // 30).mean() > 0.95
+
+
+def test_degraded_queries_are_judged_against_the_clean_support(eval_data, tiny_model_dir, tmp_path):
+    from scanner.evaluation.cli import run_eval
+
+    doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="3", unknown="gen_yellow", device="cpu",
+                   use_umap=False, baselines=False, degrade_queries="jpeg60,scale0.5")
+    name = "imgscan@scale0.5+jpeg60"
+    assert set(doc["methods"]) == {"imgscan", name} and doc["protocol"]["degrade_queries"] == "scale0.5+jpeg60"
+    clean, degraded = doc["main"]["imgscan"]["metrics"], doc["main"][name]["metrics"]
+    assert degraded["n_queries"] == clean["n_queries"] > 0
+    # the tiny model reads colour, which a re-post keeps: the degraded queries still land in their class
+    assert degraded["closed_set_attribution"]["macro_f1"] > 0.9
+    rows = pq.read_table(tmp_path / "r" / "predictions.parquet").to_pandas()
+    assert set(rows["method"]) == {"imgscan", name}
+
+
+def test_degradation_spec_and_effect():
+    import io
+
+    from PIL import Image
+
+    from conftest import encode, coloured
+    from scanner.errors import UsageError
+    from scanner.evaluation.degrade import Degradation, parse_degradation
+
+    assert parse_degradation("jpeg75,scale0.75") == Degradation(75, 0.75)
+    assert parse_degradation("scale0.5").name == "scale0.5"
+    for bad in ("jpeg", "jpeg101", "scale2", "blur3", ""):
+        with pytest.raises(UsageError):
+            parse_degradation(bad)
+    src = encode(coloured(RED, seed=1, size=(80, 60)))
+    out = Image.open(io.BytesIO(Degradation(75, 0.75).apply(src)))
+    assert out.format == "JPEG" and out.size == (60, 45)
+    q95 = Image.open(io.BytesIO(Degradation(95, None).apply(src)))
+    assert sum(out.quantization[0]) > sum(q95.quantization[0])  # coarser quantisation at quality 75

@@ -82,7 +82,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
              ce_model: Optional[Path] = None,
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
-             cache: Optional[Path] = None) -> dict:
+             cache: Optional[Path] = None, degrade_queries: Optional[str] = None) -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -101,6 +101,11 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     _plt()  # no matplotlib: say so now, not after minutes of embedding
     shot_values = _shots(shots)
     unknown_list = _csv_list(unknown)
+    degradation = None
+    if degrade_queries:
+        from scanner.evaluation.degrade import parse_degradation
+
+        degradation = parse_degradation(degrade_queries)
     ds = load_dataset(data)
     missing = [u for u in unknown_list if u not in ds.classes]
     if missing:
@@ -135,6 +140,20 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
         raise UsageError(f"{data}: no image could be decoded")
     methods = [Method(MAIN_METHOD, feats.embeddings, "cosine", embedder.model_id, embedder.card.weights_sha256,
                       "SupCon embedder + k-NN over the support index (what `scan` does)", embed_s)]
+    if degradation is not None:
+        from scanner.evaluation.degrade import degraded_copy
+
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="imgscan-degraded-") as copies:
+            degraded_ds, copied = degraded_copy(ds, degradation, Path(copies))
+            with ScanProgress(f"embedding queries degraded by {degradation.name}") as progress:
+                degraded = embed_dataset(degraded_ds, embedder, batch_size=batch_size,
+                                         progress=lambda n: progress.advance(n))
+        feats.ok &= copied & degraded.ok
+        methods.append(Method(f"{MAIN_METHOD}@{degradation.name}", degraded.embeddings, "cosine", embedder.model_id,
+                              embedder.card.weights_sha256,
+                              f"queries downscaled and re-compressed ({degradation.name}), support enrolled clean",
+                              time.monotonic() - t0, support_features=feats.embeddings))
     if ce_model is not None:
         ce = Embedder(ce_model, device=dev)
         t0 = time.monotonic()
@@ -174,6 +193,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
                  "duplicates_left_out": len(feats.duplicates), "used": int(feats.ok.sum()), "counts": ds.counts(),
                  "errors": len(feats.errors)},
         "protocol": {"shots": shot_values, "unknown": unknown_list, "folds": fold_list, "seed": seed, "k": k,
+                     "degrade_queries": degradation.name if degradation else None,
                      "support_cap": "min(shots, floor(class size / 2))", "split_by": "group"},
         "embedding_throughput_img_s": round(len(ds) / max(embed_s, 1e-9), 2),
         "device": dev,
@@ -202,10 +222,11 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
+        degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
-                 use_umap=not no_umap, command=_invocation(), cache=cache)
+                 use_umap=not no_umap, command=_invocation(), cache=cache, degrade_queries=degrade_queries)
 
     @app.command("report", no_args_is_help=True)
     def report_command(

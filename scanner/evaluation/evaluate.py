@@ -29,6 +29,11 @@ class Method:
     model_sha256: str = ""
     description: str = ""
     feature_seconds: float = 0.0
+    # Where support rows come from, when not `features`: degraded queries are judged against clean enrollments.
+    support_features: np.ndarray | None = None
+
+    def support(self, idx: np.ndarray) -> np.ndarray:
+        return (self.features if self.support_features is None else self.support_features)[idx]
 
 
 @dataclass
@@ -144,7 +149,7 @@ def _judge_cosine(method: Method, ds: Dataset, feats: Features, split: Split, k:
         idx = np.flatnonzero((split.role == SUPPORT) & (ds.labels == c) & feats.ok)
         if idx.size == 0:
             continue
-        enroll_embeddings(index_dir, c, method.features[idx], feats.sha[idx].tolist(), ds.paths[idx].tolist(),
+        enroll_embeddings(index_dir, c, method.support(idx), feats.sha[idx].tolist(), ds.paths[idx].tolist(),
                           method.model_id, method.model_sha256 or method.model_id)
     index = SupportIndex.open(index_dir)
     q = np.flatnonzero((split.role == QUERY) & feats.ok)
@@ -163,10 +168,10 @@ def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split,
     sup_labels = ds.labels[s]
     sup_ids = np.array([str(x) for x in feats.sha[s]], dtype=object)  # support ids are full shas, as in the index
     # leave-one-out calibration, as the support index does
-    loo_idx, loo_sims = euclidean_knn(method.features[s], method.features[s], k, exclude_self=True)
+    loo_idx, loo_sims = euclidean_knn(method.support(s), method.support(s), k, exclude_self=True)
     loo = decide(sup_labels[loo_idx], loo_sims)
     threshold = threshold_from_scores(loo.open_set_score, OpenSetCalibration().target_accept)
-    idx, sims = euclidean_knn(method.features[s], method.features[q], k)
+    idx, sims = euclidean_knn(method.support(s), method.features[q], k)
     return q, sup_labels[idx], sup_ids[idx], sims, threshold
 
 

@@ -22,10 +22,23 @@ def test_embeddings_are_unit_norm_and_input_type_does_not_matter(tiny_model_dir)
 
 def test_bf16_autocast_stays_close_to_fp32_and_bad_precisions_are_refused(tiny_model_dir):
     x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    fp32 = Embedder(tiny_model_dir, device="cpu").embed(x)
+    fp32 = Embedder(tiny_model_dir, device="cpu", precision="fp32").embed(x)
     bf16 = Embedder(tiny_model_dir, device="cpu", precision="bf16").embed(x)
     assert np.all((fp32 * bf16).sum(axis=1) > 0.99)  # cosine similarity
     with pytest.raises(UsageError, match="needs --device cuda"):
         Embedder(tiny_model_dir, device="cpu", precision="fp16")
     with pytest.raises(UsageError, match="expected one of"):
         Embedder(tiny_model_dir, device="cpu", precision="int4")
+
+
+def test_auto_precision_follows_the_hardware(tiny_model_dir, monkeypatch):
+    import scanner.embed as embed
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(embed, "cpu_has_native_bf16", lambda: native)
+        assert Embedder(tiny_model_dir, device="cpu").precision == expected
+    assert embed.resolve_precision("auto", "cuda") == "fp16"
+    assert embed.resolve_precision("fp32", "cpu") == "fp32"
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    monkeypatch.undo()
+    assert embed.cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)

@@ -33,7 +33,7 @@ def build(data: Path, model_dir: Path, out: Path, per_class: int, exclude_fold: 
     for s in samples:
         if exclude_fold is None or s.fold != exclude_fold:
             by_label[s.label].append(s)
-    embedder = Embedder(model_dir, device="cpu")
+    embedder = Embedder(model_dir, device="cpu", precision="fp32")  # fp32: the same index on every CPU
     root = data if data.is_dir() else data.parent
     if out.exists():
         shutil.rmtree(out)

@@ -70,6 +70,7 @@ class RayScanOptions:
     k: int = 11
     batch_size: int = 64
     device: str = "auto"  # per worker: auto = CUDA when Ray gave the worker a GPU that torch can see
+    precision: str = "auto"  # per worker, resolved on the worker's own hardware (scanner.embed.resolve_precision)
     skip_known: list[Path] = field(default_factory=list)
     all_files: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -166,7 +167,8 @@ class VerdictWorker:
     as the local engine does), then turns bundles of read results into parts."""
 
     def __init__(self, model_dir: str, index_dir: str, device: str, k: int, batch_size: int, max_pixels: int,
-                 isolate_decode: bool, decode_timeout_s: float, parts_dir: str, metadata: dict[str, str]):
+                 isolate_decode: bool, decode_timeout_s: float, parts_dir: str, metadata: dict[str, str],
+                 precision: str = "auto"):
         import ray
 
         from indexes import SupportIndex
@@ -176,7 +178,7 @@ class VerdictWorker:
         if device == "auto":
             # CUDA only when Ray gave this worker a GPU (it sets CUDA_VISIBLE_DEVICES) and torch can use it.
             device = resolve_device("auto") if ray.get_gpu_ids() else "cpu"
-        self.embedder = Embedder(model_dir, device=resolve_device(device))
+        self.embedder = Embedder(model_dir, device=resolve_device(device), precision=precision)
         self.index = SupportIndex.open(index_dir)
         self.index.check_model(self.embedder.model_id, self.embedder.card.weights_sha256)
         self.decoder = make_decoder(self.embedder.size, batch_size, self.embedder.device, max_pixels,
@@ -500,7 +502,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
                 "model_dir": str(Path(opts.model_dir).resolve()), "index_dir": str(Path(opts.index_dir).resolve()),
                 "device": opts.device, "k": opts.k, "batch_size": opts.batch_size, "max_pixels": opts.max_pixels,
                 "isolate_decode": opts.isolate_decode, "decode_timeout_s": opts.decode_timeout_s,
-                "parts_dir": str(layout.parts_dir.resolve()), "metadata": metadata,
+                "parts_dir": str(layout.parts_dir.resolve()), "metadata": metadata, "precision": opts.precision,
             },
         )
         parts, nodes, devices = [], Counter(), Counter()

@@ -77,12 +77,14 @@ def drop_duplicates(ds: Dataset, feats: Features) -> None:
             feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
-def _load_cache(cache: Path | None, model_sha256: str) -> dict[str, np.ndarray]:
+def _load_cache(cache: Path | None, model_sha256: str, precision: str) -> dict[str, np.ndarray]:
     if cache is None or not cache.is_file():
         return {}
     try:
         with np.load(cache, allow_pickle=False) as z:
-            if str(z["model_sha256"]) != model_sha256:
+            # bf16 and fp32 embeddings of one model differ slightly: a cache serves one precision only
+            cached_precision = str(z["precision"]) if "precision" in z.files else "fp32"
+            if str(z["model_sha256"]) != model_sha256 or cached_precision != precision:
                 return {}
             return dict(zip(z["sha"].tolist(), z["embedding"]))
     except (OSError, KeyError, ValueError):
@@ -92,7 +94,8 @@ def _load_cache(cache: Path | None, model_sha256: str) -> dict[str, np.ndarray]:
 def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, cache: Path | None = None) -> Features:
     """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages).
 
-    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256; files
+    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256 and the
+    precision; files
     whose bytes are in it are not decoded or embedded again, and the cache is rewritten with this run's."""
     import xxhash
 
@@ -102,7 +105,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
     ok = np.zeros(len(ds), dtype=bool)
     sha = np.empty(len(ds), dtype=object)
     errors: dict[str, str] = {}
-    cached = _load_cache(cache, embedder.card.weights_sha256)
+    cached = _load_cache(cache, embedder.card.weights_sha256, embedder.precision)
     todo = list(range(len(ds)))
     if cached:
         todo = []
@@ -133,7 +136,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
                 progress(len(reads))
     if cache is not None:
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), sha=np.array(sha[ok].tolist(), dtype=str),
+        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(embedder.precision), sha=np.array(sha[ok].tolist(), dtype=str),
                  embedding=emb[ok])
         os.replace(tmp, cache)
     feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)

@@ -51,7 +51,7 @@ def run(support: int, queries: int, k: int, dim: int = 128, classes: int = 16, u
         query_s = time.perf_counter() - t0
         id_of = {sid: i for i, sid in enumerate(index.table.support_id)}
         got = np.vectorize(id_of.__getitem__)(found.support_ids)
-        exact = np.argsort(-(query @ index.table.embedding.T), axis=1)[:, :k]
+        exact = np.argsort(-(query @ index.vectors().T), axis=1)[:, :k]
         recall = float(np.mean([len(set(g) & set(e)) / k for g, e in zip(got, exact)]))
         t0 = time.perf_counter()
         enroll_embeddings(tmp, "new_generator", extra, [rng.bytes(16).hex() for _ in range(150)], ["bench"] * 150, "bench", "bench")

@@ -51,28 +51,30 @@ def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> Verdicts:
     labels = np.asarray(neighbor_labels, dtype=object)
     sims = np.asarray(neighbor_sims, dtype=np.float64)
     n = labels.shape[0]
-    closed = np.empty(n, dtype=object)
-    ai = np.empty(n, dtype=np.float32)
-    open_score = np.empty(n, dtype=np.float32)
+    if n == 0 or labels.ndim < 2 or labels.shape[1] == 0:
+        return Verdicts(np.full(n, UNKNOWN_LABEL, dtype=object), np.full(n, 0.5, dtype=np.float32),
+                        np.full(n, 2.0, dtype=np.float32))
+    # Vectorised over rows (a per-row np.unique loop cost 0.13 s per 2,000 rows at calibration): classes
+    # become integer codes once, votes are a [n, classes] matrix.
     valid = labels != ""
+    classes, codes = np.unique(labels.astype(str), return_inverse=True)
+    codes = codes.reshape(labels.shape)
     weights = np.where(valid, np.maximum(sims, 0.0), 0.0)
-    for i in range(n):
-        row_labels = labels[i][valid[i]]
-        if row_labels.size == 0:
-            closed[i], ai[i], open_score[i] = UNKNOWN_LABEL, 0.5, 2.0
-            continue
-        row_w = weights[i][valid[i]]
-        row_s = sims[i][valid[i]]
-        classes, inverse = np.unique(row_labels, return_inverse=True)
-        votes = np.bincount(inverse, weights=row_w, minlength=len(classes))
-        best = votes.max()
-        tied = np.flatnonzero(votes >= best - 1e-12)
-        if len(tied) == 1:
-            winner = tied[0]
-        else:  # neighbours are sorted nearest first: the first neighbour of a tied class wins
-            winner = next(inverse[j] for j in range(len(inverse)) if inverse[j] in tied)
-        closed[i] = classes[winner]
-        total = row_w.sum()
-        ai[i] = row_w[row_labels != REAL_LABEL].sum() / total if total > 0 else 0.5
-        open_score[i] = 1.0 - row_s[inverse == winner].mean()
-    return Verdicts(closed_set_label=closed, ai_score=ai, open_set_score=open_score)
+    rows = np.repeat(np.arange(n), labels.shape[1]).reshape(labels.shape)
+    votes = np.zeros((n, len(classes)), dtype=np.float64)
+    np.add.at(votes, (rows[valid], codes[valid]), weights[valid])
+    votes[:, classes == ""] = -1.0  # padding never wins
+    best = votes.max(axis=1, keepdims=True)
+    tied = votes >= best - 1e-12
+    # neighbours are sorted nearest first: among tied classes, the one holding the nearest neighbour wins
+    tied_here = tied[rows, codes] & valid
+    winner = codes[np.arange(n), np.argmax(tied_here, axis=1)]
+    total = weights.sum(axis=1)
+    ai_weight = np.where(labels != REAL_LABEL, weights, 0.0).sum(axis=1)
+    ai = np.where(total > 0, ai_weight / np.where(total > 0, total, 1.0), 0.5)
+    voted = valid & (codes == winner[:, None])
+    open_score = 1.0 - (sims * voted).sum(axis=1) / np.maximum(voted.sum(axis=1), 1)
+    closed = classes[winner].astype(object)
+    empty = ~valid.any(axis=1)
+    closed[empty], ai[empty], open_score[empty] = UNKNOWN_LABEL, 0.5, 2.0
+    return Verdicts(closed_set_label=closed, ai_score=ai.astype(np.float32), open_set_score=open_score.astype(np.float32))

@@ -192,6 +192,7 @@ class VerdictWorker:
 
         _write_json_atomic(workers_dir / f"{self.node[:16]}-{os.getpid()}.json", {
             "node": self.node, "host": socket.gethostname(), "pid": os.getpid(), "device": self.embedder.device,
+            "precision": self.embedder.precision,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": datetime.now(timezone.utc).isoformat(),
         })
 
@@ -465,7 +466,8 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
     support.check_model(card.model_id, card.weights_sha256)
     support.check_not_empty()
     known = load_known_shas(opts.skip_known)
-    metadata = scan_metadata(card, support, opts.k)
+    # Each worker resolves `auto` on its own hardware (it announces what it used in _workers/).
+    metadata = scan_metadata(card, support, opts.k, opts.precision if opts.precision != "auto" else "auto (per worker)")
     fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known), "layout": LAYOUT}
     _prepare_dir(layout, fingerprint, opts.overwrite)
     done, summary.resumed_rows = done_path_keys(layout.parts_dir)

@@ -88,11 +88,14 @@ def test_enroll_refuses_another_models_embeddings_and_bad_labels(tmp_path):
 
 def test_remove_label_rebuilds_and_an_emptied_index_opens(tmp_path):
     rng = np.random.default_rng(1)
-    enroll_embeddings(tmp_path, "real", _unit(rng.normal(size=(5, 8))), [f"{i:032x}" for i in range(5)], ["p"] * 5, "m", "s")
+    real = _unit(rng.normal(size=(5, 8)))
+    enroll_embeddings(tmp_path, "real", real, [f"{i:032x}" for i in range(5)], ["p"] * 5, "m", "s")
     enroll_embeddings(tmp_path, "gen", _unit(rng.normal(size=(4, 8))), [f"{i + 9:032x}" for i in range(4)], ["p"] * 4, "m", "s")
     removed, m = remove_label(tmp_path, "gen")
     assert removed == 4 and m.counts == {"real": 5}
     index = SupportIndex.open(tmp_path)
+    # the enrolled vectors are kept once, in the HNSW file, and survive the rebuild exactly
+    assert np.allclose(index.vectors(), real, atol=1e-6) and index.vectors([]).shape == (0, 8)
     assert set(index.search(_unit(rng.normal(size=(3, 8))), k=11).labels.ravel()) == {"real"}
     with pytest.raises(UsageError, match="no class 'gen'"):
         remove_label(tmp_path, "gen")
@@ -211,3 +214,26 @@ def test_search_breadth_grows_with_the_index():
 
     assert ef_search_for(0) == ef_search_for(12_800) == 128
     assert ef_search_for(50_000) == 500 and ef_search_for(100_000) == 1000 and ef_search_for(10**7) == 1024
+
+
+def test_an_index_written_with_an_embedding_column_still_opens(tmp_path):
+    """Indexes written before the vectors moved out of the Parquet table (e.g. an older starter index) open."""
+    import pyarrow.parquet as pq
+
+    from indexes.manifest import read_manifest, write_manifest
+    from scanner.model import sha256_file
+
+    e = _unit(np.eye(4)[:3])
+    enroll_embeddings(tmp_path, "real", e, [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
+    m = read_manifest(tmp_path)
+    path = tmp_path / m.files["support"].name
+    table = pq.read_table(path)
+    old = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), 4))
+    pq.write_table(old, path)
+    m.files["support"].sha256, m.files["support"].bytes = sha256_file(path), path.stat().st_size
+    write_manifest(tmp_path, m)
+    index = SupportIndex.open(tmp_path)
+    assert list(index.table.label) == ["real"] * 3 and np.allclose(index.vectors(), e, atol=1e-6)
+    r = enroll_embeddings(tmp_path, "gen", _unit(np.eye(4)[3:]), ["f" * 32], ["q"], "m", "s")
+    assert r.manifest.counts == {"gen": 1, "real": 3}
+    assert "embedding" not in pq.read_schema(tmp_path / r.manifest.files["support"].name).names

@@ -28,6 +28,7 @@ def resolve_device(device: str) -> str:
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RUNTIMES = ("torch", "openvino")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -66,12 +67,23 @@ class Embedder:
     precision: auto = fp16 on CUDA; on CPU bf16 where the hardware has it (cpu_has_native_bf16), else fp32.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto",
+                 runtime: str = "torch"):
         import torch
 
+        if runtime not in RUNTIMES:
+            raise UsageError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
+        if runtime == "openvino" and device != "cpu":
+            raise UsageError("--runtime openvino runs on the CPU (use --device cpu, or --runtime torch on CUDA)")
         self.device = device
         self.precision = resolve_precision(precision, device)
+        self.runtime = runtime
         self.card, module = load_model(model_dir, device=device)
+        self._openvino = None
+        if runtime == "openvino":
+            from scanner.openvino_runtime import OpenVinoEmbedder
+
+            self._openvino = OpenVinoEmbedder(module, self.card.weights_sha256, self.card.input_size, self.precision)
         if device == "cpu":
             # Same layout as the NHWC batches the decoder produces: no transposing copy, faster oneDNN convs.
             module = module.to(memory_format=torch.channels_last)
@@ -98,12 +110,15 @@ class Embedder:
         torch = self._torch
         if pixels_nhwc.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            out = self.module(x)
-        emb = out.float().cpu().numpy()
+        if self._openvino is not None:
+            emb = self._openvino(pixels_nhwc)
+        else:
+            x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), self._autocast():
+                out = self.module(x)
+            emb = out.float().cpu().numpy()
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise UsageError(f"model {self.model_id} returned shape {tuple(emb.shape)}, card says dim {self.dim}")
         # Re-normalise in fp32: fp16 outputs drift slightly off unit norm, and the index assumes cosine.

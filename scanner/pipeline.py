@@ -72,15 +72,15 @@ def scan_fingerprint(roots: list[bytes], model_id: str, k: int, all_files: bool,
     }
 
 
-def scan_metadata(card, support, k: int, precision: str | None = None) -> dict[str, str]:
-    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k and the embedder's
-    precision (None: decided per worker, as in the Ray engine)."""
+def scan_metadata(card, support, k: int, precision: str | None = None, runtime: str = "torch") -> dict[str, str]:
+    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, and the embedder's
+    runtime and precision."""
     from scanner import __version__
 
     return {"imgscan": json.dumps({
         "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
         "index": support.name, "index_counts": support.manifest.counts,
-        "open_set_threshold": support.threshold, "k": k, "precision": precision,
+        "open_set_threshold": support.threshold, "k": k, "precision": precision, "runtime": runtime,
     })}
 
 

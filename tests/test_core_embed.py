@@ -42,3 +42,50 @@ def test_auto_precision_follows_the_hardware(tiny_model_dir, monkeypatch):
     flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
     monkeypatch.undo()
     assert embed.cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
+
+
+def test_openvino_runtime_matches_torch_and_caches_its_onnx_export(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    x = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    ref = Embedder(tiny_model_dir, device="cpu", precision="fp32").embed(x)
+    ov = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="openvino")
+    assert ov.runtime == "openvino"
+    got = ov.embed(x)
+    assert got.shape == ref.shape and np.all((got * ref).sum(axis=1) > 0.9999)
+    assert ov.embed(x[:0]).shape == (0, 128)
+    cached = list((tmp_path / "cache" / "imgscan" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].stem == ov.card.weights_sha256
+    # a damaged cache file is rebuilt, not handed to OpenVINO
+    cached[0].write_bytes(b"garbage")
+    again = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="openvino").embed(x)
+    assert np.allclose(again, got, atol=1e-5) and cached[0].read_bytes() != b"garbage"
+    with pytest.raises(UsageError, match="expected one of"):
+        Embedder(tiny_model_dir, device="cpu", runtime="tensorrt")
+
+
+def test_scan_with_the_openvino_runtime_gives_the_torch_verdicts(tmp_path, tiny_model_dir, two_class_index):
+    pytest.importorskip("openvino")
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from conftest import BLUE, RED, write_class_dir
+    from scanner.cli import app
+
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "r", RED, 6, seed0=10)
+    write_class_dir(crawl / "b", BLUE, 6, seed0=20)
+    tables = {}
+    for runtime in ("torch", "openvino"):
+        out = tmp_path / f"{runtime}.parquet"
+        result = CliRunner().invoke(app, ["scan", str(crawl), "--out", str(out), "--index", str(two_class_index),
+                                          "--model", str(tiny_model_dir), "--device", "cpu", "--runtime", runtime,
+                                          "--precision", "fp32"])
+        assert result.exit_code == 0, result.output
+        tables[runtime] = pq.read_table(out).sort_by("path")
+        assert json.loads(tables[runtime].schema.metadata[b"imgscan"])["runtime"] == runtime
+    assert tables["torch"].column("label").to_pylist() == tables["openvino"].column("label").to_pylist()
+    assert np.allclose(tables["torch"].column("ai_score").to_numpy(), tables["openvino"].column("ai_score").to_numpy(),
+                       atol=1e-3)

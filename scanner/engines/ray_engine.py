@@ -71,6 +71,7 @@ class RayScanOptions:
     batch_size: int = 64
     device: str = "auto"  # per worker: auto = CUDA when Ray gave the worker a GPU that torch can see
     precision: str = "auto"  # per worker, resolved on the worker's own hardware (scanner.embed.resolve_precision)
+    runtime: str = "torch"
     skip_known: list[Path] = field(default_factory=list)
     all_files: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -168,7 +169,7 @@ class VerdictWorker:
 
     def __init__(self, model_dir: str, index_dir: str, device: str, k: int, batch_size: int, max_pixels: int,
                  isolate_decode: bool, decode_timeout_s: float, parts_dir: str, metadata: dict[str, str],
-                 precision: str = "auto"):
+                 precision: str = "auto", runtime: str = "torch"):
         import ray
 
         from indexes import SupportIndex
@@ -178,7 +179,7 @@ class VerdictWorker:
         if device == "auto":
             # CUDA only when Ray gave this worker a GPU (it sets CUDA_VISIBLE_DEVICES) and torch can use it.
             device = resolve_device("auto") if ray.get_gpu_ids() else "cpu"
-        self.embedder = Embedder(model_dir, device=resolve_device(device), precision=precision)
+        self.embedder = Embedder(model_dir, device=resolve_device(device), precision=precision, runtime=runtime)
         self.index = SupportIndex.open(index_dir)
         self.index.check_model(self.embedder.model_id, self.embedder.card.weights_sha256)
         self.decoder = make_decoder(self.embedder.size, batch_size, self.embedder.device, max_pixels,
@@ -467,7 +468,8 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
     support.check_not_empty()
     known = load_known_shas(opts.skip_known)
     # Each worker resolves `auto` on its own hardware (it announces what it used in _workers/).
-    metadata = scan_metadata(card, support, opts.k, opts.precision if opts.precision != "auto" else "auto (per worker)")
+    metadata = scan_metadata(card, support, opts.k, opts.precision if opts.precision != "auto" else "auto (per worker)",
+                             opts.runtime)
     fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known), "layout": LAYOUT}
     _prepare_dir(layout, fingerprint, opts.overwrite)
     done, summary.resumed_rows = done_path_keys(layout.parts_dir)
@@ -505,6 +507,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
                 "device": opts.device, "k": opts.k, "batch_size": opts.batch_size, "max_pixels": opts.max_pixels,
                 "isolate_decode": opts.isolate_decode, "decode_timeout_s": opts.decode_timeout_s,
                 "parts_dir": str(layout.parts_dir.resolve()), "metadata": metadata, "precision": opts.precision,
+                "runtime": opts.runtime,
             },
         )
         parts, nodes, devices = [], Counter(), Counter()

@@ -82,7 +82,8 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
              ce_model: Optional[Path] = None,
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
-             cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto") -> dict:
+             cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
+             runtime: str = "torch") -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -129,7 +130,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     dev = resolve_device(device)
-    embedder = Embedder(_model_dir(model), device=dev, precision=precision)
+    embedder = Embedder(_model_dir(model), device=dev, precision=precision, runtime=runtime)
 
     t0 = time.monotonic()
     with ScanProgress(f"embedding ({embedder.model_id})") as progress:
@@ -155,7 +156,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
                               f"queries downscaled and re-compressed ({degradation.name}), support enrolled clean",
                               time.monotonic() - t0, support_features=feats.embeddings))
     if ce_model is not None:
-        ce = Embedder(ce_model, device=dev, precision=precision)
+        ce = Embedder(ce_model, device=dev, precision=precision, runtime=runtime)
         t0 = time.monotonic()
         with ScanProgress(f"embedding ce ({ce.model_id})") as progress:
             ce_feats = embed_dataset(ds, ce, batch_size=batch_size, progress=lambda n: progress.advance(n))
@@ -198,6 +199,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
         "embedding_throughput_img_s": round(len(ds) / max(embed_s, 1e-9), 2),
         "device": dev,
         "precision": embedder.precision,
+        "runtime": embedder.runtime,
     }
     doc = write_outputs(result, ds, feats, out, info, use_umap=use_umap, seed=seed)
     print_tables(doc, console)
@@ -224,12 +226,13 @@ def register(app: typer.Typer) -> None:
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
         precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16.")] = "auto",
+        runtime: Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only; pip install 'imgscan[openvino]').")] = "torch",
         degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
                  use_umap=not no_umap, command=_invocation(), cache=cache, degrade_queries=degrade_queries,
-                 precision=precision)
+                 precision=precision, runtime=runtime)
 
     @app.command("report", no_args_is_help=True)
     def report_command(

@@ -105,7 +105,8 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
     ok = np.zeros(len(ds), dtype=bool)
     sha = np.empty(len(ds), dtype=object)
     errors: dict[str, str] = {}
-    cached = _load_cache(cache, embedder.card.weights_sha256, embedder.precision)
+    numerics = embedder.precision if embedder.runtime == "torch" else f"{embedder.runtime}-{embedder.precision}"
+    cached = _load_cache(cache, embedder.card.weights_sha256, numerics)
     todo = list(range(len(ds)))
     if cached:
         todo = []
@@ -136,7 +137,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
                 progress(len(reads))
     if cache is not None:
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(embedder.precision), sha=np.array(sha[ok].tolist(), dtype=str),
+        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics), sha=np.array(sha[ok].tolist(), dtype=str),
                  embedding=emb[ok])
         os.replace(tmp, cache)
     feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)

@@ -36,6 +36,10 @@ class ModelCard:
     input_size: int  # square side S the embedder expects
     embedding_dim: int
     weights_sha256: str = ""
+    # sha256 over the parameter and buffer tensors (names, dtypes, shapes, bytes; sorted by name). The TorchScript
+    # file also holds a random serialization id and generated code, so two exports of identical weights differ in
+    # weights_sha256; this one is equal exactly when the weights are (how a retraining is checked: training.md).
+    tensors_sha256: str = ""
     # How an arbitrary image becomes the SxS input: scale the shorter side to S, then take the centre SxS.
     preprocessing: dict[str, Any] = field(
         default_factory=lambda: {"resize": "shorter_side", "crop": "center", "interpolation": "bilinear_antialias"}
@@ -121,6 +125,21 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
     return card, module
 
 
+def tensors_sha256(module) -> str:
+    """Hash of a module's weights alone (see ModelCard.tensors_sha256)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_model_dir(script_module, card: ModelCard, model_dir: str | os.PathLike) -> ModelCard:
     """Write a TorchScript module and its card; the card's weights_sha256 is filled in here.
 
@@ -135,7 +154,7 @@ def save_model_dir(script_module, card: ModelCard, model_dir: str | os.PathLike)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(script_module, str(tmp_weights))
-    card = dataclasses.replace(card, weights_sha256=sha256_file(tmp_weights))
+    card = dataclasses.replace(card, weights_sha256=sha256_file(tmp_weights), tensors_sha256=tensors_sha256(script_module))
     tmp_card = out / (CARD_FILE + ".tmp")
     tmp_card.write_text(card.to_json(), encoding="utf-8")
     os.replace(tmp_weights, out / WEIGHTS_FILE)

@@ -100,8 +100,9 @@ needs_kit = pytest.mark.skipif(not kit_available(), reason="../shared/data/kit i
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path, monkeypatch):
-    """Never touch the real per-user index, and never pick up a model from the environment."""
+    """Never touch the real per-user index or cache, and never pick up a model from the environment."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # the OpenVINO runtime's ONNX cache
     monkeypatch.delenv("IMGSCAN_INDEX", raising=False)
     monkeypatch.delenv("IMGSCAN_MODEL", raising=False)
     os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -46,7 +46,7 @@ def test_auto_precision_follows_the_hardware(tiny_model_dir, monkeypatch):
 
 def test_openvino_runtime_matches_torch_and_caches_its_onnx_export(tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # (conftest isolates it too; named here)
     x = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     ref = Embedder(tiny_model_dir, device="cpu", precision="fp32").embed(x)
     ov = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="openvino")
@@ -89,3 +89,21 @@ def test_scan_with_the_openvino_runtime_gives_the_torch_verdicts(tmp_path, tiny_
     assert tables["torch"].column("label").to_pylist() == tables["openvino"].column("label").to_pylist()
     assert np.allclose(tables["torch"].column("ai_score").to_numpy(), tables["openvino"].column("ai_score").to_numpy(),
                        atol=1e-3)
+
+
+def test_weights_hash_ignores_the_serialization_id_but_not_the_weights(tiny_model_dir, tmp_path):
+    import dataclasses
+
+    from scanner.model import load_model, save_model_dir, tensors_sha256
+    from train.weights_hash import main as weights_hash
+
+    card, module = load_model(tiny_model_dir)
+    again = save_model_dir(module, dataclasses.replace(card, weights_sha256=""), tmp_path / "again")
+    assert again.tensors_sha256 == card.tensors_sha256 == tensors_sha256(module) != ""
+    assert again.weights_sha256 != card.weights_sha256  # TorchScript writes a random serialization id
+    assert weights_hash([str(tiny_model_dir), str(tmp_path / "again")]) == 0
+    with torch.no_grad():
+        next(t for t in module.state_dict().values() if t.is_floating_point()).add_(1e-3)
+    changed = save_model_dir(module, dataclasses.replace(card, weights_sha256=""), tmp_path / "changed")
+    assert changed.tensors_sha256 != card.tensors_sha256
+    assert weights_hash([str(tiny_model_dir), str(tmp_path / "changed")]) == 1

@@ -309,7 +309,7 @@ def test_fresh_install_scans_with_the_shipped_model_and_starter_index_without_fl
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pylist()
     assert len(table) == 5 and all(r["error"] is None for r in table)
-    assert all(r["model"].startswith("imgscan-lite0-supcon@") for r in table)
+    assert all(r["model"].startswith("imgscan-lite0-soft-supcon@") for r in table)
     assert all(r["index"].startswith("default_index@g") and len(r["neighbors"]) == 11 for r in table)
     # The packaged index was read in place, never written.
     assert not (PACKAGED_INDEX_DIR / ".lock").exists()

@@ -53,8 +53,6 @@ def photo_like_batch(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def _eager_from_torchscript(model_dir: Path):
     """The training-time module with the shipped TorchScript weights (for compilers that need eager code)."""
-    import torch
-
     from scanner.model import load_model
     from train.model import build_embedder
 

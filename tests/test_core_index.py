@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BLUE, GREEN, RED, write_class_dir
+from conftest import GREEN, RED, write_class_dir
 from indexes import SupportIndex, enroll_embeddings, remove_label
 from scanner.cli import app
 from scanner.errors import UsageError

@@ -4,7 +4,6 @@ Fast: no image is decoded here (the metadata baseline reads headers and file siz
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import pytest
 
 from scanner.errors import UsageError
 from scanner.evaluation.evaluate import Judged, compute_metrics
-from scanner.evaluation.protocol import EXCLUDED, QUERY, SUPPORT, Dataset, check_split, load_dataset, make_split
+from scanner.evaluation.protocol import QUERY, SUPPORT, Dataset, check_split, load_dataset, make_split
 
 
 def synthetic(n_prompts: int = 12, per: int = 3, n_real: int = 40, n_gan: int = 8) -> Dataset:

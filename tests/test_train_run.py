@@ -1,7 +1,6 @@
 """A short CPU training run through the `train` command: export, reload, embeddings, resume, bad arguments."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

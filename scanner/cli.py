@@ -52,7 +52,7 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images per decode/embed batch.")]
-RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan[openvino]').")]
+RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan\\[openvino]').")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
 
 
@@ -116,7 +116,7 @@ def scan(
     isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
     decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
     # --- engine options (issue 6; scanner/engines/ray_engine.py, docs/ray.md) ---
-    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: pip install 'imgscan[ray]'; see docs/ray.md).")] = "local",
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: pip install 'imgscan\\[ray]'; see docs/ray.md).")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: auto (the cluster this machine belongs to) or ray://HOST:10001. Default: start a local Ray.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor (fractions share a GPU). Default: 1 when the cluster has GPUs, else 0.")] = None,

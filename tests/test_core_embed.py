@@ -107,3 +107,15 @@ def test_weights_hash_ignores_the_serialization_id_but_not_the_weights(tiny_mode
     changed = save_model_dir(module, dataclasses.replace(card, weights_sha256=""), tmp_path / "changed")
     assert changed.tensors_sha256 != card.tensors_sha256
     assert weights_hash([str(tiny_model_dir), str(tmp_path / "changed")]) == 1
+
+
+def test_help_shows_the_extras_to_install_with_their_brackets():
+    """Typer renders help as rich markup, where `[ray]` would vanish as a style tag unless escaped."""
+    from typer.testing import CliRunner
+
+    from scanner.cli import app
+
+    result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "imgscan[ray]" in text and "imgscan[openvino]" in text and "--precision" in text

@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
         precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16.")] = "auto",
-        runtime: Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only; pip install 'imgscan[openvino]').")] = "torch",
+        runtime: Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only; pip install 'imgscan\\[openvino]').")] = "torch",
         degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,

@@ -84,7 +84,8 @@ class Embedder:
             from scanner.openvino_runtime import OpenVinoEmbedder
 
             self._openvino = OpenVinoEmbedder(module, self.card.weights_sha256, self.card.input_size, self.precision)
-        if device == "cpu":
+            module = None  # OpenVINO runs its compiled copy; the TorchScript module is not used again
+        elif device == "cpu":
             # Same layout as the NHWC batches the decoder produces: no transposing copy, faster oneDNN convs.
             module = module.to(memory_format=torch.channels_last)
         self.module = module

@@ -12,7 +12,6 @@ OpenVINO reads it, so a damaged cache file is rebuilt rather than trusted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -20,19 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from scanner.errors import UsageError
+from scanner.model import sha256_file
 
 
 def onnx_cache_dir() -> Path:
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache_home) / "imgscan" / "onnx"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_onnx(module, weights_sha256: str, input_size: int) -> Path:
@@ -43,7 +35,7 @@ def cached_onnx(module, weights_sha256: str, input_size: int) -> Path:
     path = directory / f"{weights_sha256}.onnx"
     sidecar = directory / f"{weights_sha256}.onnx.sha256"
     try:
-        if path.is_file() and sidecar.read_text().strip() == _sha256(path):
+        if path.is_file() and sidecar.read_text().strip() == sha256_file(path):
             return path
     except OSError:
         pass
@@ -55,7 +47,7 @@ def cached_onnx(module, weights_sha256: str, input_size: int) -> Path:
         torch.onnx.export(module.cpu().float().eval(), (example,), str(tmp), input_names=["pixels"],
                           output_names=["embedding"], dynamic_axes={"pixels": {0: "n"}, "embedding": {0: "n"}},
                           dynamo=False)
-    digest = _sha256(tmp)
+    digest = sha256_file(tmp)
     os.replace(tmp, path)
     tmp_sidecar = directory / f".{weights_sha256}.{os.getpid()}.sha256"
     tmp_sidecar.write_text(digest + "\n")

@@ -44,8 +44,8 @@ SUPPORT_SCHEMA = pa.schema(
         ("enrolled_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-# Indexes written before 0.1.0's last change also carry an `embedding` column; it is not read (the HNSW file has
-# the same vectors), which made opening a 100,000-item index 0.3 s faster and the files half the size.
+# Indexes written by earlier builds also carry an `embedding` column; it is not read (the HNSW file holds the
+# same vectors), which made opening a 100,000-item index 0.3 s faster and the files half the size.
 
 
 def check_label(label: str) -> str:
@@ -264,7 +264,6 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexMa
     if len(table):
         support_name, hnsw_name = f"support-g{gen:06d}.parquet", f"support-g{gen:06d}.hnsw"
         tmp_support, tmp_hnsw = directory / f".{support_name}.tmp", directory / f".{hnsw_name}.tmp"
-        # embeddings do not compress; snappy on them only costs time on every write and read
         pq.write_table(table.to_arrow(), tmp_support)
         hnsw.save_index(str(tmp_hnsw))
         for tmp in (tmp_support, tmp_hnsw):

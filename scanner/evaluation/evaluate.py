@@ -77,14 +77,14 @@ def drop_duplicates(ds: Dataset, feats: Features) -> None:
             feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
-def _load_cache(cache: Path | None, model_sha256: str, precision: str) -> dict[str, np.ndarray]:
+def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[str, np.ndarray]:
     if cache is None or not cache.is_file():
         return {}
     try:
         with np.load(cache, allow_pickle=False) as z:
-            # bf16 and fp32 embeddings of one model differ slightly: a cache serves one precision only
-            cached_precision = str(z["precision"]) if "precision" in z.files else "fp32"
-            if str(z["model_sha256"]) != model_sha256 or cached_precision != precision:
+            # bf16 and fp32 (torch or OpenVINO) embeddings of one model differ slightly: a cache serves one kind
+            cached = str(z["precision"]) if "precision" in z.files else "fp32"  # older caches: fp32 torch
+            if str(z["model_sha256"]) != model_sha256 or cached != numerics:
                 return {}
             return dict(zip(z["sha"].tolist(), z["embedding"]))
     except (OSError, KeyError, ValueError):
@@ -94,9 +94,9 @@ def _load_cache(cache: Path | None, model_sha256: str, precision: str) -> dict[s
 def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, cache: Path | None = None) -> Features:
     """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages).
 
-    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256 and the
-    precision; files
-    whose bytes are in it are not decoded or embedded again, and the cache is rewritten with this run's."""
+    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256 and to
+    the embedder's runtime and precision; files whose bytes are in it are not decoded or embedded again, and the
+    cache is rewritten with this run's."""
     import xxhash
 
     from scanner.pipeline import embedded_batches

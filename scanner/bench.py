@@ -63,7 +63,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         # decode: the scan's own front stages (walk, readers, DALI/Pillow decode), no model
         opts = ScanOptions(roots=roots, out=tmp / "unused", batch_size=batch_size)
         empty = np.zeros(0, dtype=np.uint64)
-        decoder = make_decoder(embedder.size, batch_size, embedder.device)
+        decoder = make_decoder(embedder.view_spec, batch_size, embedder.device)
         stages = _Stages(opts, empty, empty, decoder)
         start = time.perf_counter()
         stages.start()

@@ -53,6 +53,7 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images per decode/embed batch.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan\\[openvino]').")]
+ViewsOpt = Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Native-pixel crops per image, their embeddings averaged: more views read more of a large photo (cost: one embedding each). Default: the model card's (1).")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
 
 
@@ -84,10 +85,12 @@ def _model_sha(model: Optional[Path]) -> str:
         return ""
 
 
-def _embedder(model: Optional[Path], device: str, precision: str = "auto", runtime: str = "torch"):
+def _embedder(model: Optional[Path], device: str, precision: str = "auto", runtime: str = "torch",
+              views: Optional[int] = None):
     from scanner.embed import Embedder, resolve_device
 
-    return Embedder(_model_dir(model), device=resolve_device(device), precision=precision, runtime=runtime)
+    return Embedder(_model_dir(model), device=resolve_device(device), precision=precision, runtime=runtime,
+                    views=views)
 
 
 def _handle_signals() -> None:
@@ -108,6 +111,7 @@ def scan(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     runtime: RuntimeOpt = "torch",
+    views: ViewsOpt = None,
     skip_known: Annotated[Optional[list[Path]], typer.Option("--skip-known", help="Earlier verdict files: images whose sha is in them are skipped (no row). Repeatable.")] = None,
     all_files: Annotated[bool, typer.Option("--all-files", help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
@@ -161,7 +165,7 @@ def scan(
                 batch_size=batch_size, device=device, skip_known=list(skip_known or []), all_files=all_files,
                 max_pixels=max_pixels, readers=readers, overwrite=overwrite, address=address, workers=workers,
                 gpus_per_worker=gpus_per_worker, isolate_decode=isolate_decode, decode_timeout_s=decode_timeout,
-                precision=precision, runtime=runtime,
+                precision=precision, runtime=runtime, views=views,
             )
             try:
                 with ScanProgress("scanning (ray)") as progress:
@@ -181,7 +185,7 @@ def scan(
                 err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
                 return
             out.unlink()
-        embedder = _embedder(model, device, precision, runtime)
+        embedder = _embedder(model, device, precision, runtime, views)
         index_dir = index_dir_for_reading(index, embedder.card.weights_sha256)
         support = SupportIndex.open(index_dir)
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
@@ -189,8 +193,10 @@ def scan(
         opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size, skip_known=list(skip_known or []),
                            all_files=all_files, max_pixels=max_pixels, readers=readers,
                            isolate_decode=isolate_decode, decode_timeout_s=decode_timeout)
-        fingerprint = scan_fingerprint(roots, embedder.model_id, k, all_files, opts.skip_known)
-        metadata = scan_metadata(embedder.card, support, k, embedder.precision, embedder.runtime)
+        fingerprint = scan_fingerprint(roots, embedder.model_id, k, all_files, opts.skip_known,
+                                       embedder.view_spec.views)
+        metadata = scan_metadata(embedder.card, support, k, embedder.precision, embedder.runtime,
+                                 embedder.view_spec)
         stop_count = threading.Event()
         with ScanProgress("scanning") as progress:
             threading.Thread(target=count_files, args=(roots, all_files, stop_count, progress.set_total), daemon=True).start()
@@ -238,6 +244,7 @@ def enroll(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     runtime: RuntimeOpt = "torch",
+    views: ViewsOpt = None,
 ) -> None:
     """Add images to the support index as class NAME; nothing is retrained.
 
@@ -262,7 +269,7 @@ def enroll(
     try:
         check_label(name)
         roots = check_roots(paths)
-        embedder = _embedder(model, device, precision, runtime)
+        embedder = _embedder(model, device, precision, runtime, views)
         index_dir = index_dir_for_writing(index, embedder.card.weights_sha256)
         embeddings, shas, sources, failed = [], [], [], []
         with ScanProgress(f"embedding {name}") as progress:
@@ -351,6 +358,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")] = None,
     precision: PrecisionOpt = "auto",
     runtime: RuntimeOpt = "torch",
+    views: ViewsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
     """Measure throughput: decode_ips, embed_ips, query_ips, end_to_end_ips (a real scan) and peak_rss_mb.
@@ -366,7 +374,7 @@ def bench(
             import torch
 
             torch.set_num_threads(threads)
-        embedder = _embedder(model, device, precision, runtime)
+        embedder = _embedder(model, device, precision, runtime, views)
         if images_dir is not None and not images_dir.is_dir():
             raise UsageError(f"--images-dir {images_dir}: not a directory")
         result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support)

@@ -1,4 +1,15 @@
-"""Decode stage: image bytes -> uint8 RGB SxS tensors (shorter side scaled to S, centre crop), per batch.
+"""Decode stage: image bytes -> uint8 RGB SxS views, per batch, by the model's `ViewSpec`.
+
+A `ViewSpec` (from the model card, `--views` overriding the count) is the one definition of how an image of any
+size becomes model input, used by scan, enroll, eval, the Ray engine, bench and training validation alike:
+- `resize: native` (models since 0.3.0): pixels stay as the camera or generator wrote them; only an image whose
+  shorter side is under S is scaled up to S. A 4,000 x 3,000 photo is *cropped*, not shrunk 12x: shrinking
+  erases the pixel-level traces the model was trained on (native-pixel crops).
+- `resize: shorter_side` (older models): the shorter side is scaled to S.
+- then up to `views` crops of S x S at fixed relative positions (`VIEW_POSITIONS`: the centre first, then the
+  four quarter points, then the edge midpoints). An image that is not at least 1.5 S on a side after the resize
+  rule gets the centre view alone (its crops would mostly repeat the same pixels), so a kit-sized image costs one
+  embedding whatever `views` says. The embedder averages a file's view embeddings (`Embedder.embed_batch`).
 
 DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where there is none). Pillow serves
 only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of
@@ -22,14 +33,64 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Pillow format names that DALI's decoders take. Everything else goes to Pillow.
 DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "JPEG2000"})
 
+RESIZE_MODES = ("native", "shorter_side")
+# Relative positions (x, y) of the crop window's top-left corner within the free space (W - S, H - S).
+VIEW_POSITIONS = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75), (0.75, 0.25), (0.25, 0.75),
+                  (0.5, 0.25), (0.5, 0.75), (0.25, 0.5), (0.75, 0.5))
+MAX_VIEWS = len(VIEW_POSITIONS)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How an image becomes model input: see the module docstring."""
+
+    size: int
+    resize: str = "native"
+    views: int = 1
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+        if not 1 <= self.views <= MAX_VIEWS:
+            raise ValueError(f"views {self.views}: expected 1..{MAX_VIEWS}")
+        if self.size < 1:
+            raise ValueError(f"size {self.size}: must be positive")
+
+    @property
+    def positions(self) -> tuple[tuple[float, float], ...]:
+        return VIEW_POSITIONS[: self.views]
+
+    def scaled_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize rule, before cropping."""
+        short = min(width, height)
+        if self.resize == "native" and short >= self.size:
+            return width, height
+        scale = self.size / short
+        return max(self.size, round(width * scale)), max(self.size, round(height * scale))
+
+    def count_for(self, width: int, height: int) -> int:
+        """Views an image of this (decoded) size gets: all of them once it is 1.5 S on a side after resizing."""
+        new_w, new_h = self.scaled_size(width, height)
+        return self.views if 2 * max(new_w, new_h) >= 3 * self.size else 1
+
+    def to_card(self) -> dict:
+        return {"resize": self.resize, "crop": "views", "views": self.views, "interpolation": "bilinear_antialias"}
+
+    @classmethod
+    def from_card(cls, size: int, preprocessing: dict | None, views: int | None = None) -> "ViewSpec":
+        pre = preprocessing or {}
+        resize = pre.get("resize", "shorter_side")
+        return cls(size=size, resize=resize, views=int(views if views is not None else pre.get("views", 1)))
+
 
 @dataclass
 class DecodedBatch:
-    """Decoded images of one batch: rows of `pixels` are the items whose error is None, in order."""
+    """Decoded images of one batch: consecutive rows of `pixels` per item whose error is None, in order."""
 
-    pixels: "object"  # uint8 [m, S, S, 3] (NHWC, as decoders produce it): numpy on CPU, a torch tensor on CUDA
+    pixels: "object"  # uint8 [sum(view_counts), S, S, 3] (NHWC, as decoders produce it): numpy on CPU, torch on CUDA
     sizes: list[tuple[int, int] | None]  # (width, height) as decoded, after EXIF rotation, per item
     errors: list[str | None]  # per item
+    view_counts: list[int] | None = None  # rows of `pixels` per item whose error is None; None: one each
 
 
 @dataclass
@@ -65,9 +126,10 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def pillow_decode(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode the first frame, apply EXIF orientation, make 8-bit RGB, scale the shorter side to `size` and
-    centre-crop, matching the DALI path (bilinear with antialiasing). Raises on undecodable data."""
+def pillow_decode(data: bytes, spec: ViewSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode the first frame, apply EXIF orientation, make 8-bit RGB, then `spec`'s resize rule and views,
+    matching the DALI path (bilinear with antialiasing). Returns uint8 [views, S, S, 3] and (width, height).
+    Raises on undecodable data."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(io.BytesIO(data)) as im:
@@ -76,7 +138,7 @@ def pillow_decode(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb8(im)
     width, height = rgb.size
-    return resize_center_crop(rgb, size), (width, height)
+    return view_crops(rgb, spec), (width, height)
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:
@@ -89,30 +151,41 @@ def _to_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # CMYK, palette, L, LA, RGBA (alpha dropped, as DALI's RGB output does)
 
 
-def resize_center_crop(im: Image.Image, size: int) -> np.ndarray:
-    w, h = im.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
+def _crop_origin(pos: float, free: int) -> int:
+    return int(pos * free + 0.5)  # rounded half up, as DALI places a crop window at crop_pos * (extent - crop)
+
+
+def view_crops(im: Image.Image, spec: ViewSpec) -> np.ndarray:
+    """A Pillow RGB image -> uint8 [views, S, S, 3] by `spec` (the rule the DALI pipeline applies too)."""
+    size = spec.size
+    new_w, new_h = spec.scaled_size(*im.size)
+    if (new_w, new_h) != im.size:
         im = im.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # a copy: the crop view would keep the whole image alive
+    count = spec.count_for(*im.size)
+    out = np.empty((count, size, size, 3), dtype=np.uint8)  # copies: a crop view would keep the image alive
+    for v, (px, py) in enumerate(spec.positions[:count]):
+        left, top = _crop_origin(px, new_w - size), _crop_origin(py, new_h - size)
+        out[v] = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return out
 
 
 class DaliImageDecoder:
     """A DALI pipeline fed raw bytes through external_source. DALI invalidates a pipeline after any decode
     error, so the pipeline is rebuilt lazily after a failure."""
 
-    def __init__(self, size: int, max_batch: int, device: str = "cpu", num_threads: int = 2):
-        self.size, self.max_batch, self.device, self.num_threads = size, max_batch, device, num_threads
+    def __init__(self, spec: ViewSpec, max_batch: int, device: str = "cpu", num_threads: int = 2):
+        self.spec, self.max_batch, self.device, self.num_threads = spec, max_batch, device, num_threads
         self._pipe = None
 
     def _build(self):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
+        from nvidia.dali import math as dali_math
         from nvidia.dali import pipeline_def
 
         on_gpu = self.device == "cuda"
+        spec = self.spec
+        size = spec.size
 
         @pipeline_def(
             batch_size=self.max_batch,
@@ -126,9 +199,16 @@ class DaliImageDecoder:
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(raw, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
             shapes = images.shape()  # decoded H, W, C (EXIF orientation applied), before resizing
-            images = fn.resize(images, resize_shorter=self.size, antialias=True, interp_type=types.INTERP_LINEAR)
-            images = fn.crop(images, crop=(self.size, self.size))
-            return images, shapes
+            if spec.resize == "native":
+                # Only images whose shorter side is under S are scaled (up to S); for the others the target is
+                # their own shorter side, which DALI's resampling reproduces pixel for pixel (tested).
+                short = dali_math.min(shapes[0], shapes[1])
+                target = fn.cast(dali_math.max(short, size), dtype=types.FLOAT)
+                images = fn.resize(images, resize_shorter=target, antialias=True, interp_type=types.INTERP_LINEAR)
+            else:
+                images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_LINEAR)
+            crops = [fn.crop(images, crop=(size, size), crop_pos_x=px, crop_pos_y=py) for px, py in spec.positions]
+            return (shapes, *crops)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -137,14 +217,14 @@ class DaliImageDecoder:
         return pipe
 
     def run(self, datas: list[bytes]):
-        """Decode a list of encoded images; returns (uint8 [n,S,S,3], numpy int64 [n,3] shapes): a numpy array
-        on CPU, a torch CUDA tensor on the GPU. Raises if any item fails (the caller then decodes the items one
-        by one elsewhere)."""
+        """Decode a list of encoded images; returns (uint8 [n, views, S, S, 3], numpy int64 [n, 3] shapes): a
+        numpy array on CPU, a torch CUDA tensor on the GPU. Raises if any item fails (the caller then decodes the
+        items one by one elsewhere)."""
         if self._pipe is None:
             self._pipe = self._build()
         try:
             self._pipe.feed_input("raw", [np.frombuffer(d, dtype=np.uint8) for d in datas])
-            images, shapes = self._pipe.run()
+            shapes, *views = self._pipe.run()
         except Exception:
             self._pipe = None
             raise
@@ -153,22 +233,27 @@ class DaliImageDecoder:
             import torch
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            dense = images.as_tensor()
-            out = torch.empty(dense.shape(), dtype=torch.uint8, device="cuda")
-            feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
-            return out, shapes
-        return images.as_array(), shapes
+            outs = []
+            for view in views:
+                dense = view.as_tensor()
+                out = torch.empty(dense.shape(), dtype=torch.uint8, device="cuda")
+                feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+                outs.append(out)
+            return torch.stack(outs, dim=1), shapes
+        return np.stack([view.as_array() for view in views], axis=1), shapes
 
 
 class ImageDecoder:
     """Decode one batch of read results: sniff, DALI for what it takes, Pillow for the rest."""
 
-    def __init__(self, size: int, max_batch: int, device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 num_threads: int = 2):
-        self.size = size
+    def __init__(self, spec: ViewSpec | int, max_batch: int, device: str = "cpu",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, num_threads: int = 2):
+        # A bare int is a one-view native spec: handy in tests and tools that only need "S x S pixels".
+        self.spec = spec if isinstance(spec, ViewSpec) else ViewSpec(int(spec))
+        self.size = self.spec.size
         self.device = device
         self.max_pixels = max_pixels
-        self.dali = DaliImageDecoder(size, max_batch, device, num_threads)
+        self.dali = DaliImageDecoder(self.spec, max_batch, device, num_threads)
 
     def decode(self, datas: list[bytes | None]) -> DecodedBatch:
         n = len(datas)
@@ -191,25 +276,27 @@ class ImageDecoder:
             try:
                 pixels, shapes = self.dali.run([datas[i] for i in for_dali])
                 for row, i in enumerate(for_dali):
-                    frames[i] = pixels[row]
                     sizes[i] = (int(shapes[row][1]), int(shapes[row][0]))
+                    frames[i] = pixels[row][: self.spec.count_for(*sizes[i])]
             except Exception:
                 for_pillow.extend(for_dali)  # isolate the bad item(s): decode this batch one by one
         for i in for_pillow:
             try:
-                frames[i], sizes[i] = pillow_decode(datas[i], self.size)
+                frames[i], sizes[i] = pillow_decode(datas[i], self.spec)
             except Exception as exc:
                 errors[i] = f"decode: {_short(exc)}"
         ok = [frames[i] for i in range(n) if errors[i] is None]
-        return DecodedBatch(pixels=self._stack(ok), sizes=sizes, errors=errors)
+        return DecodedBatch(pixels=self._stack(ok), sizes=sizes, errors=errors,
+                            view_counts=[int(f.shape[0]) for f in ok])
 
     def _stack(self, frames: list):
+        """Per-item [views, S, S, 3] frames -> [m * views, S, S, 3]."""
         if self.device == "cuda":
             import torch
 
             if not frames:
                 return torch.empty((0, self.size, self.size, 3), dtype=torch.uint8, device="cuda")
-            return torch.stack([torch.as_tensor(f).to("cuda") for f in frames])
+            return torch.cat([torch.as_tensor(f).to("cuda") for f in frames])
         if not frames:
             return np.empty((0, self.size, self.size, 3), dtype=np.uint8)
-        return np.stack(frames)
+        return np.concatenate(frames)

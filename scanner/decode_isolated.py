@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder
+from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder, ViewSpec
 
 DEFAULT_TIMEOUT_S = 20.0  # per image; a batch gets startup allowance + per-image time
 DEFAULT_STARTUP_S = 30.0  # covers a fresh child's start-up (DALI import, pipeline build)
@@ -48,12 +48,14 @@ def _read_exact_stream(stream, n: int) -> bytes:
 
 def child_main(argv: list[str] | None = None) -> None:
     """Loop: read a batch from stdin, decode it with the in-process ImageDecoder, write the result."""
-    size, max_batch, max_pixels = (int(a) for a in (argv or sys.argv[1:])[:3])
+    args = argv or sys.argv[1:]
+    size, max_batch, max_pixels, views = (int(a) for a in args[:4])
+    spec = ViewSpec(size, resize=args[4], views=views)
     # Our replies go to a private copy of stdout; fd 1 then points at stderr, so anything a C library prints
     # cannot corrupt the protocol.
     reply = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    decoder = ImageDecoder(size, max_batch, device="cpu", max_pixels=max_pixels, num_threads=1)
+    decoder = ImageDecoder(spec, max_batch, device="cpu", max_pixels=max_pixels, num_threads=1)
     requests = sys.stdin.buffer
     while True:
         try:
@@ -66,7 +68,8 @@ def child_main(argv: list[str] | None = None) -> None:
             datas.append(_read_exact_stream(requests, length))
         batch = decoder.decode(datas)
         pixels = np.ascontiguousarray(batch.pixels, dtype=np.uint8)
-        header = json.dumps({"sizes": batch.sizes, "errors": batch.errors, "rows": int(pixels.shape[0])}).encode()
+        header = json.dumps({"sizes": batch.sizes, "errors": batch.errors, "rows": int(pixels.shape[0]),
+                             "view_counts": batch.view_counts}).encode()
         reply.write(_U32.pack(len(header)) + header)
         reply.write(memoryview(pixels).cast("B"))
 
@@ -76,10 +79,12 @@ def child_main(argv: list[str] | None = None) -> None:
 class IsolatedImageDecoder:
     """Same interface as ImageDecoder.decode (numpy pixels), with the decoding done in a child process."""
 
-    def __init__(self, size: int, max_batch: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, spec: ViewSpec | int, max_batch: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_STARTUP_S,
                  child_command: list[str] | None = None):
-        self.size, self.max_batch, self.max_pixels, self.timeout_s = size, max_batch, max_pixels, timeout_s
+        self.spec = spec if isinstance(spec, ViewSpec) else ViewSpec(int(spec))
+        self.size = self.spec.size
+        self.max_batch, self.max_pixels, self.timeout_s = max_batch, max_pixels, timeout_s
         self.startup_s = startup_s
         self.child_command = child_command or [sys.executable, "-m", "scanner.decode_isolated"]
         self._child: subprocess.Popen | None = None
@@ -88,7 +93,8 @@ class IsolatedImageDecoder:
     def _start(self) -> subprocess.Popen:
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen(
-                [*self.child_command, str(self.size), str(self.max_batch), str(self.max_pixels)],
+                [*self.child_command, str(self.size), str(self.max_batch), str(self.max_pixels), str(self.spec.views),
+                 self.spec.resize],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
@@ -160,7 +166,7 @@ class IsolatedImageDecoder:
         raw = self._read_exact(fd, rows * self.size * self.size * 3, deadline)
         pixels = np.frombuffer(raw, dtype=np.uint8).reshape(rows, self.size, self.size, 3)
         sizes = [tuple(s) if s is not None else None for s in header["sizes"]]
-        return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"])
+        return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"], view_counts=header["view_counts"])
 
     # -- public
     def decode(self, datas: list[bytes | None]) -> DecodedBatch:
@@ -173,7 +179,7 @@ class IsolatedImageDecoder:
             else:
                 todo.append(i)
         if not todo:
-            return DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None] * n, errors)
+            return DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None] * n, errors, [])
         try:
             batch = self._round_trip([datas[i] for i in todo], self.startup_s + self.timeout_s * len(todo))
             return self._merge(n, todo, errors, [batch])
@@ -187,7 +193,7 @@ class IsolatedImageDecoder:
             except DecoderChildFailed as failure:
                 self._kill()
                 singles.append(DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None],
-                                            [f"decode: {failure.reason}"]))
+                                            [f"decode: {failure.reason}"], []))
         return self._merge(n, todo, errors, singles)
 
     def _merge(self, n: int, todo: list[int], errors: list, batches: list[DecodedBatch]) -> DecodedBatch:
@@ -198,7 +204,8 @@ class IsolatedImageDecoder:
             errors[i], sizes[i] = item_errors[slot], item_sizes[slot]
         frames = [b.pixels for b in batches if b.pixels.shape[0]]
         pixels = np.concatenate(frames) if frames else np.empty((0, self.size, self.size, 3), np.uint8)
-        return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors)
+        counts = [c for b in batches for c in (b.view_counts if b.view_counts is not None else [1] * b.pixels.shape[0])]
+        return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors, view_counts=counts)
 
 
 if __name__ == "__main__":

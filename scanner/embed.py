@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from scanner.decode import MAX_VIEWS, DecodedBatch, ViewSpec
 from scanner.errors import UsageError
 from scanner.model import load_model
 
@@ -68,9 +69,11 @@ class Embedder:
     """
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto",
-                 runtime: str = "torch"):
+                 runtime: str = "torch", views: int | None = None):
         import torch
 
+        if views is not None and not 1 <= views <= MAX_VIEWS:
+            raise UsageError(f"--views {views}: expected 1..{MAX_VIEWS}")
         if runtime not in RUNTIMES:
             raise UsageError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
         if runtime == "openvino" and device != "cpu":
@@ -91,6 +94,10 @@ class Embedder:
         self.module = module
         self.size = self.card.input_size
         self.dim = self.card.embedding_dim
+        try:
+            self.view_spec = ViewSpec.from_card(self.size, self.card.preprocessing, views)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"model {self.card.model_id}: unusable preprocessing in the card ({exc})") from None
         self._torch = torch
 
     def _autocast(self):
@@ -104,6 +111,19 @@ class Embedder:
     @property
     def model_id(self) -> str:
         return self.card.model_id
+
+    def embed_batch(self, decoded: DecodedBatch) -> np.ndarray:
+        """One embedding per decoded item: the mean of its views' embeddings, re-normalised (views of one photo
+        agree on its traces; averaging them steadies the vote more than any single crop)."""
+        emb = self.embed(decoded.pixels)
+        counts = decoded.view_counts
+        if counts is None or emb.shape[0] == len(counts):
+            return emb  # one view per item
+        if sum(counts) != emb.shape[0]:
+            raise ValueError(f"decoder returned {emb.shape[0]} views for view counts summing to {sum(counts)}")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        mean = np.add.reduceat(emb, starts, axis=0) / np.asarray(counts, dtype=np.float32)[:, None]
+        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def embed(self, pixels_nhwc) -> np.ndarray:
         """pixels_nhwc: uint8 [n, S, S, 3], a numpy array or a torch tensor on any device.

@@ -40,9 +40,10 @@ class ModelCard:
     # file also holds a random serialization id and generated code, so two exports of identical weights differ in
     # weights_sha256; this one is equal exactly when the weights are (how a retraining is checked: training.md).
     tensors_sha256: str = ""
-    # How an arbitrary image becomes the SxS input: scale the shorter side to S, then take the centre SxS.
+    # How an arbitrary image becomes the SxS input(s): scanner.decode.ViewSpec reads this ("resize": "native" keeps
+    # pixels and only upscales images under S; "shorter_side", older cards, scales the shorter side to S; "views").
     preprocessing: dict[str, Any] = field(
-        default_factory=lambda: {"resize": "shorter_side", "crop": "center", "interpolation": "bilinear_antialias"}
+        default_factory=lambda: {"resize": "native", "crop": "views", "views": 1, "interpolation": "bilinear_antialias"}
     )
     # Applied inside the TorchScript module to x/255; stated here for people and checks.
     normalization: dict[str, Any] = field(default_factory=lambda: {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})

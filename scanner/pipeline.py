@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder
+from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder, ViewSpec
 from scanner.decode_isolated import DEFAULT_TIMEOUT_S, IsolatedImageDecoder
 from scanner.embed import Embedder
 from scanner.errors import UsageError
@@ -64,23 +64,27 @@ class ScanSummary:
     elapsed_s: float = 0.0
 
 
-def scan_fingerprint(roots: list[bytes], model_id: str, k: int, all_files: bool, skip_known: list[Path]) -> dict:
+def scan_fingerprint(roots: list[bytes], model_id: str, k: int, all_files: bool, skip_known: list[Path],
+                     views: int = 1) -> dict:
     """What makes two scans the same scan: an unfinished output is only resumed by a run with this unchanged."""
     return {
         "roots": [os.fsdecode(os.path.abspath(r)) for r in roots], "model": model_id, "k": k,
-        "all_files": all_files, "skip_known": sorted(str(p) for p in skip_known),
+        "all_files": all_files, "skip_known": sorted(str(p) for p in skip_known), "views": views,
     }
 
 
-def scan_metadata(card, support, k: int, precision: str | None = None, runtime: str = "torch") -> dict[str, str]:
-    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, and the embedder's
-    runtime and precision."""
+def scan_metadata(card, support, k: int, precision: str | None = None, runtime: str = "torch",
+                  view_spec: ViewSpec | None = None) -> dict[str, str]:
+    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, the embedder's
+    runtime and precision, and how images became model input (resize rule, views)."""
     from scanner import __version__
 
+    spec = view_spec or ViewSpec.from_card(card.input_size, card.preprocessing)
     return {"imgscan": json.dumps({
         "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
         "index": support.name, "index_counts": support.manifest.counts,
         "open_set_threshold": support.threshold, "k": k, "precision": precision, "runtime": runtime,
+        "resize": spec.resize, "views": spec.views,
     })}
 
 
@@ -241,13 +245,13 @@ def _record_batch(reads: list[ReadResult], decoded: DecodedBatch, embeddings: np
     return pa.RecordBatch.from_arrays(arrays, schema=VERDICT_SCHEMA)
 
 
-def make_decoder(size: int, batch_size: int, device: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+def make_decoder(spec: ViewSpec, batch_size: int, device: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                  isolate: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S):
     """The decode stage: in a child process on CPU (a crashing or hanging decoder costs one row), in-process
     on CUDA (nvJPEG needs this process's CUDA context) or when isolation is turned off."""
     if isolate and device != "cuda":
-        return IsolatedImageDecoder(size, batch_size, max_pixels=max_pixels, timeout_s=timeout_s)
-    return ImageDecoder(size, batch_size, device=device, max_pixels=max_pixels)
+        return IsolatedImageDecoder(spec, batch_size, max_pixels=max_pixels, timeout_s=timeout_s)
+    return ImageDecoder(spec, batch_size, device=device, max_pixels=max_pixels)
 
 
 def embedded_batches(roots: list[bytes], embedder: Embedder, *, all_files: bool = False, batch_size: int = 64,
@@ -262,12 +266,13 @@ def embedded_batches(roots: list[bytes], embedder: Embedder, *, all_files: bool 
                        all_files=all_files, max_pixels=max_pixels, max_bytes=max_bytes, readers=readers,
                        queue_batches=queue_batches)
     empty = np.zeros(0, dtype=np.uint64)
-    decoder = make_decoder(embedder.size, batch_size, embedder.device, max_pixels, isolate_decode, decode_timeout_s)
+    decoder = make_decoder(embedder.view_spec, batch_size, embedder.device, max_pixels, isolate_decode,
+                           decode_timeout_s)
     stages = _Stages(opts, empty if done_paths is None else done_paths, empty if known_shas is None else known_shas, decoder)
     stages.start()
     try:
         for reads, decoded in stages.batches():
-            yield reads, decoded, embedder.embed(decoded.pixels)
+            yield reads, decoded, embedder.embed_batch(decoded)
     finally:
         stages.shutdown()
         if stats is not None:

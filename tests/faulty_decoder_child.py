@@ -11,12 +11,12 @@ import scanner.decode_isolated as isolated
 _real_pillow_decode = decode.pillow_decode
 
 
-def _faulty_pillow_decode(data, size):
+def _faulty_pillow_decode(data, spec):
     if b"ABORT-ME" in data:
         os.abort()  # what a C decoder's assert() would do to the whole process
     if b"HANG-ME" in data:
         time.sleep(3600)
-    return _real_pillow_decode(data, size)
+    return _real_pillow_decode(data, spec)
 
 
 decode.pillow_decode = _faulty_pillow_decode

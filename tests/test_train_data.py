@@ -66,12 +66,14 @@ def test_augment_always_returns_the_crop_size(enabled):
         assert out.size == (48, 48) and out.mode == "RGB"
 
 
-def test_scan_preprocess_is_shorter_side_then_centre_crop():
-    img = Image.new("RGB", (200, 100))
-    img.paste((255, 0, 0), (0, 0, 50, 100))  # left quarter red: cropped away by the centre crop
-    out = scan_preprocess(img, 64)
+def test_scan_preprocess_is_the_native_centre_view():
+    """Validation sees what a scan of an exported model sees: the centre S x S at native pixels, not shrunk."""
+    import numpy as np
+
+    arr = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    out = scan_preprocess(Image.fromarray(arr), 64)
     assert out.size == (64, 64)
-    assert out.getpixel((0, 32))[0] < 50
+    assert np.array_equal(np.asarray(out), arr[18:82, 68:132])  # origin rounded as DALI places crops
 
 
 @pytest.mark.kit

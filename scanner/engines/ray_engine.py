@@ -70,6 +70,7 @@ class RayScanOptions:
     k: int = 11
     batch_size: int = 64
     device: str = "auto"  # per worker: auto = CUDA when Ray gave the worker a GPU that torch can see
+    views: int | None = None  # crops per image (scanner.decode.ViewSpec); None = the model card's
     precision: str = "auto"  # per worker, resolved on the worker's own hardware (scanner.embed.resolve_precision)
     runtime: str = "torch"
     skip_known: list[Path] = field(default_factory=list)
@@ -169,7 +170,7 @@ class VerdictWorker:
 
     def __init__(self, model_dir: str, index_dir: str, device: str, k: int, batch_size: int, max_pixels: int,
                  isolate_decode: bool, decode_timeout_s: float, parts_dir: str, metadata: dict[str, str],
-                 precision: str = "auto", runtime: str = "torch"):
+                 precision: str = "auto", runtime: str = "torch", views: int | None = None):
         import ray
 
         from indexes import SupportIndex
@@ -179,10 +180,11 @@ class VerdictWorker:
         if device == "auto":
             # CUDA only when Ray gave this worker a GPU (it sets CUDA_VISIBLE_DEVICES) and torch can use it.
             device = resolve_device("auto") if ray.get_gpu_ids() else "cpu"
-        self.embedder = Embedder(model_dir, device=resolve_device(device), precision=precision, runtime=runtime)
+        self.embedder = Embedder(model_dir, device=resolve_device(device), precision=precision, runtime=runtime,
+                                 views=views)
         self.index = SupportIndex.open(index_dir)
         self.index.check_model(self.embedder.model_id, self.embedder.card.weights_sha256)
-        self.decoder = make_decoder(self.embedder.size, batch_size, self.embedder.device, max_pixels,
+        self.decoder = make_decoder(self.embedder.view_spec, batch_size, self.embedder.device, max_pixels,
                                     isolate_decode, decode_timeout_s)
         self.k, self.batch_size = k, batch_size
         self.parts_dir, self.metadata = Path(parts_dir), metadata
@@ -219,7 +221,7 @@ class VerdictWorker:
             decoded = self.decoder.decode([r.data for r in chunk])
             for r in chunk:
                 r.data = None
-            embeddings = self.embedder.embed(decoded.pixels)
+            embeddings = self.embedder.embed_batch(decoded)
             out.append(_record_batch(chunk, decoded, embeddings, self.index, self.k, self.embedder.model_id))
         name, rows, errors = "", 0, 0
         if out:
@@ -468,9 +470,16 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
     support.check_not_empty()
     known = load_known_shas(opts.skip_known)
     # Each worker resolves `auto` on its own hardware (it announces what it used in _workers/).
+    from scanner.decode import ViewSpec
+
+    try:
+        view_spec = ViewSpec.from_card(card.input_size, card.preprocessing, opts.views)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--views / model card preprocessing: {exc}") from None
     metadata = scan_metadata(card, support, opts.k, opts.precision if opts.precision != "auto" else "auto (per worker)",
-                             opts.runtime)
-    fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known), "layout": LAYOUT}
+                             opts.runtime, view_spec)
+    fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known,
+                                      view_spec.views), "layout": LAYOUT}
     _prepare_dir(layout, fingerprint, opts.overwrite)
     done, summary.resumed_rows = done_path_keys(layout.parts_dir)
     if progress is not None:
@@ -507,7 +516,7 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
                 "device": opts.device, "k": opts.k, "batch_size": opts.batch_size, "max_pixels": opts.max_pixels,
                 "isolate_decode": opts.isolate_decode, "decode_timeout_s": opts.decode_timeout_s,
                 "parts_dir": str(layout.parts_dir.resolve()), "metadata": metadata, "precision": opts.precision,
-                "runtime": opts.runtime,
+                "runtime": opts.runtime, "views": view_spec.views,
             },
         )
         parts, nodes, devices = [], Counter(), Counter()

@@ -109,7 +109,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
                 device: str = "auto", seed: int = 0, console=None) -> dict:
     import torch
 
-    from scanner.decode import pillow_decode, sniff
+    from scanner.decode import ViewSpec, pillow_decode, sniff
     from scanner.embed import Embedder, resolve_device
     from scanner.evaluation.plots import _plt, _save
 
@@ -127,7 +127,9 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         raise UsageError(f"--out {out}: directory {out.parent} does not exist")
     embedder = Embedder(model_dir, device=resolve_device(device))
     try:
-        pixels, (w, h) = pillow_decode(data, embedder.size)
+        # One view (the centre) by the model's resize rule: the map shows what moves that view's embedding.
+        views, (w, h) = pillow_decode(data, ViewSpec(embedder.size, embedder.view_spec.resize, 1))
+        pixels = views[0]
     except Exception as exc:
         raise UsageError(f"{image}: cannot decode ({exc})") from None
 

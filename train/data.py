@@ -34,6 +34,7 @@ class Sample:
     path: Path
     label: str
     fold: int
+    source: str = ""  # the manifest's `source` column (which collection the original came from), if any
 
 
 def _fold_from_path(rel: str) -> int:
@@ -48,13 +49,14 @@ def read_manifest(csv_path: Path) -> list[Sample]:
         if missing:
             raise UsageError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
         has_fold = "fold" in (reader.fieldnames or [])
+        has_source = "source" in (reader.fieldnames or [])
         samples = []
         for line, row in enumerate(reader, start=2):
             try:
                 fold = int(row["fold"]) if has_fold else _fold_from_path(row["path"])
             except ValueError:
                 raise UsageError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
-            samples.append(Sample(base / row["path"], row["label"], fold))
+            samples.append(Sample(base / row["path"], row["label"], fold, row["source"] if has_source else ""))
     if not samples:
         raise UsageError(f"{csv_path}: manifest lists no images")
     return samples
@@ -72,7 +74,12 @@ def read_class_folders(root: Path) -> list[Sample]:
     return samples
 
 
-def load_samples(data: str | Path) -> list[Sample]:
+def load_samples(data: str | Path | list) -> list[Sample]:
+    """Samples of one DATA, or of several concatenated (each keeps its own manifest's folds)."""
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise UsageError("no DATA given")
+        return [s for d in data for s in load_samples(d)]
     data = Path(data)
     if data.is_file():
         if data.suffix.lower() != ".csv":
@@ -94,7 +101,17 @@ class Split:
     holdout: list[str]
 
 
-def make_split(samples: list[Sample], val_fold: int | None, holdout: list[str]) -> Split:
+def make_split(samples: list[Sample], val_fold: int | None, holdout: list[str],
+               holdout_sources: list[str] | None = None) -> Split:
+    """`holdout_sources`: whole collections (the manifest's `source`) left out of training, support and validation
+    alike, so that `imgscan eval --holdout-sources` can measure them as never seen."""
+    if holdout_sources:
+        present = {s.source for s in samples}
+        unknown_sources = [h for h in holdout_sources if h not in present]
+        if unknown_sources:
+            raise UsageError(f"--holdout-sources: unknown source(s) {', '.join(unknown_sources)}; "
+                             f"sources are {', '.join(sorted(present))}")
+        samples = [s for s in samples if s.source not in holdout_sources]
     labels = {s.label for s in samples}
     unknown = [h for h in holdout if h not in labels]
     if unknown:
@@ -171,13 +188,13 @@ def augment(img, size: int, cfg: AugmentConfig, rng):
 
 
 def scan_preprocess(img, size: int):
-    """The scanner's own preprocessing (model card: shorter side to S, bilinear antialias, centre S x S crop),
-    so validation sees images exactly as `imgscan scan` does."""
+    """The scanner's own preprocessing (`scanner.decode.ViewSpec`: native pixels, one centre view), so
+    validation sees images exactly as `imgscan scan` does with a model this trainer exports."""
     from PIL import Image
 
-    from scanner.decode import resize_center_crop
+    from scanner.decode import ViewSpec, view_crops
 
-    return Image.fromarray(resize_center_crop(img, size))
+    return Image.fromarray(view_crops(img, ViewSpec(size))[0])
 
 
 def pil_to_uint8_chw(img):

@@ -6,8 +6,11 @@ index's own `enroll_embeddings`, exactly as `imgscan enroll` would. Classes held
 enrolled too: enrolling is how imgscan learns a generator without retraining. Only embeddings and relative
 paths enter the index, never images.
 
-    python -m train.starter_index ../shared/data/kit --model scanner/default_model \
-        --out scanner/default_index --per-class 150 --exclude-fold 4
+    python -m train.starter_index ../shared/data/kit ../shared/data/photos --model scanner/default_model \
+        --out scanner/default_index --per-class 150 --exclude-fold 4 --exclude-sources camera:drewnoakes
+
+Paths in the index are relative to the data set's folder each image came from (prefixed by that folder's name
+when several data sets are given).
 """
 
 from __future__ import annotations
@@ -27,14 +30,27 @@ from scanner.pipeline import embedded_batches
 from train.data import load_samples
 
 
-def build(data: Path, model_dir: Path, out: Path, per_class: int, exclude_fold: int | None, seed: int) -> dict[str, int]:
-    samples = load_samples(data)
+def _relative(path: Path, roots: list[Path]) -> str:
+    """The path relative to its data set's folder; with several data sets, prefixed by that folder's name
+    (kit/images/real/x.jpg, photos/images/real/y.jpg), since their layouts repeat."""
+    resolved = Path(path).resolve()
+    for root in roots:
+        if resolved.is_relative_to(root):
+            rel = str(resolved.relative_to(root))
+            return f"{root.name}/{rel}" if len(roots) > 1 else rel
+    return resolved.name
+
+
+def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, exclude_fold: int | None, seed: int,
+          exclude_sources: list[str] | None = None) -> dict[str, int]:
+    datas = [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+    samples = load_samples(datas)
     by_label: dict[str, list] = defaultdict(list)
     for s in samples:
-        if exclude_fold is None or s.fold != exclude_fold:
+        if (exclude_fold is None or s.fold != exclude_fold) and s.source not in (exclude_sources or []):
             by_label[s.label].append(s)
-    embedder = Embedder(model_dir, device="cpu", precision="fp32")  # fp32: the same index on every CPU
-    root = data if data.is_dir() else data.parent
+    embedder = Embedder(model_dir, device="cpu", precision="fp32", runtime="torch")  # the same index on every CPU
+    roots = [(d if d.is_dir() else d.parent).resolve() for d in datas]
     if out.exists():
         shutil.rmtree(out)
     counts = {}
@@ -42,7 +58,7 @@ def build(data: Path, model_dir: Path, out: Path, per_class: int, exclude_fold: 
         chosen = sorted(by_label[label], key=lambda s: str(s.path))
         random.Random(f"{seed}:{label}").shuffle(chosen)
         chosen = chosen[:per_class]
-        rel = {os.fsencode(s.path): str(Path(s.path).resolve().relative_to(root.resolve())) for s in chosen}
+        rel = {os.fsencode(s.path): _relative(s.path, roots) for s in chosen}
         embeddings, shas, sources = [], [], []
         for reads, decoded, emb in embedded_batches(list(rel), embedder, batch_size=32):
             ok = [i for i, r in enumerate(reads) if r.error is None and decoded.errors[i] is None]
@@ -64,14 +80,16 @@ def build(data: Path, model_dir: Path, out: Path, per_class: int, exclude_fold: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", type=Path)
+    ap.add_argument("data", type=Path, nargs="+")
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-class", type=int, default=150)
     ap.add_argument("--exclude-fold", type=int, default=4)
+    ap.add_argument("--exclude-sources", default="", help="comma-separated manifest sources never enrolled")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    build(args.data, args.model, args.out, args.per_class, args.exclude_fold, args.seed)
+    build(args.data, args.model, args.out, args.per_class, args.exclude_fold, args.seed,
+          [x for x in args.exclude_sources.split(",") if x])
 
 
 if __name__ == "__main__":

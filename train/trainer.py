@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from scanner.decode import MAX_VIEWS, ViewSpec
 from scanner.errors import UsageError
 from scanner.model import ModelCard, load_model, save_model_dir
 from train.data import (
@@ -43,7 +44,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
-RESUME_MUST_MATCH = ("data", "backbone", "loss", "image_size", "holdout", "val_fold", "batch_size",
+RESUME_MUST_MATCH = ("data", "holdout_sources", "backbone", "input_filter", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
@@ -53,17 +54,27 @@ KIT_LICENCE = (
 )
 
 
+PHOTOS_LICENCE = (
+    "Real camera photos (the photos set): drewnoakes/metadata-extractor-images sample photos (\"free to use these "
+    "media files however you wish\") and google/dreambooth dataset photos (CC BY 4.0, photos by its authors and "
+    "from Unsplash). The images are not shipped; these weights are derived from them."
+)
+
+
 @dataclass
 class TrainConfig:
-    data: str
+    data: list[str]  # one or more DATA (class folders, a folder with manifest.csv, or a manifest CSV)
     out: str
     backbone: str = "tf_efficientnet_lite0"
+    input_filter: str = "none"  # "npr": the backbone sees neighbouring-pixel residuals, not the image (train.model)
     holdout: list[str] = field(default_factory=list)
+    holdout_sources: list[str] = field(default_factory=list)  # manifest `source` values never trained on
     epochs: int = 10
     batch_size: int = 32
     images_per_class: int = 4
     image_size: int = 128
     export_size: int = 256
+    scan_views: int = 1  # views the card asks scans for (scanner.decode.ViewSpec; large images only)
     loss: str = "supcon"
     temperature: float = 0.1
     init_weights: str | None = None
@@ -231,6 +242,11 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
             raise UsageError(f"{name} must be at least {low} (got {value})")
     if cfg.batch_size % cfg.images_per_class:
         raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of --images-per-class {cfg.images_per_class}")
+    if not 1 <= cfg.scan_views <= MAX_VIEWS:
+        raise UsageError(f"--scan-views {cfg.scan_views}: expected 1..{MAX_VIEWS}")
+    if cfg.backbone.startswith("vit_") and cfg.image_size != cfg.export_size:
+        raise UsageError(f"--backbone {cfg.backbone}: a ViT's position embedding fixes its input size; give "
+                         f"--image-size equal to --export-size (got {cfg.image_size} and {cfg.export_size})")
     device = pick_device(cfg.device)
     out = Path(cfg.out)
     work = Path(cfg.work_dir) if cfg.work_dir else out / "train_work"
@@ -242,12 +258,15 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
         raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
     workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
 
+    if isinstance(cfg.data, (str, os.PathLike)):
+        cfg.data = [str(cfg.data)]
     samples = load_samples(cfg.data)
-    split = make_split(samples, cfg.val_fold, cfg.holdout)
+    split = make_split(samples, cfg.val_fold, cfg.holdout, cfg.holdout_sources)
     real_label = split.classes.index("real") if "real" in split.classes else None
     _seed_everything(cfg.seed)
 
-    model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim)
+    model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim,
+                                  cfg.input_filter, img_size=cfg.export_size)
     model.freeze_stages(cfg.freeze_blocks)
     loss_fn = build_loss(cfg.loss, num_classes=len(split.classes), embedding_dim=cfg.embedding_dim,
                          real_label=real_label, temperature=cfg.temperature)
@@ -281,7 +300,10 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UsageError(f"{ckpt_path}: unknown checkpoint format {ckpt.get('format')}")
-        changed = [k for k in RESUME_MUST_MATCH if ckpt["settings"].get(k) != settings.get(k)]
+        # A setting the checkpoint does not name did not exist when it was written: it ran with the default.
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(TrainConfig)}
+        changed = [k for k in RESUME_MUST_MATCH if ckpt["settings"].get(k, defaults.get(k)) != settings.get(k)]
         if changed:
             raise UsageError(f"--resume: settings differ from the checkpoint's: {', '.join(changed)}")
         model.load_state_dict(ckpt["model"])
@@ -366,18 +388,29 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     return export(cfg, model, init, split, history, wall, time.time() - t_start, device, val_images, out, log_path, log)
 
 
-def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
-    data = Path(cfg.data)
+def _data_licence(data: Path) -> str:
+    """The licence text of a known data set, recognised by its README; a generic warning otherwise."""
     root = data.parent if data.is_file() else data
-    counts = Counter(s.label for s in split.train)
-    what = (f"{data}: {len(split.train)} training images in {len(counts)} classes "
-            f"({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
     readme = root / "README.md"
-    is_kit = readme.is_file() and "AI-generated image kit" in readme.read_text(encoding="utf-8", errors="replace")
-    licence = KIT_LICENCE if is_kit else (
-        "Derived from the training data named in training_data; its licence was not recorded: check it before "
-        "distributing these weights."
-    )
+    text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+    if "AI-generated image kit" in text:
+        return KIT_LICENCE
+    if "Real camera photos" in text:
+        return PHOTOS_LICENCE
+    return (f"{data}: derived from training data whose licence was not recorded: check it before distributing "
+            "these weights.")
+
+
+def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
+    counts = Counter(s.label for s in split.train)
+    sources = Counter(s.source for s in split.train if s.source)
+    what = (f"{', '.join(cfg.data)}: {len(split.train)} training images in {len(counts)} classes "
+            f"({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
+    if sources:
+        what += f"; sources: {', '.join(f'{c} {n}' for c, n in sorted(sources.items()))}"
+    if cfg.holdout_sources:
+        what += f"; sources held out (never trained on): {', '.join(cfg.holdout_sources)}"
+    licence = " ".join(dict.fromkeys(_data_licence(Path(d)) for d in cfg.data))
     return what, licence
 
 
@@ -404,8 +437,10 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
         version=cfg.model_version or time.strftime("%Y.%m.%d", time.gmtime()),
         input_size=cfg.export_size,
         embedding_dim=cfg.embedding_dim,
+        preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views).to_card(),
         normalization={"mean": list(init.mean), "std": list(init.std)},
-        backbone=f"{cfg.backbone} (timm), init: {init.detail}",
+        backbone=(f"{cfg.backbone} (timm), init: {init.detail}"
+                  + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")),
         loss=cfg.loss + (f" (temperature {cfg.temperature})" if cfg.loss != "ce" else " (cosine classifier, scale 16)"),
         training_data=what,
         licence=licence,
@@ -414,6 +449,7 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
             "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "command"},
             "val_fold_held_out": cfg.val_fold,
             "holdout_classes": split.holdout,
+            "holdout_sources": list(cfg.holdout_sources),
             "classes_trained": split.classes,
             "augmentations": dataclasses.asdict(AugmentConfig(enabled=cfg.augment)),
             "epochs_log": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in history],

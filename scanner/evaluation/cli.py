@@ -20,7 +20,9 @@ err_console = Console(stderr=True)
 EVAL_HELP = """Measure detection, attribution and open-set rejection on a labelled data set, with baselines.
 
 \b
-DATA: a folder with manifest.csv (path,label[,is_ai,group,fold]), a manifest CSV, or one sub-folder per class.
+DATA: a folder with manifest.csv (path,label[,is_ai,source,group,fold]), a manifest CSV, or one sub-folder per
+class; several DATA are judged as one data set. --holdout-sources names manifest sources never enrolled (an
+unseen real source): the report gives the share of their real photos called AI.
 For every shots value N each enrolled class gets N support images (at most half the class), chosen by
 `group` so that no prompt or photo is on both sides; the rest are queries. Classes in --unknown are never
 enrolled and should come out `unknown`. Images are judged exactly as `scan` judges them: a real support
@@ -39,6 +41,8 @@ and report.html (self-contained).
 Examples:
   imgscan eval ../shared/data/kit --model scanner/default_model --out runs/eval --unknown glid-3,gaugan --query-folds 4
   imgscan eval ./my_classes --out runs/eval2 --shots 10,50 --folds
+  imgscan eval ../shared/data/kit ../shared/data/photos --out runs/eval3 --query-folds 4 \
+      --unknown glid-3,gaugan --holdout-sources camera:drewnoakes
 """
 
 
@@ -77,8 +81,8 @@ def _model_dir(model: Optional[Path]) -> Path:
     return found
 
 
-def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
-             unknown: Optional[str] = None, folds: bool = False, query_folds: Optional[str] = None,
+def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
+             unknown: Optional[str] = None, holdout_sources: Optional[str] = None, views: Optional[int] = None, folds: bool = False, query_folds: Optional[str] = None,
              ce_model: Optional[Path] = None,
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
@@ -102,6 +106,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     _plt()  # no matplotlib: say so now, not after minutes of embedding
     shot_values = _shots(shots)
     unknown_list = _csv_list(unknown)
+    held_sources = _csv_list(holdout_sources)
     degradation = None
     if degrade_queries:
         from scanner.evaluation.degrade import parse_degradation
@@ -111,6 +116,10 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     missing = [u for u in unknown_list if u not in ds.classes]
     if missing:
         raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
+    absent = [h for h in held_sources if h not in set(ds.sources.tolist())]
+    if absent:
+        raise UsageError(f"--holdout-sources {','.join(absent)}: no such source "
+                         f"(sources: {', '.join(sorted(set(ds.sources.tolist()) - {''})) or 'none'})")
     fold_list: list = [None]
     if folds or query_folds:
         present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))
@@ -130,7 +139,7 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     dev = resolve_device(device)
-    embedder = Embedder(_model_dir(model), device=dev, precision=precision, runtime=runtime)
+    embedder = Embedder(_model_dir(model), device=dev, precision=precision, runtime=runtime, views=views)
 
     t0 = time.monotonic()
     with ScanProgress(f"embedding ({embedder.model_id})") as progress:
@@ -187,13 +196,15 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
         with ScanProgress("judging splits") as progress:
             progress.set_total(steps)
             result = run_protocol(ds, feats, methods, shot_values, unknown_list, fold_list, seed, k, Path(work),
-                                  on_step=lambda *a: progress.advance(1))
+                                  on_step=lambda *a: progress.advance(1), holdout_sources=held_sources)
     info = {
         "command": command,
         "data": {"source": ds.source, "n_images": len(ds), "decoded": len(ds) - len(feats.errors),
                  "duplicates_left_out": len(feats.duplicates), "used": int(feats.ok.sum()), "counts": ds.counts(),
                  "errors": len(feats.errors)},
-        "protocol": {"shots": shot_values, "unknown": unknown_list, "folds": fold_list, "seed": seed, "k": k,
+        "protocol": {"shots": shot_values, "unknown": unknown_list, "holdout_sources": held_sources,
+                     "views": embedder.view_spec.views, "resize": embedder.view_spec.resize,
+                     "folds": fold_list, "seed": seed, "k": k,
                      "degrade_queries": degradation.name if degradation else None,
                      "support_cap": "min(shots, floor(class size / 2))", "split_by": "group"},
         "embedding_throughput_img_s": round(len(ds) / max(embed_s, 1e-9), 2),
@@ -210,11 +221,13 @@ def run_eval(data: Path, out: Path, model: Optional[Path] = None, shots: str = "
 def register(app: typer.Typer) -> None:
     @app.command("eval", help=EVAL_HELP, no_args_is_help=True)
     def eval_command(
-        data: Annotated[Path, typer.Argument(help="manifest folder / CSV, or class folders", show_default=False)],
+        data: Annotated[list[Path], typer.Argument(help="manifest folders / CSVs, or class folders; several are judged as one data set", show_default=False)],
         out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to write.")],
         model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: $IMGSCAN_MODEL, else the shipped model).")] = None,
         shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
         unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
+        holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", help="Comma-separated manifest sources never enrolled (e.g. camera:drewnoakes): all their images are queries; reports the share of their real photos called AI.")] = None,
+        views: Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Crops per image, embeddings averaged (default: the model card's).")] = None,
         folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,
         query_folds: Annotated[Optional[str], typer.Option("--query-folds", help="Like --folds, but only these folds are queries, e.g. the model's validation fold (4) so no query was seen in training.")] = None,
         ce_model: Annotated[Optional[Path], typer.Option("--ce-model", help="A model trained with --loss ce, evaluated as a baseline.")] = None,
@@ -229,7 +242,8 @@ def register(app: typer.Typer) -> None:
         runtime: Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only; pip install 'imgscan\\[openvino]').")] = "torch",
         degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
-        run_eval(data, out, model=model, shots=shots, unknown=unknown, folds=folds, query_folds=query_folds, ce_model=ce_model,
+        run_eval(data, out, model=model, shots=shots, unknown=unknown, holdout_sources=holdout_sources, views=views,
+                 folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
                  use_umap=not no_umap, command=_invocation(), cache=cache, degrade_queries=degrade_queries,
                  precision=precision, runtime=runtime)

@@ -24,6 +24,7 @@ from scanner.verdict import UNKNOWN_LABEL
 HEADLINE_TITLES = {
     "mean_det_acc": "det acc", "mean_det_bal_acc": "det bal acc", "mean_det_auc": "det AUC",
     "closed_macro_f1": "F1 closed", "open_macro_f1": "F1 open", "open_set_auroc": "OS AUROC", "oscr": "OSCR",
+    "unseen_real_called_ai": "unseen real called AI",
 }
 
 PREDICTION_SCHEMA = pa.schema([

@@ -226,6 +226,8 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
         "mean_balanced_accuracy": mean_of("balanced_accuracy", enrolled_gen),
         "mean_accuracy_all": mean_of("accuracy", list(per_gen)), "mean_auc_all": mean_of("auc", list(per_gen)),
         "pooled_auc": M.auroc(ai_true, j.ai_score), "pooled_accuracy": M.accuracy(ai_true, is_ai),
+        # the error that accuses a person: real query photos whose ai_score says AI
+        "real_called_ai": float(np.mean(is_ai[cls == REAL_LABEL])) if np.any(cls == REAL_LABEL) else float("nan"),
     }
     has_unknown = bool(np.any(~known))
     att_labels = list(j.split.enrolled) + ([UNKNOWN_LABEL] if has_unknown else [])
@@ -238,6 +240,16 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
     cols = list(j.split.enrolled) + [UNKNOWN_LABEL]
     confusion = {"rows": rows, "columns": cols,
                  "matrix": M.confusion_matrix(cls, j.label, rows, cols).tolist()}
+    held = {}
+    for src in j.split.holdout_sources:
+        m = ds.sources[q] == src
+        real = m & (cls == REAL_LABEL)
+        held[src] = {"n": int(m.sum()), "n_real": int(real.sum()),
+                     "real_called_ai": float(np.mean(is_ai[real])) if real.any() else float("nan"),
+                     "accuracy": M.accuracy(ai_true[m], is_ai[m]) if m.any() else float("nan")}
+    real_held = np.isin(ds.sources[q], j.split.holdout_sources) & (cls == REAL_LABEL)
+    holdout_sources = {"per_source": held,
+                       "real_called_ai": float(np.mean(is_ai[real_held])) if real_held.any() else float("nan")}
     open_set = {"threshold": j.threshold, "known_accepted": float(np.mean(j.label[known] != UNKNOWN_LABEL)) if known.any() else float("nan")}
     if has_unknown:
         correct = j.closed_set_label[known] == true[known]
@@ -247,7 +259,8 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
             "unknown_rejected": float(np.mean(j.label[~known] == UNKNOWN_LABEL)),
         })
     return {"n_queries": int(q.size), "detection": detection, "attribution": attribution,
-            "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set}
+            "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set,
+            "holdout_sources": holdout_sources}
 
 
 HEADLINE = [
@@ -258,6 +271,7 @@ HEADLINE = [
     ("open_macro_f1", ("attribution", "macro_f1")),
     ("open_set_auroc", ("open_set", "auroc")),
     ("oscr", ("open_set", "oscr")),
+    ("unseen_real_called_ai", ("holdout_sources", "real_called_ai")),
 ]
 
 
@@ -290,12 +304,13 @@ class EvalResult:
 
 
 def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: list[int], unknown: list[str],
-                 folds: list[int | None], seed: int, k: int, workdir: Path, on_step=None) -> EvalResult:
+                 folds: list[int | None], seed: int, k: int, workdir: Path, on_step=None,
+                 holdout_sources: list[str] | None = None) -> EvalResult:
     judged = {}
     seconds = {m.name: 0.0 for m in methods}
     for n in shots:
         for f in folds:
-            split = make_split(ds, n, unknown, seed=seed, fold=f, usable=feats.ok)
+            split = make_split(ds, n, unknown, seed=seed, fold=f, usable=feats.ok, holdout_sources=holdout_sources)
             check_split(ds, split)
             for m in methods:
                 t0 = time.monotonic()

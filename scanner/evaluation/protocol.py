@@ -1,7 +1,8 @@
 """The few-shot protocol: which images are enrolled (support) and which are judged (queries).
 
-Data: a folder holding `manifest.csv` (columns path,label and optionally is_ai,group,fold; paths relative to
-the folder), a manifest CSV itself, or a folder with one sub-folder per class. Without a `group` column every
+Data: a folder holding `manifest.csv` (columns path,label and optionally is_ai,source,group,fold; paths relative
+to the folder), a manifest CSV itself, or a folder with one sub-folder per class; or several of these, judged as
+one data set (each keeps its folds; groups are prefixed with the data set's position so none is shared). Without a `group` column every
 image is its own group; without `is_ai`, every class but `real` is AI; without `fold`, folds are not known.
 
 Split rules (one split per shots value N, and per fold with --folds):
@@ -15,6 +16,10 @@ Split rules (one split per shots value N, and per fold with --folds):
   their true label for attribution is `unknown`.
 - With folds: the queries of fold f are the images of fold f; support groups are drawn from the other folds
   (folds are assigned per group, so they never share a group).
+- Sources named in --holdout-sources (the manifest's `source`, e.g. one camera collection) are never enrolled:
+  every image of them is a query, in every fold, keeping its true label. Their real photos called AI are the
+  false-positive rate on a real source nobody enrolled (pair it with a model trained with the same
+  --holdout-sources, so that no image of it was trained on either).
 Groups are drawn in a seeded random order, the class with the largest unmet share of its quota first.
 """
 
@@ -44,6 +49,11 @@ class Dataset:
     groups: np.ndarray  # object [n]
     folds: np.ndarray  # int [n], -1 where unknown
     source: str = ""  # how it was read: manifest or class folders
+    sources: np.ndarray | None = None  # object [n]: the manifest's `source` column ("" where absent)
+
+    def __post_init__(self):
+        if self.sources is None:
+            self.sources = np.full(len(self.paths), "", dtype=object)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,14 +68,24 @@ class Dataset:
 
     def select(self, keep: np.ndarray) -> "Dataset":
         return Dataset(self.root, self.paths[keep], self.labels[keep], self.is_ai[keep], self.groups[keep],
-                       self.folds[keep], self.source)
+                       self.folds[keep], self.source, self.sources[keep])
 
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "ai")
 
 
-def load_dataset(data: str | os.PathLike) -> Dataset:
+def load_dataset(data: str | os.PathLike | list) -> Dataset:
+    if isinstance(data, (list, tuple)):
+        parts = [load_dataset(d) for d in data]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            raise UsageError("no DATA given")
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        groups = np.concatenate([np.array([f"{i}:{g}" for g in p.groups], dtype=object) for i, p in enumerate(parts)])
+        return Dataset(parts[0].root, cat("paths"), cat("labels"), cat("is_ai"), groups, cat("folds"),
+                       source=" + ".join(p.source for p in parts), sources=cat("sources"))
     data = Path(data).expanduser()
     if data.is_file():
         return _load_manifest(data)
@@ -85,7 +105,7 @@ def _load_manifest(csv_path: Path) -> Dataset:
         raise UsageError(f"{csv_path}: unreadable manifest ({exc})") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UsageError(f"{csv_path}: a manifest needs a header with at least the columns path,label")
-    paths, labels, is_ai, groups, folds = [], [], [], [], []
+    paths, labels, is_ai, groups, folds, sources = [], [], [], [], [], []
     for i, row in enumerate(rows, start=2):
         rel, lab = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         if not rel or not lab:
@@ -97,13 +117,15 @@ def _load_manifest(csv_path: Path) -> Dataset:
         ai = row.get("is_ai")
         is_ai.append(_truthy(ai) if ai not in (None, "") else lab != REAL_LABEL)
         groups.append((row.get("group") or "").strip() or f"image:{rel}")
+        sources.append((row.get("source") or "").strip())
         fold = (row.get("fold") or "").strip()
         try:
             folds.append(int(fold) if fold else -1)
         except ValueError:
             raise UsageError(f"{csv_path}:{i}: fold {fold!r} is not an integer") from None
     return Dataset(root, np.array(paths, dtype=object), np.array(labels, dtype=object), np.array(is_ai, dtype=bool),
-                   np.array(groups, dtype=object), np.array(folds, dtype=np.int64), source=f"manifest {csv_path}")
+                   np.array(groups, dtype=object), np.array(folds, dtype=np.int64), source=f"manifest {csv_path}",
+                   sources=np.array(sources, dtype=object))
 
 
 def _load_class_folders(root: Path) -> Dataset:
@@ -135,6 +157,7 @@ class Split:
     enrolled: list[str]
     unknown: list[str]
     quota: dict[str, int] = field(default_factory=dict)  # support images wanted per enrolled class
+    holdout_sources: list[str] = field(default_factory=list)
 
     def counts(self, labels: np.ndarray) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -145,7 +168,7 @@ class Split:
 
 
 def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None,
-               usable: np.ndarray | None = None) -> Split:
+               usable: np.ndarray | None = None, holdout_sources: list[str] | None = None) -> Split:
     """One support/query split (see the module docstring for the rules). Images not `usable` (they could not
     be decoded) are on neither side and do not count towards a class's size."""
     if shots < 1:
@@ -157,15 +180,22 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
     enrolled = [c for c in classes if c not in unknown]
     if not enrolled:
         raise UsageError("every class is --unknown: nothing left to enroll")
+    holdout_sources = list(holdout_sources or [])
+    absent = [h for h in holdout_sources if h not in set(ds.sources.tolist())]
+    if absent:
+        raise UsageError(f"--holdout-sources {','.join(absent)}: no such source in the data "
+                         f"(sources: {', '.join(sorted(set(ds.sources.tolist()) - {''})) or 'none'})")
     usable = np.ones(len(ds), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
-    counts = {c: int(np.sum(usable & (ds.labels == c))) for c in classes}
+    held = np.isin(ds.sources, holdout_sources)
+    counts = {c: int(np.sum(usable & ~held & (ds.labels == c))) for c in classes}
     quota = {c: min(shots, counts[c] // 2) for c in enrolled}
     rng = np.random.default_rng([seed, 0 if fold is None else fold + 1])  # same order for every N: nested supports
     role = np.full(len(ds), EXCLUDED if fold is not None else QUERY, dtype=object)
     if fold is not None:
         role[ds.folds == fold] = QUERY
+    role[held] = QUERY
     role[~usable] = EXCLUDED
-    candidates = (ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)) & usable
+    candidates = (ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)) & usable & ~held
     # groups that may give support, and each class's groups, in a seeded random order
     members: dict[str, list[int]] = defaultdict(list)
     for i in np.flatnonzero(candidates):
@@ -200,7 +230,7 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
                 role[i] = EXCLUDED  # same prompt/photo as a support image: on neither side
     true_label = np.where(np.isin(ds.labels, unknown), UNKNOWN_LABEL, ds.labels).astype(object)
     return Split(shots=shots, fold=fold, role=role, true_label=true_label, enrolled=enrolled, unknown=list(unknown),
-                 quota=quota)
+                 quota=quota, holdout_sources=holdout_sources)
 
 
 def check_split(ds: Dataset, split: Split) -> None:
@@ -212,3 +242,5 @@ def check_split(ds: Dataset, split: Split) -> None:
         raise AssertionError(f"groups on both sides: {sorted(shared)[:5]}")
     if np.any(sup & np.isin(ds.labels, split.unknown)):
         raise AssertionError("an --unknown class was enrolled")
+    if np.any(sup & np.isin(ds.sources, split.holdout_sources)):
+        raise AssertionError("a --holdout-sources image was enrolled")

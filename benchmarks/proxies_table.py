@@ -1,0 +1,52 @@
+"""Markdown table of several `embedder_proxies.py` results, one row per model, one column per proxy.
+
+    python benchmarks/proxies_table.py "0.2.0=runs/proxies/base" "0.3.0=runs/proxies/new" ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = [
+    ("P1 kit det acc", lambda d: d["p1_kit"]["det_acc"]),
+    ("P1 kit real called AI", lambda d: d["p1_kit"]["real_called_ai"]),
+    ("P1 closed F1", lambda d: d["p1_kit"]["closed_f1"]),
+    ("P2 unseen-source real called AI", lambda d: d["p2_unseen_source"]["real_called_ai"]),
+    ("P2 native full size called AI (unseen source / all)", lambda d: _native(d, "p2_native_full_size")),
+    ("P3 held-out gens det acc, enrolled", lambda d: d["p3_unseen_generators"]["mean_det_acc_enrolled"]),
+    ("P3 held-out gens F1, enrolled (glid-3, gaugan)",
+     lambda d: ", ".join(f"{v:.2f}" for v in d["p3_unseen_generators"]["f1_enrolled"].values())),
+    ("P3 open-set AUROC", lambda d: d["p3_unseen_generators"]["open_set_auroc"]),
+    ("P3 OSCR", lambda d: d["p3_unseen_generators"]["oscr"]),
+    ("P4 re-posted kit det acc", lambda d: d["p4_reposted"]["det_acc"]),
+    ("P4 re-posted open-set AUROC", lambda d: d["p4_reposted"]["open_set_auroc"]),
+    ("P4 re-posted unseen-source real called AI", lambda d: d["p4_reposted"]["unseen_real_called_ai"]),
+    ("P4 re-posted native called AI (unseen source / all)", lambda d: _native(d, "p4_native_reposted")),
+]
+
+
+def _native(d: dict, key: str) -> str:
+    part = d.get(key)
+    if not part:
+        return "-"
+    src = next((v for k, v in part.items() if k.startswith("drewnoakes")), None)
+    a = part["all"]
+    return (f"{src['called_ai']}/{src['n'] - src['errors']} / " if src else "") + f"{a['called_ai']}/{a['n'] - a['errors']}"
+
+
+def main(args: list[str]) -> None:
+    runs = [(a.split("=", 1)[0], json.loads((Path(a.split("=", 1)[1]) / "proxies.json").read_text())) for a in args]
+    print("| proxy | " + " | ".join(name for name, _ in runs) + " |")
+    print("|---|" + "---:|" * len(runs))
+    for title, get in COLUMNS:
+        cells = []
+        for _, d in runs:
+            v = get(d)
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        print(f"| {title} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

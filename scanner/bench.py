@@ -70,21 +70,21 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         decoded_n, sample = 0, None
         for reads, decoded in stages.batches():
             decoded_n += len(reads)
-            if sample is None and decoded.pixels.shape[0] == batch_size:
-                sample = decoded.pixels
+            if sample is None and sum(e is None for e in decoded.errors) == batch_size:
+                sample = decoded  # a full batch of files (with --views, more rows than files)
         stages.shutdown()
         decode_ips = decoded_n / (time.perf_counter() - start)
         if sample is None:
             raise ValueError(f"bench needs at least {batch_size} decodable images")
 
         # embed: the model alone on a ready batch
-        embedder.embed(sample)  # warm-up (TorchScript profiling runs, allocator)
+        embedder.embed_batch(sample)  # warm-up (TorchScript profiling runs, allocator)
         start = time.perf_counter()
         for _ in range(repeats):
-            embedder.embed(sample)
+            embedder.embed_batch(sample)
         if embedder.device == "cuda":
             torch.cuda.synchronize()
-        embed_ips = repeats * sample.shape[0] / (time.perf_counter() - start)
+        embed_ips = repeats * batch_size / (time.perf_counter() - start)  # files per second, views included
 
         # query: a support index of synthetic unit vectors over 16 classes, searched with real embeddings
         rng = np.random.default_rng(0)
@@ -97,7 +97,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
             enroll_embeddings(index_dir, str(lab), vectors[sel], [f"{i:032x}" for i in sel], ["bench"] * len(sel),
                               embedder.model_id, embedder.card.weights_sha256)
         index = SupportIndex.open(index_dir)
-        queries = np.repeat(embedder.embed(sample), max(1, 2048 // sample.shape[0]), axis=0)
+        queries = np.repeat(embedder.embed_batch(sample), max(1, 2048 // batch_size), axis=0)
         start = time.perf_counter()
         found = index.search(queries, k)
         decide(found.labels, found.sims).labels(index.threshold)

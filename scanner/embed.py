@@ -68,6 +68,8 @@ class Embedder:
     precision: auto = fp16 on CUDA; on CPU bf16 where the hardware has it (cpu_has_native_bf16), else fp32.
     """
 
+    MAX_ROWS = 64
+
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto",
                  runtime: str = "torch", views: int | None = None):
         import torch
@@ -127,7 +129,11 @@ class Embedder:
 
     def embed(self, pixels_nhwc) -> np.ndarray:
         """pixels_nhwc: uint8 [n, S, S, 3], a numpy array or a torch tensor on any device.
-        Returns float32 [n, dim], unit norm."""
+        Returns float32 [n, dim], unit norm. Runs at most MAX_ROWS rows at a time: with --views a batch of
+        files holds several times as many crops, and activation memory grows with the rows of one forward."""
+        if pixels_nhwc.shape[0] > self.MAX_ROWS:
+            return np.concatenate([self.embed(pixels_nhwc[i:i + self.MAX_ROWS])
+                                   for i in range(0, pixels_nhwc.shape[0], self.MAX_ROWS)])
         torch = self._torch
         if pixels_nhwc.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -128,8 +128,8 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     embedder = Embedder(model_dir, device=resolve_device(device))
     try:
         # One view (the centre) by the model's resize rule: the map shows what moves that view's embedding.
-        views, (w, h) = pillow_decode(data, ViewSpec(embedder.size, embedder.view_spec.resize, 1))
-        pixels = views[0]
+        crops, (w, h) = pillow_decode(data, ViewSpec(embedder.size, embedder.view_spec.resize, 1))
+        pixels = crops[0]
     except Exception as exc:
         raise UsageError(f"{image}: cannot decode ({exc})") from None
 

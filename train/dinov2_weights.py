@@ -20,10 +20,10 @@ The ONNX file is pinned by sha256 and read with onnx's protobuf reader: tensors 
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from scanner.errors import UsageError
+from scanner.model import sha256_file
 
 ONNX_NAME = "vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -51,21 +51,13 @@ def onnx_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / ONNX_NAME
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_onnx(path: Path | None = None):
     import onnx
 
     path = Path(path) if path else onnx_path()
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != ONNX_SHA256:
         raise UsageError(f"{path}: sha256 {actual[:16]}... is not the pinned {ONNX_SHA256[:16]}... (another file)")
     return onnx.load(str(path))
@@ -166,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         print(f"max |onnx - timm| over {1 + (args.img_size // 14) ** 2} tokens: {check_against_onnx(model, net, args.img_size):.2e}")
     torch.save(sd, args.out)
-    print(f"wrote {args.out} ({len(sd)} tensors, sha256 {_sha256(args.out)})")
+    print(f"wrote {args.out} ({len(sd)} tensors, sha256 {sha256_file(args.out)})")
 
 
 if __name__ == "__main__":

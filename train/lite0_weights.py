@@ -14,11 +14,11 @@ Input normalisation for these weights (as for timm's own tf_efficientnet_lite0):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from scanner.errors import UsageError
+from scanner.model import sha256_file
 
 LITE0_FILE_NAME = "efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -45,14 +45,6 @@ def lite0_weights_path() -> Path:
     return Path(os.path.dirname(pkg.__file__)) / "models" / LITE0_FILE_NAME
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_lukemelas_state_dict(path: str | os.PathLike | None = None, expected_sha256: str = LITE0_SHA256) -> dict:
     """Verify the file's sha256, then load it as tensors only."""
     import torch
@@ -60,7 +52,7 @@ def load_lukemelas_state_dict(path: str | os.PathLike | None = None, expected_sh
     path = Path(path) if path is not None else lite0_weights_path()
     if not path.is_file():
         raise UsageError(f"{path}: Lite0 weights file missing")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected_sha256:
         raise UsageError(f"{path}: sha256 {actual[:16]}... is not the pinned {expected_sha256[:16]}...; refusing to load")
     return torch.load(path, map_location="cpu", weights_only=True)

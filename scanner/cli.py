@@ -53,7 +53,7 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images per decode/embed batch.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan\\[openvino]').")]
-ViewsOpt = Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Native-pixel crops per image, their embeddings averaged: more views read more of a large photo (cost: one embedding each). Default: the model card's (1).")]
+ViewsOpt = Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Native-pixel crops per image 1.5x the input size or larger, their embeddings averaged: more views read more of a large photo (cost: one embedding each). Default: the model card's (5 for the shipped model). Enroll and scan with the same value.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
 
 

@@ -139,7 +139,7 @@ def test_scan_with_views_records_them_and_enroll_uses_the_same_rule(tmp_path, ti
     from typer.testing import CliRunner
 
     from scanner.cli import app
-    from tests.conftest import BLUE, RED, coloured
+    from conftest import BLUE, RED, coloured
 
     runner = CliRunner()
     index = tmp_path / "index"

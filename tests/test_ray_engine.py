@@ -101,6 +101,40 @@ def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class
     assert result.exit_code == 0 and "already complete" in result.output
 
 
+def test_ray_engine_uses_the_same_views_as_the_local_engine(tmp_path, tiny_model_dir, two_class_index, local_ray):
+    """--views reaches the Ray workers: the same averaged embeddings (scores, neighbours) as a local scan."""
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "reds", RED, 8, seed0=800)  # 48 x 40 images: 1.5x the tiny model's 32 px, so 3 views
+    write_class_dir(crawl / "blues", BLUE, 8, seed0=900)
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "8",
+              "--in-process-decode", "--views", "3"]
+    outs = {}
+    for engine in ("local", "ray"):
+        outs[engine] = tmp_path / f"{engine}.parquet"
+        extra = ["--engine", "ray", "--workers", "1"] if engine == "ray" else []
+        result = runner.invoke(app, ["scan", str(crawl), "--out", str(outs[engine]), *common, *extra])
+        assert result.exit_code == 0, result.output
+    tables = {e: pq.read_table(o) for e, o in outs.items()}
+    for t in tables.values():
+        meta = json.loads(t.schema.metadata[b"imgscan"])
+        assert meta["views"] == 3 and meta["resize"] == "native"
+    local_rows = {r["path"]: r for r in tables["local"].to_pylist()}
+    ray_rows = {r["path"]: r for r in tables["ray"].to_pylist()}
+    assert local_rows.keys() == ray_rows.keys() and len(local_rows) == 16
+    for path, lr in local_rows.items():
+        rr = ray_rows[path]
+        assert rr["label"] == lr["label"]
+        assert rr["ai_score"] == pytest.approx(lr["ai_score"], abs=1e-5)
+        assert [n["similarity"] for n in rr["neighbors"]] == pytest.approx([n["similarity"] for n in lr["neighbors"]], abs=1e-5)
+    one_view = tmp_path / "one.parquet"
+    result = runner.invoke(app, ["scan", str(crawl), "--out", str(one_view), *common[:-2], "--views", "1"])
+    assert result.exit_code == 0, result.output
+    single = {r["path"]: r for r in pq.read_table(one_view).to_pylist()}
+    # views change the embedding: at least one file's nearest similarity differs from the one-view scan
+    assert any(abs(single[p]["neighbors"][0]["similarity"] - r["neighbors"][0]["similarity"]) > 1e-4
+               for p, r in local_rows.items())
+
+
 def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_class_index, local_ray):
     crawl = tmp_path / "crawl"
     write_class_dir(crawl / "reds", RED, 30, seed0=900)

@@ -21,12 +21,15 @@ decompression bombs (width x height over `max_pixels`) before any decoder alloca
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from scanner.errors import UsageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -81,6 +84,20 @@ class ViewSpec:
         pre = preprocessing or {}
         resize = pre.get("resize", "shorter_side")
         return cls(size=size, resize=resize, views=int(views if views is not None else pre.get("views", 1)))
+
+
+def view_spec_for(card, views: int | None = None) -> ViewSpec:
+    """The model card's ViewSpec, `--views` overriding its count; UsageError naming whichever is unusable."""
+    try:
+        spec = ViewSpec.from_card(card.input_size, card.preprocessing)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"model {card.model_id}: unusable preprocessing in the card ({exc})") from None
+    if views is None:
+        return spec
+    try:
+        return dataclasses.replace(spec, views=views)
+    except ValueError:
+        raise UsageError(f"--views {views}: expected 1..{MAX_VIEWS}") from None
 
 
 @dataclass
@@ -246,11 +263,10 @@ class DaliImageDecoder:
 class ImageDecoder:
     """Decode one batch of read results: sniff, DALI for what it takes, Pillow for the rest."""
 
-    def __init__(self, spec: ViewSpec | int, max_batch: int, device: str = "cpu",
+    def __init__(self, spec: ViewSpec, max_batch: int, device: str = "cpu",
                  max_pixels: int = DEFAULT_MAX_PIXELS, num_threads: int = 2):
-        # A bare int is a one-view native spec: handy in tests and tools that only need "S x S pixels".
-        self.spec = spec if isinstance(spec, ViewSpec) else ViewSpec(int(spec))
-        self.size = self.spec.size
+        self.spec = spec
+        self.size = spec.size
         self.device = device
         self.max_pixels = max_pixels
         self.dali = DaliImageDecoder(self.spec, max_batch, device, num_threads)
@@ -290,7 +306,7 @@ class ImageDecoder:
                             view_counts=[int(f.shape[0]) for f in ok])
 
     def _stack(self, frames: list):
-        """Per-item [views, S, S, 3] frames -> [m * views, S, S, 3]."""
+        """Per-item [views_i, S, S, 3] frames -> [sum of views_i, S, S, 3]."""
         if self.device == "cuda":
             import torch
 

@@ -79,11 +79,11 @@ def child_main(argv: list[str] | None = None) -> None:
 class IsolatedImageDecoder:
     """Same interface as ImageDecoder.decode (numpy pixels), with the decoding done in a child process."""
 
-    def __init__(self, spec: ViewSpec | int, max_batch: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, spec: ViewSpec, max_batch: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_STARTUP_S,
                  child_command: list[str] | None = None):
-        self.spec = spec if isinstance(spec, ViewSpec) else ViewSpec(int(spec))
-        self.size = self.spec.size
+        self.spec = spec
+        self.size = spec.size
         self.max_batch, self.max_pixels, self.timeout_s = max_batch, max_pixels, timeout_s
         self.startup_s = startup_s
         self.child_command = child_command or [sys.executable, "-m", "scanner.decode_isolated"]
@@ -204,7 +204,7 @@ class IsolatedImageDecoder:
             errors[i], sizes[i] = item_errors[slot], item_sizes[slot]
         frames = [b.pixels for b in batches if b.pixels.shape[0]]
         pixels = np.concatenate(frames) if frames else np.empty((0, self.size, self.size, 3), np.uint8)
-        counts = [c for b in batches for c in (b.view_counts if b.view_counts is not None else [1] * b.pixels.shape[0])]
+        counts = [c for b in batches for c in b.view_counts]
         return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors, view_counts=counts)
 
 

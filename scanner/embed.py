@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from scanner.decode import MAX_VIEWS, DecodedBatch, ViewSpec
+from scanner.decode import DecodedBatch, view_spec_for
 from scanner.errors import UsageError
 from scanner.model import load_model
 
@@ -74,8 +74,6 @@ class Embedder:
                  runtime: str = "torch", views: int | None = None):
         import torch
 
-        if views is not None and not 1 <= views <= MAX_VIEWS:
-            raise UsageError(f"--views {views}: expected 1..{MAX_VIEWS}")
         if runtime not in RUNTIMES:
             raise UsageError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
         if runtime == "openvino" and device != "cpu":
@@ -96,10 +94,7 @@ class Embedder:
         self.module = module
         self.size = self.card.input_size
         self.dim = self.card.embedding_dim
-        try:
-            self.view_spec = ViewSpec.from_card(self.size, self.card.preprocessing, views)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"model {self.card.model_id}: unusable preprocessing in the card ({exc})") from None
+        self.view_spec = view_spec_for(self.card, views)
         self._torch = torch
 
     def _autocast(self):

@@ -73,18 +73,16 @@ def scan_fingerprint(roots: list[bytes], model_id: str, k: int, all_files: bool,
     }
 
 
-def scan_metadata(card, support, k: int, precision: str | None = None, runtime: str = "torch",
-                  view_spec: ViewSpec | None = None) -> dict[str, str]:
+def scan_metadata(card, support, k: int, precision: str | None, runtime: str, view_spec: ViewSpec) -> dict[str, str]:
     """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, the embedder's
     runtime and precision, and how images became model input (resize rule, views)."""
     from scanner import __version__
 
-    spec = view_spec or ViewSpec.from_card(card.input_size, card.preprocessing)
     return {"imgscan": json.dumps({
         "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
         "index": support.name, "index_counts": support.manifest.counts,
         "open_set_threshold": support.threshold, "k": k, "precision": precision, "runtime": runtime,
-        "resize": spec.resize, "views": spec.views,
+        "resize": view_spec.resize, "views": view_spec.views,
     })}
 
 

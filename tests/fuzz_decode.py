@@ -93,11 +93,11 @@ def mutate(data: bytes, rnd: random.Random, seeds: list[bytes]) -> bytes:
 
 def run(n_inputs: int, batch: int, seed: int, size: int = 32, embed=None) -> dict:
     """Fuzz n_inputs; return counts. `embed` maps uint8 NHWC -> [m, dim] (a real model in the tests)."""
-    from scanner.decode import ImageDecoder
+    from scanner.decode import ImageDecoder, ViewSpec
 
     rnd = random.Random(seed)
     seeds = seed_files()
-    decoder = ImageDecoder(size, batch, device="cpu", max_pixels=4_000_000)
+    decoder = ImageDecoder(ViewSpec(size), batch, device="cpu", max_pixels=4_000_000)
     outcomes: Counter = Counter()
     slowest = 0.0
     started = time.monotonic()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import BLUE, RED, coloured, encode
-from scanner.decode import ImageDecoder
+from scanner.decode import ImageDecoder, ViewSpec
 from scanner.decode_isolated import IsolatedImageDecoder
 
 HERE = Path(__file__).parent
@@ -21,13 +21,13 @@ def _gif_with(marker: bytes) -> bytes:
 
 def test_isolated_decoder_matches_in_process_decoder():
     datas = [encode(coloured(RED, seed=i)) for i in range(5)] + [b"junk", encode(coloured(BLUE, seed=9), "PNG")]
-    isolated = IsolatedImageDecoder(32, 8)
+    isolated = IsolatedImageDecoder(ViewSpec(32), 8)
     try:
         got = isolated.decode(datas)
         again = isolated.decode(datas[:2])  # the child is reused across batches
     finally:
         isolated.close()
-    want = ImageDecoder(32, 8).decode(datas)
+    want = ImageDecoder(ViewSpec(32), 8).decode(datas)
     assert got.errors == want.errors and got.sizes == want.sizes
     assert np.array_equal(got.pixels, want.pixels) and again.pixels.shape == (2, 32, 32, 3)
 
@@ -35,7 +35,7 @@ def test_isolated_decoder_matches_in_process_decoder():
 def test_abort_and_hang_cost_one_row_each():
     datas = [encode(coloured(RED, seed=1)), _gif_with(b"ABORT-ME"), encode(coloured(BLUE, seed=2)),
              _gif_with(b"HANG-ME"), _gif_with(b"fine")]
-    decoder = IsolatedImageDecoder(32, 8, timeout_s=2.0, startup_s=8.0,
+    decoder = IsolatedImageDecoder(ViewSpec(32), 8, timeout_s=2.0, startup_s=8.0,
                                    child_command=[sys.executable, str(HERE / "faulty_decoder_child.py")])
     try:
         batch = decoder.decode(datas)

@@ -38,12 +38,12 @@ _DECODER = {}
 @given(seed=st.integers(0, len(SEEDS) - 1),
        ops=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1 << 16), st.binary(max_size=64)), min_size=1, max_size=4))
 def test_hypothesis_mutations_decode_to_pixels_or_an_error(seed, ops, tiny_model_dir):
-    from scanner.decode import ImageDecoder
+    from scanner.decode import ImageDecoder, ViewSpec
     from scanner.embed import Embedder
 
     if not _DECODER:
         _DECODER["embedder"] = Embedder(tiny_model_dir, device="cpu")
-        _DECODER["decoder"] = ImageDecoder(32, 4, device="cpu", max_pixels=4_000_000)
+        _DECODER["decoder"] = ImageDecoder(ViewSpec(32), 4, device="cpu", max_pixels=4_000_000)
     data = apply_ops(SEEDS[seed], ops, SEEDS)
     batch = _DECODER["decoder"].decode([data, SEEDS[0]])  # a good image beside it must not be lost
     assert batch.errors[1] is None

@@ -25,6 +25,11 @@ INPUT_FILTERS = ("none", "npr")
 NPR_GAIN = 4.0
 
 
+def has_fixed_input_size(backbone: str) -> bool:
+    """ViT-family backbones: a position embedding with one entry per patch of one input size."""
+    return backbone.startswith(("vit_", "deit", "eva"))
+
+
 def npr_residual(x: torch.Tensor) -> torch.Tensor:
     """Neighbouring-pixel relationships (Tan et al., "Rethinking the Up-Sampling Operations in CNN-based
     Generative Network for Generalizable Deepfake Detection", CVPR 2024): the image minus its 2x nearest-neighbour
@@ -128,7 +133,7 @@ def build_embedder(
         # scriptable=True makes timm pick layer implementations that torch.jit.script can compile (export).
         # A ViT's position embedding has one entry per patch of a fixed input size: build it for the size it is
         # trained and scanned at (train.dinov2_weights resamples DINOv2's to match).
-        extra = {"img_size": img_size} if img_size and backbone.startswith(("vit_", "deit", "eva")) else {}
+        extra = {"img_size": img_size} if img_size and has_fixed_input_size(backbone) else {}
         net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, scriptable=True, **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):

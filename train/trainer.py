@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from scanner.decode import MAX_VIEWS, ViewSpec
+from scanner.decode import ViewSpec
 from scanner.errors import UsageError
 from scanner.model import ModelCard, load_model, save_model_dir
 from train.data import (
@@ -37,7 +37,7 @@ from train.data import (
     make_split,
 )
 from train.losses import build_loss
-from train.model import EMBEDDING_DIM, build_embedder, script_embedder
+from train.model import EMBEDDING_DIM, build_embedder, has_fixed_input_size, script_embedder
 from train.sampling import PKBatchSampler
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -242,9 +242,11 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
             raise UsageError(f"{name} must be at least {low} (got {value})")
     if cfg.batch_size % cfg.images_per_class:
         raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of --images-per-class {cfg.images_per_class}")
-    if not 1 <= cfg.scan_views <= MAX_VIEWS:
-        raise UsageError(f"--scan-views {cfg.scan_views}: expected 1..{MAX_VIEWS}")
-    if cfg.backbone.startswith("vit_") and cfg.image_size != cfg.export_size:
+    try:
+        ViewSpec(cfg.export_size, "native", cfg.scan_views)
+    except ValueError as exc:
+        raise UsageError(f"--scan-views {cfg.scan_views}: {exc}") from None
+    if has_fixed_input_size(cfg.backbone) and cfg.image_size != cfg.export_size:
         raise UsageError(f"--backbone {cfg.backbone}: a ViT's position embedding fixes its input size; give "
                          f"--image-size equal to --export-size (got {cfg.image_size} and {cfg.export_size})")
     device = pick_device(cfg.device)
@@ -437,7 +439,7 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
         version=cfg.model_version or time.strftime("%Y.%m.%d", time.gmtime()),
         input_size=cfg.export_size,
         embedding_dim=cfg.embedding_dim,
-        preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views).to_card(),
+        preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views).to_card(),  # checked in train()
         normalization={"mean": list(init.mean), "std": list(init.std)},
         backbone=(f"{cfg.backbone} (timm), init: {init.detail}"
                   + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")),

@@ -470,12 +470,9 @@ def run_ray_scan(opts: RayScanOptions, progress=None):
     support.check_not_empty()
     known = load_known_shas(opts.skip_known)
     # Each worker resolves `auto` on its own hardware (it announces what it used in _workers/).
-    from scanner.decode import ViewSpec
+    from scanner.decode import view_spec_for
 
-    try:
-        view_spec = ViewSpec.from_card(card.input_size, card.preprocessing, opts.views)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"--views / model card preprocessing: {exc}") from None
+    view_spec = view_spec_for(card, opts.views)
     metadata = scan_metadata(card, support, opts.k, opts.precision if opts.precision != "auto" else "auto (per worker)",
                              opts.runtime, view_spec)
     fingerprint = {**scan_fingerprint(opts.roots, card.model_id, opts.k, opts.all_files, opts.skip_known,

@@ -97,7 +97,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
     from scanner.evaluation import baselines as B
     from scanner.evaluation.eval_report import print_tables, write_outputs
     from scanner.evaluation.evaluate import MAIN_METHOD, Method, embed_dataset, run_protocol
-    from scanner.evaluation.protocol import load_dataset
+    from scanner.evaluation.protocol import check_sources, load_dataset
     from scanner.progress import ScanProgress
 
     console = console or err_console
@@ -116,10 +116,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
     missing = [u for u in unknown_list if u not in ds.classes]
     if missing:
         raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
-    absent = [h for h in held_sources if h not in set(ds.sources.tolist())]
-    if absent:
-        raise UsageError(f"--holdout-sources {','.join(absent)}: no such source "
-                         f"(sources: {', '.join(sorted(set(ds.sources.tolist()) - {''})) or 'none'})")
+    check_sources(ds, held_sources)  # before minutes of embedding
     fold_list: list = [None]
     if folds or query_folds:
         present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))

@@ -167,6 +167,15 @@ class Split:
         return out
 
 
+def check_sources(ds: Dataset, names: list[str]) -> None:
+    """UsageError unless every name is a `source` of the data."""
+    present = set(ds.sources.tolist())
+    absent = [h for h in names if h not in present]
+    if absent:
+        raise UsageError(f"--holdout-sources {','.join(absent)}: no such source in the data "
+                         f"(sources: {', '.join(sorted(present - {''})) or 'none'})")
+
+
 def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None,
                usable: np.ndarray | None = None, holdout_sources: list[str] | None = None) -> Split:
     """One support/query split (see the module docstring for the rules). Images not `usable` (they could not
@@ -181,10 +190,7 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
     if not enrolled:
         raise UsageError("every class is --unknown: nothing left to enroll")
     holdout_sources = list(holdout_sources or [])
-    absent = [h for h in holdout_sources if h not in set(ds.sources.tolist())]
-    if absent:
-        raise UsageError(f"--holdout-sources {','.join(absent)}: no such source in the data "
-                         f"(sources: {', '.join(sorted(set(ds.sources.tolist()) - {''})) or 'none'})")
+    check_sources(ds, holdout_sources)
     usable = np.ones(len(ds), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
     held = np.isin(ds.sources, holdout_sources)
     counts = {c: int(np.sum(usable & ~held & (ds.labels == c))) for c in classes}

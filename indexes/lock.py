@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 LOCK_FILE = ".lock"
 

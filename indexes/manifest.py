@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -88,10 +88,4 @@ def read_manifest(directory: Path) -> IndexManifest:
 
 
 def write_manifest(directory: Path, manifest: IndexManifest) -> None:
-    """Atomic: write a temporary file, fsync, rename over the old manifest."""
-    tmp = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST_FILE)
+    atomic_write_text(directory / MANIFEST_FILE, manifest.to_json())

@@ -15,7 +15,6 @@ until the next write, so a reader that read the old manifest a moment ago can st
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,14 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexes.calibrate import leave_one_out_scores, threshold_from_scores
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_path, sha256_file
+from imgscan_core.labels import check_label
+from indexes.calibrate import OpenSetScorer, leave_one_out_neighbours, threshold_from_scores
 from indexes.lock import exclusive_lock
 from indexes.manifest import FileEntry, IndexManifest, read_manifest, write_manifest
-from scanner.errors import UsageError
-from scanner.model import sha256_file
-from scanner.verdict import UNKNOWN_LABEL
-
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
 SUPPORT_SCHEMA = pa.schema(
@@ -47,13 +44,6 @@ SUPPORT_SCHEMA = pa.schema(
 # Indexes written by earlier builds also carry an `embedding` column; it is not read (the HNSW file holds the
 # same vectors), which made opening a 100,000-item index 0.3 s faster and the files half the size.
 
-
-def check_label(label: str) -> str:
-    if label == UNKNOWN_LABEL:
-        raise UsageError(f"label '{UNKNOWN_LABEL}' is reserved for images far from every enrolled class")
-    if not LABEL_PATTERN.match(label):
-        raise UsageError(f"label {label!r}: use letters, digits and . _ + - (up to 100 characters)")
-    return label
 
 
 @dataclass
@@ -249,8 +239,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexManifest:
-    """Write `table` + `hnsw` as the next generation, recalibrate, swap the manifest, drop old files."""
+def _write_generation(index: SupportIndex, table: SupportTable, hnsw, open_set_score: OpenSetScorer) -> IndexManifest:
+    """Write `table` + `hnsw` as the next generation, recalibrate the open-set threshold with the verdict rule's
+    `open_set_score`, swap the manifest, drop old files."""
     directory, old = index.directory, index.manifest
     gen = old.generation + 1
     manifest = IndexManifest(
@@ -263,19 +254,15 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexMa
     manifest.hnsw["ef_search"] = ef_search_for(len(table))
     if len(table):
         support_name, hnsw_name = f"support-g{gen:06d}.parquet", f"support-g{gen:06d}.hnsw"
-        tmp_support, tmp_hnsw = directory / f".{support_name}.tmp", directory / f".{hnsw_name}.tmp"
-        pq.write_table(table.to_arrow(), tmp_support)
-        hnsw.save_index(str(tmp_hnsw))
-        for tmp in (tmp_support, tmp_hnsw):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp_support, directory / support_name)
-        os.replace(tmp_hnsw, directory / hnsw_name)
+        with atomic_path(directory / support_name) as tmp:
+            pq.write_table(table.to_arrow(), tmp)
+        with atomic_path(directory / hnsw_name) as tmp:
+            hnsw.save_index(str(tmp))
         manifest.files = {
             role: FileEntry(name, sha256_file(directory / name), (directory / name).stat().st_size)
             for role, name in (("support", support_name), ("hnsw", hnsw_name))
         }
-        scores = leave_one_out_scores(hnsw, table.label, manifest.open_set.k)
+        scores = open_set_score(*leave_one_out_neighbours(hnsw, table.label, manifest.open_set.k))
         manifest.open_set.threshold = threshold_from_scores(scores, manifest.open_set.target_accept)
         manifest.open_set.calibrated_on = int(scores.size)
     write_manifest(directory, manifest)
@@ -289,9 +276,10 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw) -> IndexMa
 
 def enroll_embeddings(
     directory: str | os.PathLike, label: str, embeddings: np.ndarray, shas: list[str], source_paths: list[str],
-    model_id: str, model_sha256: str,
+    model_id: str, model_sha256: str, *, open_set_score: OpenSetScorer,
 ) -> EnrollResult:
-    """Add embeddings as class `label`; images already enrolled (same sha, any label) are skipped."""
+    """Add embeddings as class `label`; images already enrolled (same sha, any label) are skipped.
+    `open_set_score` is the verdict rule's score (scanner.verdict.open_set_scores), for the threshold."""
     check_label(label)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -332,11 +320,11 @@ def enroll_embeddings(
             hnsw.resize_index(len(table) + len(fresh))
         hnsw.add_items(np.ascontiguousarray(embeddings[fresh_idx], dtype=np.float32),
                        np.arange(len(table), len(table) + len(fresh)))
-        manifest = _write_generation(index, table.concat(new_rows), hnsw)
+        manifest = _write_generation(index, table.concat(new_rows), hnsw, open_set_score)
         return EnrollResult(len(fresh), duplicates, manifest)
 
 
-def remove_label(directory: str | os.PathLike, label: str) -> tuple[int, IndexManifest]:
+def remove_label(directory: str | os.PathLike, label: str, *, open_set_score: OpenSetScorer) -> tuple[int, IndexManifest]:
     """Remove every support item of `label`; the HNSW graph is rebuilt from the remaining embeddings."""
     directory = Path(directory)
     with exclusive_lock(directory):
@@ -350,4 +338,4 @@ def remove_label(directory: str | os.PathLike, label: str) -> tuple[int, IndexMa
         if len(table):
             hnsw = _new_hnsw(index.manifest, len(table))
             hnsw.add_items(index.vectors(np.flatnonzero(keep)), np.arange(len(table)))
-        return removed, _write_generation(index, table, hnsw)
+        return removed, _write_generation(index, table, hnsw, open_set_score)

@@ -46,71 +46,17 @@ def _peak_rss_mb() -> float:
 
 def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, batch_size: int = 32,
               support: int = 2000, k: int = 11, repeats: int = 3) -> dict[str, float]:
-    from indexes import SupportIndex, enroll_embeddings
-    from scanner.pipeline import ScanOptions, _Stages, make_decoder, run_scan
-    from scanner.progress import ScanProgress
-    from scanner.verdict import decide
-
-    import torch
-
     with tempfile.TemporaryDirectory(prefix="imgscan-bench-") as tmp:
         tmp = Path(tmp)
         root = images_dir or tmp / "images"
         if images_dir is None:
             make_jpegs(root, n_images, embedder.size)
         roots = [os.fsencode(root)]
-
-        # decode: the scan's own front stages (walk, readers, DALI/Pillow decode), no model
-        opts = ScanOptions(roots=roots, out=tmp / "unused", batch_size=batch_size)
-        empty = np.zeros(0, dtype=np.uint64)
-        decoder = make_decoder(embedder.view_spec, batch_size, embedder.device)
-        stages = _Stages(opts, empty, empty, decoder)
-        start = time.perf_counter()
-        stages.start()
-        decoded_n, sample = 0, None
-        for reads, decoded in stages.batches():
-            decoded_n += len(reads)
-            if sample is None and sum(e is None for e in decoded.errors) == batch_size:
-                sample = decoded  # a full batch of files (with --views, more rows than files)
-        stages.shutdown()
-        decode_ips = decoded_n / (time.perf_counter() - start)
-        if sample is None:
-            raise ValueError(f"bench needs at least {batch_size} decodable images")
-
-        # embed: the model alone on a ready batch
-        embedder.embed_batch(sample)  # warm-up (TorchScript profiling runs, allocator)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            embedder.embed_batch(sample)
-        if embedder.device == "cuda":
-            torch.cuda.synchronize()
-        embed_ips = repeats * batch_size / (time.perf_counter() - start)  # files per second, views included
-
-        # query: a support index of synthetic unit vectors over 16 classes, searched with real embeddings
-        rng = np.random.default_rng(0)
-        vectors = rng.normal(size=(support, embedder.dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        labels = np.array(["real"] + [f"gen_{i:02d}" for i in range(15)])[rng.integers(0, 16, support)]
-        index_dir = tmp / "index"
-        for lab in np.unique(labels):
-            sel = np.flatnonzero(labels == lab)
-            enroll_embeddings(index_dir, str(lab), vectors[sel], [f"{i:032x}" for i in sel], ["bench"] * len(sel),
-                              embedder.model_id, embedder.card.weights_sha256)
-        index = SupportIndex.open(index_dir)
-        queries = np.repeat(embedder.embed_batch(sample), max(1, 2048 // batch_size), axis=0)
-        start = time.perf_counter()
-        found = index.search(queries, k)
-        decide(found.labels, found.sims).labels(index.threshold)
-        query_ips = len(queries) / (time.perf_counter() - start)
-
-        # end to end: a real scan, Parquet and all
-        out = tmp / "verdicts.parquet"
-        scan_opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size)
-        with ScanProgress("bench scan", force_plain=True, log_every_s=1e9) as progress:
-            start = time.perf_counter()
-            summary = run_scan(scan_opts, embedder, index, progress, {"bench": True}, {})
-            end_to_end_ips = summary.rows / (time.perf_counter() - start)
-
+        decode_ips, sample = _bench_decode(embedder, roots, batch_size)
+        embed_ips = _bench_embed(embedder, sample, batch_size, repeats)
+        index = _synthetic_index(tmp / "index", embedder, support)
+        query_ips = _bench_query(embedder, index, sample, batch_size, k)
+        end_to_end_ips = _bench_scan(embedder, index, roots, tmp / "verdicts.parquet", batch_size, k)
     return {
         "decode_ips": round(decode_ips, 1),
         "embed_ips": round(embed_ips, 1),
@@ -118,3 +64,82 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         "end_to_end_ips": round(end_to_end_ips, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+
+
+def _bench_decode(embedder, roots: list[bytes], batch_size: int):
+    """The scan's own front stages (walk, readers, DALI/Pillow decode), no model."""
+    from scanner.config import DecodeConfig, ReadConfig
+    from scanner.feed import LocalFeeder
+    from scanner.judge import BatchEmbedder
+
+    decoded_n, sample = 0, None
+    start = time.perf_counter()
+    with BatchEmbedder(embedder, DecodeConfig(), batch_size) as stages:
+        for batch in LocalFeeder(roots, ReadConfig(), batch_size, stages.decode):
+            decoded_n += len(batch.reads)
+            if sample is None and len(batch.ok_rows()) == batch_size:
+                sample = batch.decoded  # a full batch of files (with --views, more rows than files)
+    decode_ips = decoded_n / (time.perf_counter() - start)
+    if sample is None:
+        raise ValueError(f"bench needs at least {batch_size} decodable images")
+    return decode_ips, sample
+
+
+def _bench_embed(embedder, sample, batch_size: int, repeats: int) -> float:
+    """The model alone on a ready batch; files per second, views included."""
+    import torch
+
+    embedder.embed_batch(sample)  # warm-up (TorchScript profiling runs, allocator)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        embedder.embed_batch(sample)
+    if embedder.device == "cuda":
+        torch.cuda.synchronize()
+    return repeats * batch_size / (time.perf_counter() - start)
+
+
+def _synthetic_index(index_dir: Path, embedder, support: int):
+    """A support index of synthetic unit vectors over 16 classes."""
+    from indexes import SupportIndex
+    from scanner.enroll import enroll_embeddings
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(support, embedder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array(["real"] + [f"gen_{i:02d}" for i in range(15)])[rng.integers(0, 16, support)]
+    for lab in np.unique(labels):
+        sel = np.flatnonzero(labels == lab)
+        enroll_embeddings(index_dir, str(lab), vectors[sel], [f"{i:032x}" for i in sel], ["bench"] * len(sel),
+                          embedder.model_id, embedder.card.weights_sha256)
+    return SupportIndex.open(index_dir)
+
+
+def _bench_query(embedder, index, sample, batch_size: int, k: int) -> float:
+    """HNSW search + verdict with real embeddings as queries."""
+    from scanner.verdict import decide
+
+    queries = np.repeat(embedder.embed_batch(sample), max(1, 2048 // batch_size), axis=0)
+    start = time.perf_counter()
+    found = index.search(queries, k)
+    decide(found.labels, found.sims).labels(index.threshold)
+    return len(queries) / (time.perf_counter() - start)
+
+
+def _bench_scan(embedder, index, roots: list[bytes], out: Path, batch_size: int, k: int) -> float:
+    """A real scan with the local engine, Parquet and all (the model already loaded)."""
+    from scanner.config import EmbedConfig, ScanConfig
+    from scanner.engines import ScanJob
+    from scanner.engines.local import LocalEngine
+    from scanner.keys import KeySet
+    from scanner.progress import ScanProgress
+    from scanner.writer import JournalOutput
+
+    config = ScanConfig(roots=roots, out=out, k=k, embed=EmbedConfig(batch_size=batch_size))
+    output = JournalOutput(out)
+    with ScanProgress("bench scan", force_plain=True, log_every_s=1e9) as progress:
+        start = time.perf_counter()
+        job = ScanJob(config, None, index.directory, embedder.card, index, embedder.view_spec,
+                      output.open({"bench": True}), KeySet())
+        LocalEngine(config, embedder=embedder).run(job, output, progress)
+        rows = output.finish()
+        return rows / (time.perf_counter() - start)

@@ -1,27 +1,26 @@
 """The `imgscan` command line (Typer). Commands parse arguments, open the model and index, and hand over to
-the stage modules; every user-facing failure is a one-line `imgscan: error: ...` with exit status 2."""
+the stage modules. Commands raise imgscan_core.errors; scanner.cli_common.run_app turns them into one line and an
+exit status."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from imgscan_core.errors import UsageError
 from scanner import __version__
-from scanner.errors import UsageError
-from scanner.paths import INDEX_ENV, MODEL_ENV, default_model_dir, index_dir_for_reading, index_dir_for_writing
+from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, ModelOpt, PrecisionOpt,
+                                RuntimeOpt, ViewsOpt, err_console, out_console, stop_on_sigterm)
+from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
 app = typer.Typer(
     name="imgscan",
+    cls=CommandBoundary,
     help=(
         "Tell whether images are AI-generated and which generator made them.\n\n"
         "An embedder trained with supervised contrastive loss maps each image to a 128-d vector; the k nearest "
@@ -36,43 +35,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-index_app = typer.Typer(help="Inspect or edit the support index (what is enrolled).", no_args_is_help=True)
+index_app = typer.Typer(help="Inspect or edit the support index (what is enrolled).", no_args_is_help=True,
+                        cls=CommandBoundary)
 app.add_typer(index_app, name="index")
 
-out_console = Console()
-err_console = Console(stderr=True)
-
-IndexOpt = Annotated[
-    Optional[Path],
-    typer.Option("--index", help=f"Support index directory. Default: ${INDEX_ENV}, else ~/.local/share/imgscan/index (XDG)."),
-]
-ModelOpt = Annotated[
-    Optional[Path],
-    typer.Option("--model", help=f"Model directory (embedder.pt + model_card.json). Default: ${MODEL_ENV}, else the model shipped with imgscan."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images per decode/embed batch.")]
-RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan\\[openvino]').")]
-ViewsOpt = Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Native-pixel crops per image 1.5x the input size or larger, their embeddings averaged: more views read more of a large photo (cost: one embedding each). Default: the model card's (5 for the shipped model). Enroll and scan with the same value.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
-
-
-def _fail(message: str) -> None:
-    # The message is plain text, never markup: paths and names like imgscan[ray] hold square brackets.
-    err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _model_dir(model: Optional[Path]) -> Path:
-    if model is not None:
-        return model
-    found = default_model_dir()
-    if found is None:
-        raise UsageError(
-            "no model: this build ships no default model. Pass --model DIR (a directory with embedder.pt and "
-            f"model_card.json, e.g. one made by `imgscan train`), or set ${MODEL_ENV}"
-        )
-    return found
+READ_PANEL = "Reading and decoding"
+RAY_PANEL = "Ray engine (--engine ray, docs/ray.md)"
 
 
 def _model_sha(model: Optional[Path]) -> str:
@@ -80,7 +48,7 @@ def _model_sha(model: Optional[Path]) -> str:
     from scanner.model import read_card
 
     try:
-        return read_card(_model_dir(model)).weights_sha256
+        return read_card(model_dir_or_default(model)).weights_sha256
     except UsageError:
         return ""
 
@@ -89,15 +57,8 @@ def _embedder(model: Optional[Path], device: str, precision: str = "auto", runti
               views: Optional[int] = None):
     from scanner.embed import Embedder, resolve_device
 
-    return Embedder(_model_dir(model), device=resolve_device(device), precision=precision, runtime=runtime,
-                    views=views)
-
-
-def _handle_signals() -> None:
-    """SIGTERM behaves like Ctrl-C: completed rows are kept and the run can be resumed."""
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    return Embedder(model_dir_or_default(model), device=resolve_device(device), precision=precision,
+                    runtime=runtime, views=views)
 
 
 @app.command()
@@ -105,26 +66,24 @@ def scan(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Verdict Parquet file to write. Re-running the same command resumes an interrupted scan.")],
     index: IndexOpt = None,
+    k: KOpt = 11,
+    skip_known: Annotated[Optional[list[Path]], typer.Option("--skip-known", help="Earlier verdict files: images whose sha is in them are skipped (no row). Repeatable.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
     model: ModelOpt = None,
-    k: Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")] = 11,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     runtime: RuntimeOpt = "torch",
     views: ViewsOpt = None,
-    skip_known: Annotated[Optional[list[Path]], typer.Option("--skip-known", help="Earlier verdict files: images whose sha is in them are skipped (no row). Repeatable.")] = None,
-    all_files: Annotated[bool, typer.Option("--all-files", help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
-    readers: Annotated[int, typer.Option("--readers", min=1, max=64, help="Threads reading and hashing files.")] = 4,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
-    isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
-    decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
-    # --- engine options (issue 6; scanner/engines/ray_engine.py, docs/ray.md) ---
-    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray cluster: pip install 'imgscan\\[ray]'; see docs/ray.md).")] = "local",
-    address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: auto (the cluster this machine belongs to) or ray://HOST:10001. Default: start a local Ray.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
-    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor (fractions share a GPU). Default: 1 when the cluster has GPUs, else 0.")] = None,
-    # --- end engine options ---
+    all_files: Annotated[bool, typer.Option("--all-files", rich_help_panel=READ_PANEL, help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=READ_PANEL, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
+    readers: Annotated[int, typer.Option("--readers", min=1, max=64, rich_help_panel=READ_PANEL, help="Threads reading and hashing files.")] = 4,
+    isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", rich_help_panel=READ_PANEL, help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
+    decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, rich_help_panel=READ_PANEL, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
+    engine: Annotated[str, typer.Option("--engine", rich_help_panel=RAY_PANEL, help="local (this machine) or ray (a Ray cluster: pip install 'imgscan\\[ray]'; see docs/ray.md).")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", rich_help_panel=RAY_PANEL, help="--engine ray: auto (the cluster this machine belongs to) or ray://HOST:10001. Default: start a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, rich_help_panel=RAY_PANEL, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0.0, rich_help_panel=RAY_PANEL, help="--engine ray: GPUs per actor (fractions share a GPU). Default: 1 when the cluster has GPUs, else 0.")] = None,
 ) -> None:
     """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
 
@@ -139,80 +98,33 @@ def scan(
       imgscan scan ./crawl --out verdicts.parquet
       imgscan scan ./crawl/2026-11-22 --out night.parquet --skip-known night-*.parquet
     """
-    from indexes import SupportIndex
-    from scanner.pipeline import ScanOptions, count_files, run_scan, scan_fingerprint, scan_metadata
+    from scanner.config import DecodeConfig, EmbedConfig, RayConfig, ReadConfig, ScanConfig
     from scanner.progress import ScanProgress
+    from scanner.scan import run_scan
     from scanner.walk import check_roots
 
-    _handle_signals()
-    try:
-        roots = check_roots(paths)
-        out = out.expanduser()
-        if not out.parent.is_dir():
-            raise UsageError(f"--out {out}: directory {out.parent} does not exist")
-        if not os.access(out.parent, os.W_OK):
-            raise UsageError(f"--out {out}: directory {out.parent} is not writable")
-        # --- --engine ray (issue 6; scanner/engines/ray_engine.py): everything below this block is the local engine ---
-        if engine not in ("local", "ray"):
-            raise UsageError(f"--engine {engine}: expected local or ray")
-        if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
-            raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
-        if engine == "ray":
-            from scanner.engines.ray_engine import RayScanOptions, interrupted_message, run_ray_scan
-
-            ray_opts = RayScanOptions(
-                roots=roots, out=out, model_dir=_model_dir(model), index_dir=index_dir_for_reading(index, _model_sha(model)), k=k,
-                batch_size=batch_size, device=device, skip_known=list(skip_known or []), all_files=all_files,
-                max_pixels=max_pixels, readers=readers, overwrite=overwrite, address=address, workers=workers,
-                gpus_per_worker=gpus_per_worker, isolate_decode=isolate_decode, decode_timeout_s=decode_timeout,
-                precision=precision, runtime=runtime, views=views,
-            )
-            try:
-                with ScanProgress("scanning (ray)") as progress:
-                    ray_summary = run_ray_scan(ray_opts, progress)
-            except KeyboardInterrupt:
-                err_console.print(interrupted_message(ray_opts))
-                raise typer.Exit(130)
-            if ray_summary is None:
-                err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
-            else:
-                _print_summary(ray_summary)
-            return
-        # --- end --engine ray ---
-        partial = out.with_name(out.name + ".partial")
-        if out.exists() and not partial.exists():
-            if not overwrite:
-                err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
-                return
-            out.unlink()
-        embedder = _embedder(model, device, precision, runtime, views)
-        index_dir = index_dir_for_reading(index, embedder.card.weights_sha256)
-        support = SupportIndex.open(index_dir)
-        support.check_model(embedder.model_id, embedder.card.weights_sha256)
-        support.check_not_empty()
-        opts = ScanOptions(roots=roots, out=out, k=k, batch_size=batch_size, skip_known=list(skip_known or []),
-                           all_files=all_files, max_pixels=max_pixels, readers=readers,
-                           isolate_decode=isolate_decode, decode_timeout_s=decode_timeout)
-        fingerprint = scan_fingerprint(roots, embedder.model_id, k, all_files, opts.skip_known,
-                                       embedder.view_spec.views)
-        metadata = scan_metadata(embedder.card, support, k, embedder.precision, embedder.runtime,
-                                 embedder.view_spec)
-        stop_count = threading.Event()
-        with ScanProgress("scanning") as progress:
-            threading.Thread(target=count_files, args=(roots, all_files, stop_count, progress.set_total), daemon=True).start()
-            try:
-                summary = run_scan(opts, embedder, support, progress, fingerprint, metadata)
-            finally:
-                stop_count.set()
-    except UsageError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        err_console.print(f"imgscan: interrupted; completed rows are kept in {out}.partial; run the same command again to continue")
-        raise typer.Exit(130)
-    except OSError as exc:  # disk full, file size limit, output removed under us: the journal so far is intact
-        _fail(f"writing {out}: {exc.strerror or exc}; rows completed so far are kept in {out}.partial; "
-              "fix the cause and run the same command again to continue")
-    _print_summary(summary)
+    stop_on_sigterm()
+    out = out.expanduser()
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: directory {out.parent} is not writable")
+    if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
+        raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+    config = ScanConfig(
+        roots=check_roots(paths), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
+        read=ReadConfig(all_files=all_files, readers=readers, skip_known=list(skip_known or [])),
+        decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout),
+        embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,
+                          batch_size=batch_size),
+        ray=RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker),
+    )
+    with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})") as progress:
+        summary = run_scan(config, progress)
+    if summary is None:
+        err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
+    else:
+        _print_summary(summary)
 
 
 def _print_summary(summary) -> None:
@@ -257,38 +169,18 @@ def enroll(
     Example:
       imgscan enroll midjourney_v7 ./samples --index ./my-index
     """
-    from indexes import enroll_embeddings
-    from indexes.support_index import check_label
-    from scanner.pipeline import embedded_batches
+    from imgscan_core.labels import check_label
+    from scanner.enroll import enroll_files
     from scanner.progress import ScanProgress
-    from scanner.schema import display_path
     from scanner.walk import check_roots
 
-    import numpy as np
-
-    try:
-        check_label(name)
-        roots = check_roots(paths)
-        embedder = _embedder(model, device, precision, runtime, views)
-        index_dir = index_dir_for_writing(index, embedder.card.weights_sha256)
-        embeddings, shas, sources, failed = [], [], [], []
-        with ScanProgress(f"embedding {name}") as progress:
-            for reads, decoded, emb in embedded_batches(roots, embedder, batch_size=batch_size):
-                ok = [i for i, r in enumerate(reads) if r.error is None and decoded.errors[i] is None]
-                for i, r in enumerate(reads):
-                    if i not in ok:
-                        failed.append((display_path(r.path)[0], r.error or decoded.errors[i]))
-                embeddings.append(emb)
-                shas.extend(reads[i].sha for i in ok)
-                sources.extend(display_path(reads[i].path)[0] for i in ok)
-                progress.advance(len(reads), len(reads) - len(ok))
-        if not shas:
-            raise UsageError(f"no decodable image found under {', '.join(map(str, paths))}")
-        result = enroll_embeddings(index_dir, name, np.concatenate(embeddings), shas, sources,
-                                   embedder.model_id, embedder.card.weights_sha256)
-    except UsageError as exc:
-        _fail(str(exc))
-    for path, err in failed:
+    check_label(name)
+    roots = check_roots(paths)
+    embedder = _embedder(model, device, precision, runtime, views)
+    index_dir = index_dir_for_writing(index, embedder.card.weights_sha256)
+    with ScanProgress(f"embedding {name}") as progress:
+        result, found = enroll_files(index_dir, name, roots, embedder, batch_size, progress)
+    for path, err in found.failed:
         err_console.print(f"skipped {path}: {err}", highlight=False)
     for path, label in result.duplicates:
         err_console.print(f"already enrolled as {label}: {path}", highlight=False)
@@ -309,10 +201,7 @@ def index_show(
     from indexes import SupportIndex
 
     index_dir = index_dir_for_reading(index, _model_sha(None))
-    try:
-        support = SupportIndex.open(index_dir)
-    except UsageError as exc:
-        _fail(str(exc))
+    support = SupportIndex.open(index_dir)
     m = support.manifest
     if as_json:
         out_console.print_json(m.to_json())
@@ -337,13 +226,10 @@ def index_remove(
     index: IndexOpt = None,
 ) -> None:
     """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated)."""
-    from indexes import remove_label
+    from scanner.enroll import remove_label
 
     index_dir = index_dir_for_writing(index, _model_sha(None))
-    try:
-        removed, m = remove_label(index_dir, label)
-    except UsageError as exc:
-        _fail(str(exc))
+    removed, m = remove_label(index_dir, label)
     err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
 
 
@@ -369,17 +255,17 @@ def bench(
     """
     from scanner.bench import run_bench
 
-    try:
-        if threads:
-            import torch
+    if threads:
+        import torch
 
-            torch.set_num_threads(threads)
-        embedder = _embedder(model, device, precision, runtime, views)
-        if images_dir is not None and not images_dir.is_dir():
-            raise UsageError(f"--images-dir {images_dir}: not a directory")
+        torch.set_num_threads(threads)
+    embedder = _embedder(model, device, precision, runtime, views)
+    if images_dir is not None and not images_dir.is_dir():
+        raise UsageError(f"--images-dir {images_dir}: not a directory")
+    try:
         result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support)
-    except (UsageError, ValueError) as exc:
-        _fail(str(exc))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if as_json:
         print(json.dumps(result))
         return
@@ -397,29 +283,23 @@ def version() -> None:
     out_console.print(__version__)
 
 
-def _register_optional_commands() -> None:
-    try:
-        from train.cli import register as register_train
-    except ModuleNotFoundError as exc:  # a build without the training package; any other import error is a bug
-        if exc.name not in ("train", "train.cli"):
-            raise
-    else:
-        register_train(app)
-    # eval, report, explain (scanner/evaluation); matplotlib and umap are imported inside the commands
+def _register_commands() -> None:
+    """eval, report and explain (scanner.evaluation), and commands other installed packages provide through the
+    `imgscan.commands` entry point (train: `pip install imgscan` installs it; a build without it has none)."""
+    from importlib.metadata import entry_points
+
     from scanner.evaluation.cli import register as register_evaluation
 
     register_evaluation(app)
+    for entry in entry_points(group="imgscan.commands"):
+        entry.load()(app)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 def main() -> None:
-    try:
-        app()
-    except UsageError as exc:  # raised by commands registered from other packages
-        err_console.print(f"[bold red]imgscan: error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

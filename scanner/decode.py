@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 

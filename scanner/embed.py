@@ -12,15 +12,17 @@ import os
 import numpy as np
 
 from scanner.decode import DecodedBatch, view_spec_for
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from scanner.model import load_model
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, gpu_assigned: bool = True) -> str:
+    """auto, cpu or cuda -> cpu or cuda: the one device rule of scan, enroll, eval, train and the Ray workers.
+    `gpu_assigned` False (a Ray worker given no GPU) makes auto mean the CPU."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if gpu_assigned and torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")
     if device not in ("cpu", "cuda"):

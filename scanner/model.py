@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_path, atomic_write_text, sha256_file
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "embedder.pt"
@@ -74,13 +75,6 @@ class ModelCard:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def read_card(model_dir: str | os.PathLike) -> ModelCard:
     card_path = Path(model_dir) / CARD_FILE
@@ -128,7 +122,6 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
 
 def tensors_sha256(module) -> str:
     """Hash of a module's weights alone (see ModelCard.tensors_sha256)."""
-    import hashlib
 
     import torch
 
@@ -151,13 +144,12 @@ def save_model_dir(script_module, card: ModelCard, model_dir: str | os.PathLike)
 
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp_weights = out / (WEIGHTS_FILE + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(script_module, str(tmp_weights))
-    card = dataclasses.replace(card, weights_sha256=sha256_file(tmp_weights), tensors_sha256=tensors_sha256(script_module))
-    tmp_card = out / (CARD_FILE + ".tmp")
-    tmp_card.write_text(card.to_json(), encoding="utf-8")
-    os.replace(tmp_weights, out / WEIGHTS_FILE)
-    os.replace(tmp_card, out / CARD_FILE)
+    # Weights first, card last: a card never names weights that are not in place yet.
+    with atomic_path(out / WEIGHTS_FILE) as tmp_weights:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(script_module, str(tmp_weights))
+        card = dataclasses.replace(card, weights_sha256=sha256_file(tmp_weights),
+                                   tensors_sha256=tensors_sha256(script_module))
+    atomic_write_text(out / CARD_FILE, card.to_json())
     return card

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import UsageError
-from scanner.model import sha256_file
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_path, atomic_write_text, sha256_file
 
 
 def onnx_cache_dir() -> Path:
@@ -40,18 +40,13 @@ def cached_onnx(module, weights_sha256: str, input_size: int) -> Path:
     except OSError:
         pass
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{weights_sha256}.{os.getpid()}.onnx"
     example = torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8)
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation and tracer notes: not the user's concern
         torch.onnx.export(module.cpu().float().eval(), (example,), str(tmp), input_names=["pixels"],
                           output_names=["embedding"], dynamic_axes={"pixels": {0: "n"}, "embedding": {0: "n"}},
                           dynamo=False)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    tmp_sidecar = directory / f".{weights_sha256}.{os.getpid()}.sha256"
-    tmp_sidecar.write_text(digest + "\n")
-    os.replace(tmp_sidecar, sidecar)
+    atomic_write_text(sidecar, sha256_file(path) + "\n")
     return path
 
 

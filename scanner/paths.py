@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from imgscan_core.errors import UsageError
+
 INDEX_ENV = "IMGSCAN_INDEX"
 MODEL_ENV = "IMGSCAN_MODEL"
 PACKAGED_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -35,6 +37,19 @@ def default_model_dir() -> Path | None:
     return None
 
 
+def model_dir_or_default(model: Path | None) -> Path:
+    """--model, else the default model; a one-line error when there is none."""
+    if model is not None:
+        return model
+    found = default_model_dir()
+    if found is None:
+        raise UsageError(
+            "no model: this build ships no default model. Pass --model DIR (a directory with embedder.pt and "
+            f"model_card.json, e.g. one made by `imgscan train`), or set ${MODEL_ENV}"
+        )
+    return found
+
+
 def _has_index(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 
@@ -50,14 +65,16 @@ def _starter_fits(model_sha256: str) -> bool:
     return manifest.get("model_sha256") == model_sha256
 
 
+def _starter_in_use(index: Path | None, model_sha256: str) -> bool:
+    """No --index, the user has no index of their own, and the starter index fits the model in use."""
+    return index is None and not _has_index(default_index_dir()) and _starter_fits(model_sha256)
+
+
 def index_dir_for_reading(index: Path | None, model_sha256: str) -> Path:
     """--index, else the user's default index, else (while the user has none) the packaged starter index."""
-    if index is not None:
-        return index
-    user = default_index_dir()
-    if not _has_index(user) and _starter_fits(model_sha256):
+    if _starter_in_use(index, model_sha256):
         return PACKAGED_INDEX_DIR
-    return user
+    return index if index is not None else default_index_dir()
 
 
 def index_dir_for_writing(index: Path | None, model_sha256: str) -> Path:
@@ -66,7 +83,7 @@ def index_dir_for_writing(index: Path | None, model_sha256: str) -> Path:
     if index is not None:
         return index
     user = default_index_dir()
-    if not _has_index(user) and _starter_fits(model_sha256):
+    if _starter_in_use(index, model_sha256):
         user.parent.mkdir(parents=True, exist_ok=True)
         staging = user.with_name(user.name + f".seeding-{os.getpid()}")
         shutil.copytree(PACKAGED_INDEX_DIR, staging, ignore=shutil.ignore_patterns(".lock"))

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REAL_LABEL = "real"
-UNKNOWN_LABEL = "unknown"
+from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
 
 
 @dataclass
@@ -78,3 +77,8 @@ def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> Verdicts:
     empty = ~valid.any(axis=1)
     closed[empty], ai[empty], open_score[empty] = UNKNOWN_LABEL, 0.5, 2.0
     return Verdicts(closed_set_label=closed, ai_score=ai.astype(np.float32), open_set_score=open_score.astype(np.float32))
+
+
+def open_set_scores(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> np.ndarray:
+    """The open-set score alone: what the index calibrates its threshold on (indexes.calibrate)."""
+    return decide(neighbor_labels, neighbor_sims).open_set_score

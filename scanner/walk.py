@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 # What counts as an image file when walking a directory (case-insensitive). Files given explicitly on the
 # command line are always scanned, whatever their name.

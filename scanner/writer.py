@@ -1,13 +1,24 @@
-"""Write stage: verdict rows -> a resumable journal -> one Parquet file.
+"""Write stage: verdict record batches -> one Parquet file (or a directory of parts), resumable at any instant.
 
-While a scan runs, rows go to `OUT.partial/journal-NNNN.arrows`, Arrow IPC *stream* files: append-only, each
-record batch complete on its own. A run killed at any instant (SIGKILL, power loss) leaves every batch
-written before the kill readable; only a torn last batch is dropped, and its files are scanned again. Each
-run appends to a new journal, never to one that may be torn.
+One protocol, `ScanOutput`, two implementations, as img2dataset's interchangeable writers:
 
-When the walk is exhausted, the journals are merged into `OUT` (written as `OUT.tmp-*`, fsync'd and renamed),
-then `OUT.partial/` is removed. A re-run finds which paths are done from the journals and skips them, so the
-final file has exactly one row per image file.
+    open(fingerprint) -> KeySet of paths already done   adopt the staging directory of an unfinished run with
+                                                        the same settings, or start one
+    write(batches)                                       store finished rows, durable before the next batch
+    finish(run_info) -> rows                            publish the output atomically, remove the staging
+
+- `JournalOutput` (local engine): rows go to `OUT.partial/journal-NNNNN.arrows`, Arrow IPC *stream* files:
+  append-only, each record batch complete on its own. A run killed at any instant leaves every batch written
+  before the kill readable; only a torn last batch is dropped, and its files are scanned again. Each run
+  appends to a new journal, never to one that may be torn.
+- `PartsOutput` (Ray engine): each actor call writes one `part-<16 hex>.parquet`, atomically, named by its
+  rows' paths (a retried call rewrites the same part). `--out DIR` keeps the parts (with `_manifest.json`,
+  written last, marking the scan complete); `--out FILE.parquet` stages them in `FILE.parquet.parts/`.
+
+Both keep the scan's settings in the staging directory (an unfinished scan is only resumed by the same
+command) and assemble the final file the same way: streamed row groups, written to a temporary name, fsync'd
+and renamed (imgscan_core.files). A re-run skips the paths already done, so the output has exactly one row
+per image file.
 """
 
 from __future__ import annotations
@@ -15,25 +26,119 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_path, atomic_write_json
+from scanner.keys import KeySet, batch_path_keys
 from scanner.schema import VERDICT_SCHEMA
 
-RUN_FILE = "run.json"
 ROW_GROUP_ROWS = 65536
 
 
-def path_key(raw: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(raw)
+# ----------------------------------------------------------------------------------------- shared by both
+
+def adopt_staging(staging: Path, run_file: str, fingerprint: dict) -> bool:
+    """Adopt `staging` when it holds an unfinished scan with these settings (True), or create it (False)."""
+    path = staging / run_file
+    if staging.is_dir() and path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = None
+        if previous != fingerprint:
+            raise UsageError(
+                f"{staging} holds an unfinished scan with other settings (roots, model, k or file filter); "
+                "re-run that command to finish it, or delete the directory to start over"
+            )
+        return True
+    staging.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, fingerprint, indent=None)
+    return False
 
 
-def read_journal(path: Path):
+def verdict_schema(metadata: dict[str, str]) -> pa.Schema:
+    return VERDICT_SCHEMA.with_metadata({k: v.encode() for k, v in metadata.items()})
+
+
+def write_parquet(out: Path, batches: Iterable[pa.RecordBatch], metadata: dict[str, str]) -> int:
+    """Stream record batches into one Parquet file, atomically, in row groups of ROW_GROUP_ROWS (memory stays
+    flat however many rows). Returns the row count."""
+    schema = verdict_schema(metadata)
+    rows = 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd") as pw:
+        pending, pending_rows = [], 0
+        for batch in batches:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= ROW_GROUP_ROWS:
+                pw.write_table(pa.Table.from_batches(pending, VERDICT_SCHEMA).replace_schema_metadata(schema.metadata))
+                rows, pending, pending_rows = rows + pending_rows, [], 0
+        if pending:
+            pw.write_table(pa.Table.from_batches(pending, VERDICT_SCHEMA).replace_schema_metadata(schema.metadata))
+            rows += pending_rows
+    return rows
+
+
+def summarize(files: list[Path]) -> tuple[Counter, Counter]:
+    """Counts per label, and per kind of error (the message up to its details in parentheses)."""
+    labels, errors = Counter(), Counter()
+    for f in files:
+        table = pq.read_table(f, columns=["label", "error"])
+        for lab, err in zip(table.column("label").to_pylist(), table.column("error").to_pylist()):
+            if err is None:
+                labels[lab] += 1
+            else:
+                errors[err.split(" (")[0]] += 1
+    return labels, errors
+
+
+class ScanOutput:
+    """Where a scan's rows go; see the module docstring. `metadata` is the verdict file's key-value metadata."""
+
+    staging: Path
+
+    def __init__(self, out: Path, metadata: dict[str, str] | None = None):
+        self.out, self.metadata = out, metadata or {}
+
+    def is_complete(self) -> bool:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """Remove a complete output (--overwrite)."""
+        raise NotImplementedError
+
+    def open(self, fingerprint: dict) -> KeySet:
+        raise NotImplementedError
+
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        raise NotImplementedError
+
+    def finish(self, run_info: dict | None = None) -> int:
+        raise NotImplementedError
+
+    def result_files(self) -> list[Path]:
+        """The finished verdict file(s), after finish()."""
+        return [self.out]
+
+    def resume_hint(self) -> str:
+        return f"completed rows are kept in {self.staging}; run the same command again to continue"
+
+
+# ----------------------------------------------------------------------------------------- local engine
+
+JOURNAL_RUN_FILE = "run.json"
+
+
+def read_journal(path: Path) -> Iterator[pa.RecordBatch]:
     """Yield the complete record batches of a journal, stopping quietly at a torn tail."""
     try:
         with pa.OSFile(str(path), "rb") as f:
@@ -52,103 +157,193 @@ def read_journal(path: Path):
         return
 
 
-def batch_path_keys(batch: pa.RecordBatch) -> np.ndarray:
-    paths = batch.column("path").to_pylist()
-    raws = batch.column("path_bytes").to_pylist()
-    return np.fromiter(
-        (path_key(raw if raw is not None else p.encode("utf-8")) for p, raw in zip(paths, raws)),
-        dtype=np.uint64, count=len(paths),
-    )
+class JournalOutput(ScanOutput):
+    def __init__(self, out: Path, metadata: dict[str, str] | None = None):
+        super().__init__(out, metadata)
+        self.staging = out.with_name(out.name + ".partial")
+        self._writer = self._sink = None
 
+    def is_complete(self) -> bool:
+        return self.out.exists() and not self.staging.exists()
 
-class ScanJournal:
-    def __init__(self, out: Path, fingerprint: dict, metadata: dict[str, str]):
-        self.out = out
-        self.dir = out.with_name(out.name + ".partial")
-        self.fingerprint = fingerprint
-        self.metadata = metadata
-        self._writer = None
-        self._sink = None
-        self.rows_written = 0
+    def clear(self) -> None:
+        self.out.unlink()
 
-    # -- starting / resuming ------------------------------------------------------------------------------
-    def open(self) -> np.ndarray:
-        """Create or adopt the staging directory; return sorted path keys already done (uint64)."""
-        run_file = self.dir / RUN_FILE
-        if self.dir.is_dir() and run_file.is_file():
-            try:
-                previous = json.loads(run_file.read_text(encoding="utf-8"))
-            except ValueError:
-                previous = None
-            if previous != self.fingerprint:
-                raise UsageError(
-                    f"{self.dir} holds an unfinished scan with other settings (roots, model, k or file filter); "
-                    "re-run that command to finish it, or delete the directory to start over"
-                )
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / (RUN_FILE + ".tmp")
-            tmp.write_text(json.dumps(self.fingerprint, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, run_file)
-        keys = [batch_path_keys(b) for j in self.journals() for b in read_journal(j)]
-        done = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
-        return np.unique(done)
+    def open(self, fingerprint: dict) -> KeySet:
+        adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
+        return KeySet.union([batch_path_keys(b) for b in self._batches()])
 
     def journals(self) -> list[Path]:
-        return sorted(self.dir.glob("journal-*.arrows"))
+        return sorted(self.staging.glob("journal-*.arrows"))
 
-    def _start_journal(self) -> None:
-        existing = self.journals()
-        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = self.dir / f"journal-{number:05d}.arrows"
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, VERDICT_SCHEMA)
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for journal in self.journals():
+            yield from read_journal(journal)
 
-    # -- appending ----------------------------------------------------------------------------------------
-    def append(self, batch: pa.RecordBatch) -> None:
+    def write(self, batches: list[pa.RecordBatch]) -> None:
         if self._writer is None:
-            self._start_journal()
-        self._writer.write_batch(batch)
+            existing = self.journals()
+            number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+            self._sink = pa.OSFile(str(self.staging / f"journal-{number:05d}.arrows"), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, VERDICT_SCHEMA)
+        for batch in batches:
+            self._writer.write_batch(batch)
         self._sink.flush()  # in the page cache: survives SIGKILL of this process
-        self.rows_written += batch.num_rows
-
-    def sync(self) -> None:
-        if self._sink is not None:
-            os.fsync(self._sink.fileno())
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self.sync()
+            os.fsync(self._sink.fileno())
             self._sink.close()
             self._writer = self._sink = None
 
-    # -- finishing ----------------------------------------------------------------------------------------
-    def finish(self) -> int:
-        """Merge all journals into the final Parquet file atomically; return its row count."""
+    def finish(self, run_info: dict | None = None) -> int:
         self.close()
-        schema = VERDICT_SCHEMA.with_metadata({k: v.encode() for k, v in self.metadata.items()})
-        tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        rows = 0
-        try:
-            with pq.ParquetWriter(str(tmp), schema, compression="zstd") as pw:
-                pending, pending_rows = [], 0
-                for journal in self.journals():
-                    for batch in read_journal(journal):
-                        pending.append(batch)
-                        pending_rows += batch.num_rows
-                        if pending_rows >= ROW_GROUP_ROWS:
-                            pw.write_table(pa.Table.from_batches(pending, VERDICT_SCHEMA).replace_schema_metadata(schema.metadata))
-                            rows += pending_rows
-                            pending, pending_rows = [], 0
-                if pending:
-                    pw.write_table(pa.Table.from_batches(pending, VERDICT_SCHEMA).replace_schema_metadata(schema.metadata))
-                    rows += pending_rows
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        shutil.rmtree(self.dir, ignore_errors=True)
+        rows = write_parquet(self.out, self._batches(), self.metadata)
+        shutil.rmtree(self.staging, ignore_errors=True)
         return rows
+
+
+# ----------------------------------------------------------------------------------------- Ray engine
+
+PARTS_LAYOUT = "imgscan-parts/1"
+PARTS_RUN_FILE = "_run.json"
+PARTS_MANIFEST_FILE = "_manifest.json"
+PART_GLOB = "part-*.parquet"
+WORKERS_DIR = "_workers"  # each actor announces itself here (node, device); folded into _manifest.json
+
+
+def part_name(batches: list[pa.RecordBatch]) -> str:
+    """Deterministic in the part's rows: a retried actor call rewrites the same part instead of adding one."""
+    h = xxhash.xxh3_64()
+    for batch in batches:
+        h.update(batch_path_keys(batch).tobytes())
+    return f"part-{h.intdigest():016x}.parquet"
+
+
+class PartsOutput(ScanOutput):
+    """Plain data (paths and metadata): it travels to the Ray actors, which call `write` and `announce`."""
+
+    def __init__(self, out: Path, metadata: dict[str, str] | None = None):
+        super().__init__(out, metadata)
+        single = out.suffix == ".parquet" and not out.is_dir()
+        self.staging = out.with_name(out.name + ".parts") if single else out
+        self.single_file = out if single else None
+
+    def is_complete(self) -> bool:
+        if self.single_file is not None:
+            return self.single_file.is_file() and not self.staging.exists()
+        return (self.staging / PARTS_MANIFEST_FILE).is_file()
+
+    def clear(self) -> None:
+        if self.single_file is not None:
+            self.single_file.unlink()
+            return
+        for f in [*self.parts(), self.staging / PARTS_MANIFEST_FILE, self.staging / PARTS_RUN_FILE]:
+            f.unlink(missing_ok=True)
+        self._drop_leftovers()
+
+    def parts(self) -> list[Path]:
+        return sorted(self.staging.glob(PART_GLOB))
+
+    def _drop_leftovers(self) -> None:
+        for stale in self.staging.glob(".part-*.tmp-*"):
+            stale.unlink(missing_ok=True)  # a part that was being written when an earlier run died
+        shutil.rmtree(self.staging / WORKERS_DIR, ignore_errors=True)  # actors of an earlier run
+
+    def open(self, fingerprint: dict) -> KeySet:
+        d = self.staging
+        fingerprint = {**fingerprint, "layout": PARTS_LAYOUT}
+        if not (d.is_dir() and (d / PARTS_RUN_FILE).is_file()) and d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
+        if adopt_staging(d, PARTS_RUN_FILE, fingerprint):
+            self._drop_leftovers()
+        (d / WORKERS_DIR).mkdir(exist_ok=True)
+        keys = []
+        for f in self.parts():
+            try:
+                table = pq.read_table(f, columns=["path", "path_bytes"])
+            except (OSError, pa.ArrowException):
+                f.unlink(missing_ok=True)  # unreadable (atomic renames make this unexpected; never trust it): redo
+                continue
+            keys.extend(batch_path_keys(b) for b in table.to_batches())
+        return KeySet.union(keys)
+
+    def write(self, batches: list[pa.RecordBatch]) -> str | None:
+        """Write the batches as one part; returns its name (None when there were no batches)."""
+        if not batches:
+            return None
+        name = part_name(batches)
+        self.write_part(name, batches)
+        return name
+
+    def write_part(self, name: str, batches: list[pa.RecordBatch]) -> int:
+        table = pa.Table.from_batches(batches, VERDICT_SCHEMA).replace_schema_metadata(
+            verdict_schema(self.metadata).metadata)
+        with atomic_path(self.staging / name) as tmp:
+            pq.write_table(table, str(tmp), compression="zstd")
+        return table.num_rows
+
+    def announce(self, worker: str, info: dict) -> None:
+        """An actor records where it runs (node, device, precision): folded into the manifest by finish()."""
+        atomic_write_json(self.staging / WORKERS_DIR / f"{worker}.json", info)
+
+    def drop_duplicate_rows(self) -> int:
+        """Keep one row per path across the parts; returns how many rows were dropped.
+
+        Duplicates cannot come from one run's listing, but they can from a retried actor call that Ray Data
+        bundled differently, or from actors of a killed driver still finishing parts while a re-run listed the
+        same files. The oldest part keeps its row; a later part is rewritten without them, or removed when
+        nothing is left. Memory: 16 bytes per row (path keys), like the done set."""
+        files = sorted(self.parts(), key=lambda f: (f.stat().st_mtime_ns, f.name))
+        keys = [np.concatenate([batch_path_keys(b) for b in pq.read_table(f, columns=["path", "path_bytes"]).to_batches()]
+                               or [np.zeros(0, np.uint64)]) for f in files]
+        if not keys:
+            return 0
+        all_keys = np.concatenate(keys)
+        all_owner = np.concatenate([np.full(k.size, i, dtype=np.int64) for i, k in enumerate(keys)])
+        order = np.lexsort((all_owner, all_keys))  # by key, then oldest part first
+        dup = np.zeros(all_keys.size, dtype=bool)
+        dup[order[1:]] = all_keys[order[1:]] == all_keys[order[:-1]]
+        offsets = np.cumsum([0] + [k.size for k in keys])
+        for i in np.unique(all_owner[dup]):
+            keep = ~dup[offsets[i]:offsets[i + 1]]
+            if not keep.any():
+                files[i].unlink()
+            else:
+                self.write_part(files[i].name, pq.read_table(files[i]).filter(pa.array(keep)).to_batches())
+        return int(dup.sum())
+
+    def _announced(self) -> list[dict]:
+        announced = []
+        for f in sorted((self.staging / WORKERS_DIR).glob("*.json")):
+            try:
+                announced.append(json.loads(f.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                pass
+        return announced
+
+    def finish(self, run_info: dict | None = None) -> int:
+        duplicates = self.drop_duplicate_rows()
+        run_info = {**(run_info or {}), "actors": self._announced(), "duplicate_rows_dropped": duplicates}
+        shutil.rmtree(self.staging / WORKERS_DIR, ignore_errors=True)
+        parts = self.parts()
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parts)
+        fingerprint = json.loads((self.staging / PARTS_RUN_FILE).read_text(encoding="utf-8"))
+        atomic_write_json(self.staging / PARTS_MANIFEST_FILE, {
+            "layout": PARTS_LAYOUT, "complete": True, "rows": rows, "parts": [f.name for f in parts],
+            "finished_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fingerprint,
+            "this_run": run_info, "imgscan": json.loads(self.metadata.get("imgscan", "{}")),
+        })
+        if self.single_file is None:
+            return rows
+        rows = write_parquet(self.single_file, (b for f in parts for b in pq.ParquetFile(f).iter_batches(
+            batch_size=ROW_GROUP_ROWS)), self.metadata)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return rows
+
+    def result_files(self) -> list[Path]:
+        return [self.single_file] if self.single_file is not None else self.parts()
+
+    def resume_hint(self) -> str:
+        return f"finished parts are kept in {self.staging}; run the same command again to continue"

@@ -106,3 +106,22 @@ def _isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("IMGSCAN_INDEX", raising=False)
     monkeypatch.delenv("IMGSCAN_MODEL", raising=False)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative: str):
+    """Import a script kept beside the packages (tools/, benchmarks/) as a module, for its tests."""
+    import importlib.util
+    import sys
+
+    path = REPO / relative
+    sys.path.insert(0, str(path.parent))  # scripts import their neighbours by name
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -16,11 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import RED, write_class_dir
-from indexes import SupportIndex, enroll_embeddings
+from indexes import SupportIndex
+from scanner.enroll import enroll_embeddings
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from indexes import enroll_embeddings
+    from scanner.enroll import enroll_embeddings
     rng = np.random.default_rng(7)
     for g in range(12):
         e = rng.normal(size=(40, 16)).astype("float32")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scanner.embed import Embedder
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 
 def test_embeddings_are_unit_norm_and_input_type_does_not_matter(tiny_model_dir):
@@ -95,7 +95,9 @@ def test_weights_hash_ignores_the_serialization_id_but_not_the_weights(tiny_mode
     import dataclasses
 
     from scanner.model import load_model, save_model_dir, tensors_sha256
-    from train.weights_hash import main as weights_hash
+    from conftest import load_script
+
+    weights_hash = load_script("tools/weights_hash.py").main
 
     card, module = load_model(tiny_model_dir)
     again = save_model_dir(module, dataclasses.replace(card, weights_sha256=""), tmp_path / "again")

@@ -12,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import GREEN, RED, write_class_dir
-from indexes import SupportIndex, enroll_embeddings, remove_label
+from indexes import SupportIndex
+from scanner.enroll import enroll_embeddings, remove_label
 from scanner.cli import app
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from scanner.verdict import decide
 
 runner = CliRunner()
@@ -148,25 +149,24 @@ def test_default_index_location_follows_env(tmp_path, monkeypatch, tiny_model_di
 
 def test_journal_with_torn_tail_keeps_every_complete_batch(tmp_path):
     from scanner.schema import VERDICT_SCHEMA
-    from scanner.writer import ScanJournal, read_journal
+    from scanner.writer import JournalOutput, read_journal
 
-    journal = ScanJournal(tmp_path / "v.parquet", {"run": 1}, {})
-    assert journal.open().size == 0
+    journal = JournalOutput(tmp_path / "v.parquet")
+    assert len(journal.open({"run": 1})) == 0
     def batch(paths):
         cols = {f.name: [None] * len(paths) for f in VERDICT_SCHEMA}
         cols["path"] = paths
         return pa.RecordBatch.from_pydict(cols, schema=VERDICT_SCHEMA)
-    journal.append(batch(["a", "b"]))
+    journal.write([batch(["a", "b"])])
     path = journal.journals()[0]
     after_first = path.stat().st_size
-    journal.append(batch(["c"]))
+    journal.write([batch(["c"])])
     journal.close()
     path.write_bytes(path.read_bytes()[: after_first + 40])  # a kill in the middle of the second batch
     assert [b.num_rows for b in read_journal(path)] == [2]
-    resumed = ScanJournal(tmp_path / "v.parquet", {"run": 1}, {})
-    assert resumed.open().size == 2
+    assert len(JournalOutput(tmp_path / "v.parquet").open({"run": 1})) == 2
     with pytest.raises(UsageError, match="other settings"):
-        ScanJournal(tmp_path / "v.parquet", {"run": 2}, {}).open()
+        JournalOutput(tmp_path / "v.parquet").open({"run": 2})
 
 
 def test_walk_streams_sorted_images_without_following_dir_links(tmp_path):
@@ -221,7 +221,7 @@ def test_an_index_written_with_an_embedding_column_still_opens(tmp_path):
     import pyarrow.parquet as pq
 
     from indexes.manifest import read_manifest, write_manifest
-    from scanner.model import sha256_file
+    from imgscan_core.files import sha256_file
 
     e = _unit(np.eye(4)[:3])
     enroll_embeddings(tmp_path, "real", e, [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")

@@ -19,7 +19,7 @@ def test_mapped_weights_reproduce_the_onnx_backbone():
 
 
 def test_a_file_other_than_the_pinned_one_is_refused(tmp_path):
-    from scanner.errors import UsageError
+    from imgscan_core.errors import UsageError
     from train.dinov2_weights import load_onnx
 
     bogus = tmp_path / "vit_s_focus.onnx"

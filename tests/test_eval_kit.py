@@ -17,7 +17,7 @@ UNKNOWN = ["glid-3", "gaugan"]
 
 @pytest.fixture(scope="module")
 def kit():
-    from scanner.evaluation.protocol import load_dataset
+    from scanner.dataset import load_dataset
 
     return load_dataset(KIT_DIR)
 

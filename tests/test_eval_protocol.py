@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from scanner.evaluation.evaluate import Judged, compute_metrics
-from scanner.evaluation.protocol import QUERY, SUPPORT, Dataset, check_split, load_dataset, make_split
+from scanner.dataset import Dataset, load_dataset
+from scanner.evaluation.protocol import QUERY, SUPPORT, check_split, make_split
 
 
 def synthetic(n_prompts: int = 12, per: int = 3, n_real: int = 40, n_gan: int = 8) -> Dataset:

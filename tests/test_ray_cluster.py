@@ -16,7 +16,9 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from scanner.engines.ray_engine import MANIFEST_FILE, RayScanOptions, run_ray_scan  # noqa: E402
+from scanner.config import EmbedConfig, RayConfig, ScanConfig  # noqa: E402
+from scanner.scan import run_scan  # noqa: E402
+from scanner.writer import PARTS_MANIFEST_FILE as MANIFEST_FILE  # noqa: E402
 
 
 @pytest.fixture()
@@ -38,10 +40,11 @@ def test_two_node_cluster_scan(tmp_path, tiny_model_dir, two_class_index, two_no
     write_class_dir(crawl / "blues", BLUE, 30, seed0=400)
     (crawl / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     out = tmp_path / "night"
-    opts = RayScanOptions(roots=[os.fsencode(crawl / "reds"), os.fsencode(crawl / "blues"), os.fsencode(crawl / "broken.jpg")],
-                          out=out, model_dir=tiny_model_dir, index_dir=two_class_index, address=two_node_cluster.address,
-                          workers=2, gpus_per_worker=1, batch_size=8, part_rows=6)  # isolated decoding, as scan does on CPU
-    summary = run_ray_scan(opts)
+    config = ScanConfig(  # isolated decoding, as scan does on CPU
+        roots=[os.fsencode(crawl / "reds"), os.fsencode(crawl / "blues"), os.fsencode(crawl / "broken.jpg")], out=out,
+        index_dir=two_class_index, engine="ray", embed=EmbedConfig(model_dir=tiny_model_dir, batch_size=8),
+        ray=RayConfig(address=two_node_cluster.address, workers=2, gpus_per_worker=1, part_rows=6))
+    summary = run_scan(config)
     assert not ray.is_initialized()  # the engine connected, and let go of the cluster afterwards
 
     assert summary.rows == summary.scanned_this_run == 71

@@ -18,10 +18,25 @@ from scanner.schema import VERDICT_SCHEMA
 
 ray = pytest.importorskip("ray")
 
-from scanner.engines.ray_engine import (  # noqa: E402  (after the importorskip)
-    MANIFEST_FILE, RUN_FILE, RayScanOptions, part_files, run_ray_scan,
-)
-from scanner.errors import UsageError  # noqa: E402
+import dataclasses  # noqa: E402
+
+from imgscan_core.errors import UsageError  # noqa: E402
+from scanner.config import DecodeConfig, EmbedConfig, RayConfig, ScanConfig  # noqa: E402
+from scanner.scan import run_scan  # noqa: E402
+from scanner.writer import PARTS_MANIFEST_FILE as MANIFEST_FILE  # noqa: E402
+from scanner.writer import PARTS_RUN_FILE as RUN_FILE  # noqa: E402
+from scanner.writer import PartsOutput  # noqa: E402
+
+
+def ray_config(roots, out, model_dir, index_dir, device="auto", batch_size=64, workers=None, part_rows=1024,
+               isolate_decode=True) -> ScanConfig:
+    return ScanConfig(roots=roots, out=out, index_dir=index_dir, engine="ray", decode=DecodeConfig(isolate=isolate_decode),
+                      embed=EmbedConfig(model_dir=model_dir, device=device, batch_size=batch_size),
+                      ray=RayConfig(workers=workers, part_rows=part_rows))
+
+
+def part_files(out: Path) -> list[Path]:
+    return PartsOutput(out).parts()
 
 runner = CliRunner()
 
@@ -141,10 +156,10 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     write_class_dir(crawl / "blues", BLUE, 20, seed0=950)
     (crawl / "empty.jpg").write_bytes(b"")
     out = tmp_path / "verdicts"
-    opts = RayScanOptions(roots=[os.fsencode(crawl)], out=out, model_dir=tiny_model_dir, index_dir=two_class_index,
-                          device="cpu", batch_size=8, workers=1, part_rows=10, isolate_decode=False)
+    opts = ray_config([os.fsencode(crawl)], out, tiny_model_dir, two_class_index, device="cpu", batch_size=8, workers=1,
+                      part_rows=10, isolate_decode=False)
 
-    first = run_ray_scan(opts)
+    first = run_scan(opts)
     parts = part_files(out)
     assert first.rows == 51 and first.scanned_this_run == 51 and len(parts) >= 5
     manifest = json.loads((out / MANIFEST_FILE).read_text())
@@ -163,7 +178,7 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     copy = out / "part-ffffffffffffffff.parquet"
     copy.write_bytes(parts[2].read_bytes())
 
-    second = run_ray_scan(opts)
+    second = run_scan(opts)
     assert second.resumed_rows == 51 - lost_rows and second.scanned_this_run == lost_rows and second.rows == 51
     assert not list(out.glob(".part-*")) and not copy.exists()  # the copy held only duplicates: removed
     assert json.loads((out / MANIFEST_FILE).read_text())["this_run"]["duplicate_rows_dropped"] == pq.ParquetFile(parts[2]).metadata.num_rows
@@ -171,12 +186,12 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     assert again.keys() == full.keys()  # exactly one row per file
     assert all(again[k]["label"] == full[k]["label"] and again[k]["error"] == full[k]["error"] for k in full)
 
-    assert run_ray_scan(opts) is None  # complete: nothing to do
+    assert run_scan(opts) is None  # complete: nothing to do
 
     # An unfinished scan with other settings is refused, not mixed in.
     (out / MANIFEST_FILE).unlink()
     with pytest.raises(UsageError, match="other settings"):
-        run_ray_scan(RayScanOptions(**{**opts.__dict__, "k": 5}))
+        run_scan(dataclasses.replace(opts, k=5))
     assert json.loads((out / RUN_FILE).read_text())["k"] == 11
 
 
@@ -203,30 +218,27 @@ def test_ray_engine_option_checks(tmp_path, tiny_model_dir, two_class_index):
     (tmp_path / "not_ours").mkdir()
     (tmp_path / "not_ours" / "x.txt").write_text("someone else's")
     with pytest.raises(UsageError, match="not an imgscan parts directory"):
-        run_ray_scan(RayScanOptions(roots=[os.fsencode(img)], out=tmp_path / "not_ours", model_dir=tiny_model_dir,
-                                    index_dir=two_class_index))
+        run_scan(ray_config([os.fsencode(img)], tmp_path / "not_ours", tiny_model_dir, two_class_index))
 
 
 def test_duplicate_rows_across_parts_are_dropped(tmp_path):
     import pyarrow as pa
 
-    from scanner.engines.ray_engine import drop_duplicate_rows, write_part
-
     def rows(names):
         return pa.Table.from_pylist([{"path": n, "path_bytes": None, "label": "real"} for n in names],
                                     schema=VERDICT_SCHEMA).to_batches()
 
-    meta = {"imgscan": "{}"}
-    write_part(tmp_path, "part-a.parquet", rows(["/c/1.jpg", "/c/2.jpg"]), meta)
+    output = PartsOutput(tmp_path, {"imgscan": "{}"})
+    output.write_part("part-a.parquet", rows(["/c/1.jpg", "/c/2.jpg"]))
     os.utime(tmp_path / "part-a.parquet", ns=(1, 1))  # the oldest part keeps its rows
-    write_part(tmp_path, "part-b.parquet", rows(["/c/2.jpg", "/c/3.jpg"]), meta)
-    write_part(tmp_path, "part-c.parquet", rows(["/c/1.jpg"]), meta)
-    assert drop_duplicate_rows(tmp_path, meta) == 2
+    output.write_part("part-b.parquet", rows(["/c/2.jpg", "/c/3.jpg"]))
+    output.write_part("part-c.parquet", rows(["/c/1.jpg"]))
+    assert output.drop_duplicate_rows() == 2
     assert not (tmp_path / "part-c.parquet").exists()
     assert pq.read_table(tmp_path / "part-b.parquet").column("path").to_pylist() == ["/c/3.jpg"]
     assert pq.read_schema(tmp_path / "part-b.parquet").metadata == {b"imgscan": b"{}"}
     assert sorted(pq.read_table(tmp_path).column("path").to_pylist()) == ["/c/1.jpg", "/c/2.jpg", "/c/3.jpg"]
-    assert drop_duplicate_rows(tmp_path, meta) == 0
+    assert output.drop_duplicate_rows() == 0
 
 
 @pytest.mark.slow

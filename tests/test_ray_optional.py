@@ -13,7 +13,7 @@ from scanner.cli import app
 
 
 def test_local_engine_does_not_import_ray():
-    code = ("import sys, scanner.cli, scanner.pipeline, scanner.engines, scanner.engines.ray_engine; "
+    code = ("import sys, scanner.cli, scanner.scan, scanner.engines.local, scanner.engines, scanner.engines.ray_engine; "
             "print(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

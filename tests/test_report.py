@@ -52,7 +52,7 @@ def test_report_refuses_a_file_that_is_not_a_verdict_file(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scanner.errors import UsageError
+    from imgscan_core.errors import UsageError
     from scanner.evaluation.report import run_report
 
     pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")

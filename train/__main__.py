@@ -1,14 +1,13 @@
 """`python -m train train DATA --out DIR ...`: the train command without the rest of imgscan's CLI
-(useful before/without `imgscan` being installed; same options as `imgscan train`)."""
-
-import sys
+(useful before/without `imgscan` being installed; same options and the same error boundary as `imgscan train`)."""
 
 import typer
 
-from scanner.errors import UsageError
+from scanner.cli_common import CommandBoundary
 from train.cli import register
 
-app = typer.Typer(add_completion=False, help="imgscan training (same as `imgscan train`).")
+app = typer.Typer(add_completion=False, help="imgscan training (same as `imgscan train`).",
+                  pretty_exceptions_enable=False, cls=CommandBoundary)
 register(app)
 
 
@@ -18,11 +17,7 @@ def _root() -> None:
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=True)
-    except UsageError as exc:
-        print(f"imgscan: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

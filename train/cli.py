@@ -5,14 +5,18 @@ torch and timm are imported inside the command, so `imgscan --help` and other co
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
+from scanner.cli_common import DeviceOpt, invocation
+
+DATA_PANEL = "Data and splits"
+MODEL_PANEL = "Network and loss"
+RUN_PANEL = "Run"
 
 TRAIN_HELP = """Train an image embedder for imgscan and export it as a model directory.
 
@@ -49,64 +53,40 @@ def _parse_holdout(text: str | None, option: str = "--holdout", example: str = "
     return names
 
 
-def _invocation() -> str:
-    """The command line as typed, for the model card (`python -m train` spelled out when used)."""
-    if not sys.argv:
-        return "imgscan train"
-    prog = "python -m train" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
-    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
-
-
 def register(app: typer.Typer) -> None:
     @app.command("train", help=TRAIN_HELP, no_args_is_help=True)
     def train_command(
-        data: list[Path] = typer.Argument(..., help="Class folders, folders with manifest.csv, or manifest CSVs (one or more)."),
-        out: Path = typer.Option(..., "--out", help="Model directory to write (embedder.pt + model_card.json)."),
-        backbone: str = typer.Option("tf_efficientnet_lite0", help="Any timm model name."),
-        input_filter: str = typer.Option(
-            "none", help="none | npr: feed the backbone neighbouring-pixel residuals (generator traces, less content)."
-        ),
-        holdout: Optional[str] = typer.Option(
-            None, help="Comma-separated classes kept out of training (zero-shot: only enrolled at validation)."
-        ),
-        holdout_sources: Optional[str] = typer.Option(
-            None, help="Comma-separated manifest `source` values never trained on (an unseen real source for eval)."
-        ),
-        epochs: int = typer.Option(10, min=1, help="Passes over the training set (approximately: P x K batches)."),
-        batch_size: int = typer.Option(32, help="Images per batch; a multiple of --images-per-class."),
-        images_per_class: int = typer.Option(4, help="K images per class in a batch (P = batch size / K classes)."),
-        image_size: int = typer.Option(128, help="Side of the random training crops, in pixels."),
-        export_size: int = typer.Option(
-            256, help="Input side S written to the model card: scans crop S x S views at native pixels."
-        ),
-        scan_views: int = typer.Option(
-            1, min=1, max=9, help="Native-pixel views per large image that the card asks scans for (averaged)."
-        ),
-        loss: str = typer.Option("supcon", help="supcon | soft-supcon (compact real cluster) | ce (cosine classifier)."),
-        temperature: float = typer.Option(0.1, help="Temperature of the contrastive losses."),
-        init_weights: Optional[Path] = typer.Option(
-            None, help="Local backbone state dict (timm key names), loaded tensors-only."
-        ),
-        pretrained: bool = typer.Option(False, "--pretrained", help="Download timm's ImageNet weights (needs internet)."),
-        val_fold: Optional[int] = typer.Option(None, help="Fold used for validation and kept out of training."),
-        device: str = typer.Option("auto", help="auto | cpu | cuda (mixed precision on cuda)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from WORK/checkpoint.pt (same settings)."),
-        seed: int = typer.Option(0, help="Seed for sampling, augmentation and initialisation of the head."),
-        lr: float = typer.Option(3e-4, help="AdamW learning rate of the backbone; the head gets 5x."),
-        freeze_blocks: int = typer.Option(
-            0, min=0, help="Freeze the stem and the first N backbone stages (faster on CPU, fewer weights to fit)."
-        ),
-        workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes (default: CPUs - 1, max 4)."),
-        no_augment: bool = typer.Option(False, "--no-augment", help="Centre crops only, no augmentation."),
-        batches_per_epoch: Optional[int] = typer.Option(None, min=1, help="Default: about one pass over the images."),
-        eval_every: int = typer.Option(1, min=1, help="Validate every N epochs (and always after the last)."),
-        support_per_class: Optional[int] = typer.Option(
-            None, min=1, help="Cap support images per class in intermediate validations (speed; final uses all)."
-        ),
-        work_dir: Optional[Path] = typer.Option(None, help="Checkpoint and log folder (default MODEL_DIR/train_work)."),
-        name: Optional[str] = typer.Option(None, help="Model name in the card (default imgscan-<backbone>-<loss>)."),
-        model_version: Optional[str] = typer.Option(None, help="Model version in the card (default: today's date)."),
-        threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+        data: Annotated[list[Path], typer.Argument(help="Class folders, folders with manifest.csv, or manifest CSVs (one or more).", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", help="Model directory to write (embedder.pt + model_card.json).")],
+        holdout: Annotated[Optional[str], typer.Option("--holdout", rich_help_panel=DATA_PANEL, help="Comma-separated classes kept out of training (zero-shot: only enrolled at validation).")] = None,
+        holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", rich_help_panel=DATA_PANEL, help="Comma-separated manifest `source` values never trained on (an unseen real source for eval).")] = None,
+        val_fold: Annotated[Optional[int], typer.Option("--val-fold", rich_help_panel=DATA_PANEL, help="Fold used for validation and kept out of training.")] = None,
+        no_augment: Annotated[bool, typer.Option("--no-augment", rich_help_panel=DATA_PANEL, help="Centre crops only, no augmentation.")] = False,
+        image_size: Annotated[int, typer.Option("--image-size", rich_help_panel=DATA_PANEL, help="Side of the random training crops, in pixels.")] = 128,
+        backbone: Annotated[str, typer.Option("--backbone", rich_help_panel=MODEL_PANEL, help="Any timm model name.")] = "tf_efficientnet_lite0",
+        input_filter: Annotated[str, typer.Option("--input-filter", rich_help_panel=MODEL_PANEL, help="none | npr: feed the backbone neighbouring-pixel residuals (generator traces, less content).")] = "none",
+        loss: Annotated[str, typer.Option("--loss", rich_help_panel=MODEL_PANEL, help="supcon | soft-supcon (compact real cluster) | ce (cosine classifier).")] = "supcon",
+        temperature: Annotated[float, typer.Option("--temperature", rich_help_panel=MODEL_PANEL, help="Temperature of the contrastive losses.")] = 0.1,
+        init_weights: Annotated[Optional[Path], typer.Option("--init-weights", rich_help_panel=MODEL_PANEL, help="Local backbone state dict (timm key names), loaded tensors-only.")] = None,
+        pretrained: Annotated[bool, typer.Option("--pretrained", rich_help_panel=MODEL_PANEL, help="Download timm's ImageNet weights (needs internet).")] = False,
+        freeze_blocks: Annotated[int, typer.Option("--freeze-blocks", min=0, rich_help_panel=MODEL_PANEL, help="Freeze the stem and the first N backbone stages (faster on CPU, fewer weights to fit).")] = 0,
+        export_size: Annotated[int, typer.Option("--export-size", rich_help_panel=MODEL_PANEL, help="Input side S written to the model card: scans crop S x S views at native pixels.")] = 256,
+        scan_views: Annotated[int, typer.Option("--scan-views", min=1, max=9, rich_help_panel=MODEL_PANEL, help="Native-pixel views per large image that the card asks scans for (averaged).")] = 1,
+        name: Annotated[Optional[str], typer.Option("--name", rich_help_panel=MODEL_PANEL, help="Model name in the card (default imgscan-<backbone>-<loss>).")] = None,
+        model_version: Annotated[Optional[str], typer.Option("--model-version", rich_help_panel=MODEL_PANEL, help="Model version in the card (default: today's date).")] = None,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=RUN_PANEL, help="Passes over the training set (approximately: P x K batches).")] = 10,
+        batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=RUN_PANEL, help="Images per batch; a multiple of --images-per-class.")] = 32,
+        images_per_class: Annotated[int, typer.Option("--images-per-class", rich_help_panel=RUN_PANEL, help="K images per class in a batch (P = batch size / K classes).")] = 4,
+        lr: Annotated[float, typer.Option("--lr", rich_help_panel=RUN_PANEL, help="AdamW learning rate of the backbone; the head gets 5x.")] = 3e-4,
+        seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN_PANEL, help="Seed for sampling, augmentation and initialisation of the head.")] = 0,
+        device: DeviceOpt = "auto",
+        resume: Annotated[bool, typer.Option("--resume", rich_help_panel=RUN_PANEL, help="Continue from WORK/checkpoint.pt (same settings).")] = False,
+        workers: Annotated[Optional[int], typer.Option("--workers", min=0, rich_help_panel=RUN_PANEL, help="Data-loading processes (default: CPUs - 1, max 4).")] = None,
+        batches_per_epoch: Annotated[Optional[int], typer.Option("--batches-per-epoch", min=1, rich_help_panel=RUN_PANEL, help="Default: about one pass over the images.")] = None,
+        eval_every: Annotated[int, typer.Option("--eval-every", min=1, rich_help_panel=RUN_PANEL, help="Validate every N epochs (and always after the last).")] = 1,
+        support_per_class: Annotated[Optional[int], typer.Option("--support-per-class", min=1, rich_help_panel=RUN_PANEL, help="Cap support images per class in intermediate validations (speed; final uses all).")] = None,
+        work_dir: Annotated[Optional[Path], typer.Option("--work-dir", rich_help_panel=RUN_PANEL, help="Checkpoint and log folder (default MODEL_DIR/train_work).")] = None,
+        threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN_PANEL, help="CPU threads for torch (default: torch's choice).")] = None,
     ) -> None:
         from train.losses import LOSS_NAMES
 
@@ -142,7 +122,7 @@ def register(app: typer.Typer) -> None:
             augment=not no_augment, batches_per_epoch=batches_per_epoch,
             eval_every=eval_every, support_per_class=support_per_class,
             work_dir=str(work_dir) if work_dir else None, name=name, model_version=model_version,
-            command=_invocation(),
+            command=invocation(),
         )
         card = train(cfg, show_progress=sys.stderr.isatty())
         typer.echo(f"wrote {out} ({card.model_id})")

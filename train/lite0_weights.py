@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scanner.errors import UsageError
-from scanner.model import sha256_file
+from imgscan_core.errors import UsageError
+from imgscan_core.files import sha256_file
 
 LITE0_FILE_NAME = "efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -167,9 +167,3 @@ def imagenet_check(kit_dir: str | os.PathLike, n: int = 32, size: int = 224) -> 
         "top1": round((top5[:, 0] == target).float().mean().item(), 4),
         "top5": round((top5 == target[:, None]).any(1).float().mean().item(), 4),
     }
-
-
-if __name__ == "__main__":  # python -m train.lite0_weights KIT_DIR [N]
-    import sys
-
-    print(imagenet_check(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 32))

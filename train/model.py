@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 EMBEDDING_DIM = 128
@@ -171,7 +171,7 @@ def build_embedder(
 
 
 def _load_backbone_file(net: nn.Module, path: Path) -> str:
-    from scanner.model import sha256_file
+    from imgscan_core.files import sha256_file
 
     if not path.is_file():
         raise UsageError(f"--init-weights {path}: no such file")

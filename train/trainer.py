@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 
+from imgscan_core.errors import UsageError
+from imgscan_core.files import atomic_path
 from scanner.decode import ViewSpec
-from scanner.errors import UsageError
+from scanner.embed import resolve_device
 from scanner.model import ModelCard, load_model, save_model_dir
 from train.data import (
     AugmentConfig,
@@ -100,16 +102,6 @@ class TrainConfig:
     command: str = ""
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if requested not in ("cpu", "cuda"):
-        raise UsageError(f"--device {requested}: choose auto, cpu or cuda")
-    return torch.device(requested)
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -131,21 +123,16 @@ def hardware_description(device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 def knn_predict(support: torch.Tensor, support_labels: list[str], queries: torch.Tensor, k: int) -> list[str]:
-    """Majority vote of the k most cosine-similar support embeddings (all unit-norm); ties go to the label
-    with the larger summed similarity, then alphabetically (deterministic)."""
+    """The closed-set label `scan` would give each query (scanner.verdict.decide over its k most cosine-similar
+    support embeddings), so that the card's knn_acc measures the rule users run."""
+    import numpy as np
+
+    from scanner.verdict import decide
+
     k = min(k, support.shape[0])
-    sims = queries @ support.T
-    top_sim, top_idx = sims.topk(k, dim=1)
-    preds = []
-    for row_sim, row_idx in zip(top_sim.tolist(), top_idx.tolist()):
-        votes: Counter = Counter()
-        weight: dict[str, float] = {}
-        for s, j in zip(row_sim, row_idx):
-            lab = support_labels[j]
-            votes[lab] += 1
-            weight[lab] = weight.get(lab, 0.0) + s
-        preds.append(max(votes, key=lambda lab: (votes[lab], weight[lab], [-ord(c) for c in lab])))
-    return preds
+    top_sim, top_idx = (queries @ support.T).topk(k, dim=1)
+    labels = np.asarray(support_labels, dtype=object)[top_idx.cpu().numpy()]
+    return decide(labels, top_sim.float().cpu().numpy()).closed_set_label.tolist()
 
 
 @torch.no_grad()
@@ -206,9 +193,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -230,9 +216,8 @@ def _progress(enabled: bool):
     )
 
 
-def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
-    """Run training end to end and export OUT; returns the written model card."""
-    t_start = time.time()
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse unusable settings before any work, each in one line."""
     if cfg.loss not in ("supcon", "soft-supcon", "ce"):
         raise UsageError(f"--loss {cfg.loss}: choose supcon, soft-supcon or ce")
     for name, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 2),
@@ -249,26 +234,41 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     if has_fixed_input_size(cfg.backbone) and cfg.image_size != cfg.export_size:
         raise UsageError(f"--backbone {cfg.backbone}: a ViT's position embedding fixes its input size; give "
                          f"--image-size equal to --export-size (got {cfg.image_size} and {cfg.export_size})")
-    device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    work = Path(cfg.work_dir) if cfg.work_dir else out / "train_work"
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = work / CHECKPOINT_FILE, work / LOG_FILE
-    if ckpt_path.exists() and not cfg.resume:
-        raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out/--work-dir")
-    if cfg.resume and not ckpt_path.exists():
-        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
-    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
 
-    if isinstance(cfg.data, (str, os.PathLike)):
-        cfg.data = [str(cfg.data)]
-    samples = load_samples(cfg.data)
-    split = make_split(samples, cfg.val_fold, cfg.holdout, cfg.holdout_sources)
+
+@dataclass
+class Run:
+    """Everything one training run updates, and what a checkpoint saves of it."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    sampler: PKBatchSampler
+    loader: torch.utils.data.DataLoader
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None on CPU
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+    prior_seconds: float = 0.0
+
+    def checkpoint(self, epoch: int, settings: dict, seconds: float) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings, "history": self.history,
+            "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "py_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+            "seconds": seconds,
+        }
+
+
+def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
+    """Model, loss, optimiser, schedule and loader, in the order that fixes the random state (seeded first)."""
     real_label = split.classes.index("real") if "real" in split.classes else None
     _seed_everything(cfg.seed)
-
     model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim,
-                                  cfg.input_filter, img_size=cfg.export_size)
+                                 cfg.input_filter, img_size=cfg.export_size)
     model.freeze_stages(cfg.freeze_blocks)
     loss_fn = build_loss(cfg.loss, num_classes=len(split.classes), embedding_dim=cfg.embedding_dim,
                          real_label=real_label, temperature=cfg.temperature)
@@ -276,7 +276,6 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     loss_fn.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # measured faster for depthwise convs on CPU
-
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     head_params = list(model.head.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.AdamW(
@@ -291,103 +290,134 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     total_steps = cfg.epochs * len(sampler)
     warmup = min(len(sampler), max(1, total_steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
-
     use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return Run(model, loss_fn, optimizer, scheduler, scaler, sampler, loader, device, amp_dtype), init
 
+
+def resume_run(run: Run, ckpt_path: Path, settings: dict, log) -> None:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{ckpt_path}: unknown checkpoint format {ckpt.get('format')}")
+    # A setting the checkpoint does not name did not exist when it was written: it ran with the default.
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(TrainConfig)}
+    changed = [k for k in RESUME_MUST_MATCH if ckpt["settings"].get(k, defaults.get(k)) != settings.get(k)]
+    if changed:
+        raise UsageError(f"--resume: settings differ from the checkpoint's: {', '.join(changed)}")
+    run.model.load_state_dict(ckpt["model"])
+    run.loss_fn.load_state_dict(ckpt["loss"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    random.setstate(ckpt["py_rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    run.start_epoch, run.history, run.prior_seconds = ckpt["epoch"], list(ckpt["history"]), float(ckpt["seconds"])
+    log(f"resumed from {ckpt_path} after epoch {run.start_epoch}")
+
+
+def train_epoch(run: Run, epoch: int, epochs: int, show_progress: bool) -> dict:
+    run.sampler.set_epoch(epoch)
+    run.model.train()
+    run.loss_fn.train()
+    device, loss_sum, n_batches = run.device, 0.0, 0
+    with _progress(show_progress) as progress:
+        task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(run.sampler), info="")
+        for images, labels in run.loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if device.type == "cpu":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp_dtype is not None):
+                emb = run.model(images)
+            loss = run.loss_fn(emb.float(), labels)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            loss_sum += loss.item()
+            n_batches += 1
+            progress.update(task, advance=1, info=f"loss {loss_sum / n_batches:.4f}")
+    return {"epoch": epoch + 1, "loss": round(loss_sum / max(1, n_batches), 5)}
+
+
+@dataclass
+class Validation:
+    """The validation fold against the support set, decoded once (scan-style, at the export size)."""
+
+    support_images: torch.Tensor
+    support_labels: list[str]
+    val_images: torch.Tensor
+    val_labels: list[str]
+    holdout: list[str]
+    # Intermediate validations may use a per-class-capped support set: embedding thousands of images at scan
+    # size every epoch costs more than the epoch on a CPU. The final validation uses all of it.
+    small_support: list[int]
+
+    def run(self, run: Run, k: int, final: bool) -> dict:
+        t_eval = time.time()
+        idx = list(range(len(self.support_labels))) if final else self.small_support
+        sup = embed_images(run.model, self.support_images[idx], run.device)
+        qry = embed_images(run.model, self.val_images, run.device)
+        preds = knn_predict(sup, [self.support_labels[i] for i in idx], qry, k)
+        record = knn_metrics(preds, self.val_labels, self.holdout)
+        record["n_support"] = len(idx)
+        record["eval_seconds"] = round(time.time() - t_eval, 1)
+        return record
+
+
+def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
+    """Run training end to end and export OUT; returns the written model card."""
+    t_start = time.time()
+    check_config(cfg)
+    device = torch.device(resolve_device(cfg.device))
+    out = Path(cfg.out)
+    work = Path(cfg.work_dir) if cfg.work_dir else out / "train_work"
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = work / CHECKPOINT_FILE, work / LOG_FILE
+    if ckpt_path.exists() and not cfg.resume:
+        raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out/--work-dir")
+    if cfg.resume and not ckpt_path.exists():
+        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    if isinstance(cfg.data, (str, os.PathLike)):
+        cfg.data = [str(cfg.data)]
+    split = make_split(load_samples(cfg.data), cfg.val_fold, cfg.holdout, cfg.holdout_sources)
+    run, init = build_run(cfg, split, device, workers)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)}
-    start_epoch, history, prior_seconds = 0, [], 0.0
     if cfg.resume:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UsageError(f"{ckpt_path}: unknown checkpoint format {ckpt.get('format')}")
-        # A setting the checkpoint does not name did not exist when it was written: it ran with the default.
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(TrainConfig)}
-        changed = [k for k in RESUME_MUST_MATCH if ckpt["settings"].get(k, defaults.get(k)) != settings.get(k)]
-        if changed:
-            raise UsageError(f"--resume: settings differ from the checkpoint's: {', '.join(changed)}")
-        model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        random.setstate(ckpt["py_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, history, prior_seconds = ckpt["epoch"], list(ckpt["history"]), float(ckpt["seconds"])
-        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-
+        resume_run(run, ckpt_path, settings, log)
     log(f"train: {len(split.train)} images, {len(split.classes)} classes ({', '.join(split.classes)}); "
         f"val fold {cfg.val_fold}: {len(split.val)} images; holdout: {', '.join(split.holdout) or 'none'}; "
-        f"device {device}, {len(sampler)} batches of {cfg.batch_size} per epoch, init {init.kind}")
-
-    # Validation images decoded once (scan-style preprocessing at the export size) and kept in memory.
-    support_images = val_images = None
+        f"device {device}, {len(run.sampler)} batches of {cfg.batch_size} per epoch, init {init.kind}")
+    validation = None
     if split.val:
-        support_images = load_scan_images(split.support, cfg.export_size, workers)
-        val_images = load_scan_images(split.val, cfg.export_size, workers)
         support_labels = [s.label for s in split.support]
-        # Intermediate validations may use a per-class-capped support set: embedding thousands of images at
-        # scan size every epoch costs more than the epoch on a CPU. The final validation uses all of it.
-        small_support = _cap_per_class(support_labels, cfg.support_per_class, cfg.seed)
-
+        validation = Validation(load_scan_images(split.support, cfg.export_size, workers), support_labels,
+                                load_scan_images(split.val, cfg.export_size, workers), [s.label for s in split.val],
+                                split.holdout, _cap_per_class(support_labels, cfg.support_per_class, cfg.seed))
     t_run = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs):
         t_epoch = time.time()
-        sampler.set_epoch(epoch)
-        model.train()
-        loss_fn.train()
-        loss_sum, n_batches = 0.0, 0
-        with _progress(show_progress) as progress:
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), info="")
-            for images, labels in loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if device.type == "cpu":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    emb = model(images)
-                loss = loss_fn(emb.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-                loss_sum += loss.item()
-                n_batches += 1
-                progress.update(task, advance=1, info=f"loss {loss_sum / n_batches:.4f}")
-        train_seconds = time.time() - t_epoch
-        record = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, n_batches), 5),
-                  "train_seconds": round(train_seconds, 1)}
+        record = train_epoch(run, epoch, cfg.epochs, show_progress)
+        record["train_seconds"] = round(time.time() - t_epoch, 1)
         last_epoch = epoch + 1 == cfg.epochs
-        if split.val and (last_epoch or (epoch + 1) % max(1, cfg.eval_every) == 0):
-            t_eval = time.time()
-            idx = list(range(len(support_labels))) if last_epoch else small_support
-            sup = embed_images(model, support_images[idx], device)
-            qry = embed_images(model, val_images, device)
-            preds = knn_predict(sup, [support_labels[i] for i in idx], qry, cfg.knn_k)
-            record.update(knn_metrics(preds, [s.label for s in split.val], split.holdout))
-            record["n_support"] = len(idx)
-            record["eval_seconds"] = round(time.time() - t_eval, 1)
+        if validation is not None and (last_epoch or (epoch + 1) % max(1, cfg.eval_every) == 0):
+            record.update(validation.run(run, cfg.knn_k, final=last_epoch))
         record["seconds"] = round(time.time() - t_epoch, 1)
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        history.append(record)
+        record["lr"] = run.optimizer.param_groups[0]["lr"]
+        run.history.append(record)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         log(" ".join(f"{k}={v}" for k, v in record.items() if k != "per_class_acc"))
-        _atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "settings": settings, "history": history,
-            "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "py_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
-            "seconds": prior_seconds + (time.time() - t_run),
-        }, ckpt_path)
-
-    wall = prior_seconds + (time.time() - t_run)
-    return export(cfg, model, init, split, history, wall, time.time() - t_start, device, val_images, out, log_path, log)
+        _atomic_torch_save(run.checkpoint(epoch + 1, settings, run.prior_seconds + (time.time() - t_run)), ckpt_path)
+    wall = run.prior_seconds + (time.time() - t_run)
+    val_images = validation.val_images if validation is not None else None
+    return export(cfg, run.model, init, split, run.history, wall, time.time() - t_start, device, val_images, out,
+                  log_path, log)
 
 
 def _data_licence(data: Path) -> str:

@@ -4,8 +4,6 @@ Heavy imports (torch, matplotlib, umap) happen inside the commands so `imgscan -
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,9 +11,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from scanner.errors import UsageError
-
-err_console = Console(stderr=True)
+from imgscan_core.errors import UsageError
+from scanner.cli_common import (BatchOpt, DeviceOpt, KOpt, ModelOpt, PrecisionOpt, RuntimeOpt, ViewsOpt, err_console,
+                                invocation)
+from scanner.paths import model_dir_or_default
 
 EVAL_HELP = """Measure detection, attribution and open-set rejection on a labelled data set, with baselines.
 
@@ -65,110 +64,68 @@ def _shots(text: str) -> list[int]:
     return values
 
 
-def _invocation() -> str:
-    prog = Path(sys.argv[0]).name if sys.argv else "imgscan"
-    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+
+def _fold_list(ds, folds: bool, query_folds: Optional[str]) -> list:
+    """[None] (one random split), every fold (--folds), or the --query-folds."""
+    import numpy as np
+
+    if not (folds or query_folds):
+        return [None]
+    present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))
+    if len(present) < 2 or np.any(ds.folds < 0):
+        raise UsageError(f"--folds: {ds.source} has no fold for every image (a manifest with a fold column is needed)")
+    if not query_folds:
+        return present
+    try:
+        wanted = sorted({int(x) for x in _csv_list(query_folds)})
+    except ValueError:
+        raise UsageError(f"--query-folds {query_folds!r}: expected fold numbers, e.g. 4 or 3,4") from None
+    bad = [f for f in wanted if f not in present]
+    if bad:
+        raise UsageError(f"--query-folds: no fold {bad[0]} in the data (folds: {', '.join(map(str, present))})")
+    return wanted
 
 
-def _model_dir(model: Optional[Path]) -> Path:
-    from scanner.paths import MODEL_ENV, default_model_dir
+def _embed(ds, embedder, batch_size: int, what: str, cache: Optional[Path] = None):
+    """Embed the data set with a progress bar; (features, seconds)."""
+    from scanner.evaluation.evaluate import embed_dataset
+    from scanner.progress import ScanProgress
 
-    if model is not None:
-        return model
-    found = default_model_dir()
-    if found is None:
-        raise UsageError(f"no model: pass --model DIR (embedder.pt + model_card.json) or set ${MODEL_ENV}")
-    return found
+    t0 = time.monotonic()
+    with ScanProgress(what) as progress:
+        feats = embed_dataset(ds, embedder, batch_size=batch_size, progress=lambda n: progress.advance(n), cache=cache)
+    return feats, time.monotonic() - t0
 
 
-def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
-             unknown: Optional[str] = None, holdout_sources: Optional[str] = None, views: Optional[int] = None, folds: bool = False, query_folds: Optional[str] = None,
-             ce_model: Optional[Path] = None,
-             baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
-             use_umap: bool = True, console: Console | None = None, command: str = "",
-             cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
-             runtime: str = "torch") -> dict:
-    """The eval command as a function (tests call it directly)."""
+def _methods(ds, feats, embedder, embed_s: float, degradation, ce, baselines: bool, batch_size: int) -> list:
+    """The main method and the comparisons in the same run: degraded queries, the ce model, baselines. Images
+    that any of them cannot use are dropped from `feats.ok`, so every method judges the same images."""
     import tempfile
 
     import numpy as np
 
-    from scanner.embed import Embedder, resolve_device
     from scanner.evaluation import baselines as B
-    from scanner.evaluation.eval_report import print_tables, write_outputs
-    from scanner.evaluation.evaluate import MAIN_METHOD, Method, embed_dataset, run_protocol
-    from scanner.evaluation.protocol import check_sources, load_dataset
+    from scanner.evaluation.evaluate import MAIN_METHOD, Method
     from scanner.progress import ScanProgress
 
-    console = console or err_console
-    from scanner.evaluation.plots import _plt
-
-    _plt()  # no matplotlib: say so now, not after minutes of embedding
-    shot_values = _shots(shots)
-    unknown_list = _csv_list(unknown)
-    held_sources = _csv_list(holdout_sources)
-    degradation = None
-    if degrade_queries:
-        from scanner.evaluation.degrade import parse_degradation
-
-        degradation = parse_degradation(degrade_queries)
-    ds = load_dataset(data)
-    missing = [u for u in unknown_list if u not in ds.classes]
-    if missing:
-        raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
-    check_sources(ds, held_sources)  # before minutes of embedding
-    fold_list: list = [None]
-    if folds or query_folds:
-        present = sorted(set(int(f) for f in ds.folds.tolist() if f >= 0))
-        if len(present) < 2 or np.any(ds.folds < 0):
-            raise UsageError(f"--folds: {ds.source} has no fold for every image (a manifest with a fold column is needed)")
-        fold_list = present
-        if query_folds:
-            try:
-                wanted = sorted({int(x) for x in _csv_list(query_folds)})
-            except ValueError:
-                raise UsageError(f"--query-folds {query_folds!r}: expected fold numbers, e.g. 4 or 3,4") from None
-            bad = [f for f in wanted if f not in present]
-            if bad:
-                raise UsageError(f"--query-folds: no fold {bad[0]} in the data (folds: {', '.join(map(str, present))})")
-            fold_list = wanted
-    out = out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    dev = resolve_device(device)
-    embedder = Embedder(_model_dir(model), device=dev, precision=precision, runtime=runtime, views=views)
-
-    t0 = time.monotonic()
-    with ScanProgress(f"embedding ({embedder.model_id})") as progress:
-        feats = embed_dataset(ds, embedder, batch_size=batch_size, progress=lambda n: progress.advance(n),
-                              cache=cache.expanduser() if cache else None)
-    embed_s = time.monotonic() - t0
-    if not feats.ok.any():
-        raise UsageError(f"{data}: no image could be decoded")
     methods = [Method(MAIN_METHOD, feats.embeddings, "cosine", embedder.model_id, embedder.card.weights_sha256,
                       "SupCon embedder + k-NN over the support index (what `scan` does)", embed_s)]
     if degradation is not None:
         from scanner.evaluation.degrade import degraded_copy
 
-        t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="imgscan-degraded-") as copies:
             degraded_ds, copied = degraded_copy(ds, degradation, Path(copies))
-            with ScanProgress(f"embedding queries degraded by {degradation.name}") as progress:
-                degraded = embed_dataset(degraded_ds, embedder, batch_size=batch_size,
-                                         progress=lambda n: progress.advance(n))
+            degraded, seconds = _embed(degraded_ds, embedder, batch_size, f"embedding queries degraded by {degradation.name}")
         feats.ok &= copied & degraded.ok
         methods.append(Method(f"{MAIN_METHOD}@{degradation.name}", degraded.embeddings, "cosine", embedder.model_id,
                               embedder.card.weights_sha256,
                               f"queries downscaled and re-compressed ({degradation.name}), support enrolled clean",
-                              time.monotonic() - t0, support_features=feats.embeddings))
-    if ce_model is not None:
-        ce = Embedder(ce_model, device=dev, precision=precision, runtime=runtime)
-        t0 = time.monotonic()
-        with ScanProgress(f"embedding ce ({ce.model_id})") as progress:
-            ce_feats = embed_dataset(ds, ce, batch_size=batch_size, progress=lambda n: progress.advance(n))
+                              seconds, support_features=feats.embeddings))
+    if ce is not None:
+        ce_feats, seconds = _embed(ds, ce, batch_size, f"embedding ce ({ce.model_id})")
         feats.ok &= ce_feats.ok
         methods.append(Method("ce", ce_feats.embeddings, "cosine", ce.model_id, ce.card.weights_sha256,
-                              "model trained with --loss ce, same k-NN protocol", time.monotonic() - t0))
+                              "model trained with --loss ce, same k-NN protocol", seconds))
     if baselines:
         t0 = time.monotonic()
         with ScanProgress("spectral features") as progress:
@@ -182,6 +139,52 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
         meta = B.standardise(B.metadata_features(ds.paths.tolist()))
         methods.append(Method("metadata", meta, "euclidean", "metadata-v1", "",
                               "width, height, format, log2 bytes; Euclidean k-NN", time.monotonic() - t0))
+    return methods
+
+
+def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, shots: str = "10,20,50,100,150",
+             unknown: Optional[str] = None, holdout_sources: Optional[str] = None, views: Optional[int] = None,
+             folds: bool = False, query_folds: Optional[str] = None, ce_model: Optional[Path] = None,
+             baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
+             use_umap: bool = True, console: Console | None = None, command: str = "",
+             cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
+             runtime: str = "torch") -> dict:
+    """The eval command as a function (tests call it directly)."""
+    import tempfile
+
+    from scanner.dataset import load_dataset
+    from scanner.embed import Embedder, resolve_device
+    from scanner.evaluation.eval_report import print_tables, write_outputs
+    from scanner.evaluation.evaluate import run_protocol
+    from scanner.evaluation.plots import pyplot
+    from scanner.evaluation.protocol import check_sources
+    from scanner.progress import ScanProgress
+
+    console = console or err_console
+    pyplot()  # no matplotlib: say so now, not after minutes of embedding
+    shot_values, unknown_list, held_sources = _shots(shots), _csv_list(unknown), _csv_list(holdout_sources)
+    degradation = None
+    if degrade_queries:
+        from scanner.evaluation.degrade import parse_degradation
+
+        degradation = parse_degradation(degrade_queries)
+    ds = load_dataset(data)
+    missing = [u for u in unknown_list if u not in ds.classes]
+    if missing:
+        raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
+    check_sources(ds, held_sources)  # before minutes of embedding
+    fold_list = _fold_list(ds, folds, query_folds)
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    dev = resolve_device(device)
+    embedder = Embedder(model_dir_or_default(model), device=dev, precision=precision, runtime=runtime, views=views)
+    feats, embed_s = _embed(ds, embedder, batch_size, f"embedding ({embedder.model_id})",
+                            cache.expanduser() if cache else None)
+    if not feats.ok.any():
+        raise UsageError(f"{data}: no image could be decoded")
+    ce = Embedder(ce_model, device=dev, precision=precision, runtime=runtime) if ce_model is not None else None
+    methods = _methods(ds, feats, embedder, embed_s, degradation, ce, baselines, batch_size)
     for path, err in sorted(feats.errors.items()):
         console.print(f"skipped {path}: {err}", highlight=False)
     if feats.duplicates:
@@ -189,9 +192,8 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
                       "'duplicate')", highlight=False)
 
     with tempfile.TemporaryDirectory(prefix="imgscan-eval-") as work:
-        steps = len(shot_values) * len(fold_list) * len(methods)
         with ScanProgress("judging splits") as progress:
-            progress.set_total(steps)
+            progress.set_total(len(shot_values) * len(fold_list) * len(methods))
             result = run_protocol(ds, feats, methods, shot_values, unknown_list, fold_list, seed, k, Path(work),
                                   on_step=lambda *a: progress.advance(1), holdout_sources=held_sources)
     info = {
@@ -220,29 +222,29 @@ def register(app: typer.Typer) -> None:
     def eval_command(
         data: Annotated[list[Path], typer.Argument(help="manifest folders / CSVs, or class folders; several are judged as one data set", show_default=False)],
         out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to write.")],
-        model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: $IMGSCAN_MODEL, else the shipped model).")] = None,
+        model: ModelOpt = None,
         shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
         unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
         holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", help="Comma-separated manifest sources never enrolled (e.g. camera:drewnoakes): all their images are queries; reports the share of their real photos called AI.")] = None,
-        views: Annotated[Optional[int], typer.Option("--views", min=1, max=9, help="Crops per image, embeddings averaged (default: the model card's).")] = None,
+        views: ViewsOpt = None,
         folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,
         query_folds: Annotated[Optional[str], typer.Option("--query-folds", help="Like --folds, but only these folds are queries, e.g. the model's validation fold (4) so no query was seen in training.")] = None,
         ce_model: Annotated[Optional[Path], typer.Option("--ce-model", help="A model trained with --loss ce, evaluated as a baseline.")] = None,
         no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the spectral and metadata baselines.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the group draw.")] = 0,
-        k: Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")] = 11,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+        k: KOpt = 11,
+        batch_size: BatchOpt = 32,
+        device: DeviceOpt = "auto",
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
-        precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16.")] = "auto",
-        runtime: Annotated[str, typer.Option("--runtime", help="torch, or openvino (CPU only; pip install 'imgscan\\[openvino]').")] = "torch",
+        precision: PrecisionOpt = "auto",
+        runtime: RuntimeOpt = "torch",
         degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, holdout_sources=holdout_sources, views=views,
                  folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
-                 use_umap=not no_umap, command=_invocation(), cache=cache, degrade_queries=degrade_queries,
+                 use_umap=not no_umap, command=invocation(), cache=cache, degrade_queries=degrade_queries,
                  precision=precision, runtime=runtime)
 
     @app.command("report", no_args_is_help=True)
@@ -272,10 +274,10 @@ def register(app: typer.Typer) -> None:
     def explain_command(
         image: Annotated[Path, typer.Argument(help="Image file.", show_default=False)],
         out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
-        model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: $IMGSCAN_MODEL, else the shipped model).")] = None,
+        model: ModelOpt = None,
         index: Annotated[Optional[Path], typer.Option("--index", help="Support index: also print and title the verdict.")] = None,
         views: Annotated[int, typer.Option("--views", min=8, max=5000, help="Perturbed views (occlusion patches at several scales plus random masks).")] = 400,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+        device: DeviceOpt = "auto",
         seed: Annotated[int, typer.Option("--seed")] = 0,
     ) -> None:
         """Show which regions of an image move its embedding most, drawn over the image.
@@ -292,5 +294,5 @@ def register(app: typer.Typer) -> None:
         """
         from scanner.evaluation.explain import run_explain
 
-        run_explain(image, out, model_dir=_model_dir(model), index=index, views=views, device=device, seed=seed,
+        run_explain(image, out, model_dir=model_dir_or_default(model), index=index, views=views, device=device, seed=seed,
                     console=err_console)

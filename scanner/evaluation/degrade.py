@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 _PART = re.compile(r"^(jpeg(?P<q>\d{1,3})|scale(?P<s>\d*\.?\d+))$")
 

@@ -17,7 +17,7 @@ from scanner.evaluation import plots
 from scanner.evaluation.evaluate import (HEADLINE, MAIN_METHOD, EvalResult, Features, Judged, compute_metrics,
                                          headline, mean_std)
 from scanner.evaluation.metrics import nan_to_none
-from scanner.evaluation.protocol import Dataset
+from scanner.dataset import Dataset
 from scanner.schema import NEIGHBOR_TYPE
 from scanner.verdict import UNKNOWN_LABEL
 

@@ -1,5 +1,5 @@
 """`imgscan eval`: features once per method, then for every shots value (and fold) a split, a real support
-index built with `indexes.enroll_embeddings`, k-NN search and `scanner.verdict.decide` - the very code `scan`
+index built with `scanner.enroll.enroll_embeddings`, k-NN search and `scanner.verdict.decide` - the very code `scan`
 judges images with - and the metrics of `metrics.py`.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from scanner.evaluation import metrics as M
-from scanner.evaluation.protocol import QUERY, SUPPORT, Dataset, Split, check_split, make_split
+from scanner.dataset import Dataset
+from scanner.evaluation.protocol import QUERY, SUPPORT, Split, check_split, make_split
 from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL, decide
 
 MAIN_METHOD = "imgscan"
@@ -92,14 +93,15 @@ def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[st
 
 
 def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, cache: Path | None = None) -> Features:
-    """Embed every image through `scanner.pipeline.embedded_batches` (scan's own read/decode/embed stages).
+    """Embed every image through `scanner.judge.embedded_batches` (scan's own read/decode/embed stages).
 
     `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256 and to
     the embedder's runtime and precision; files whose bytes are in it are not decoded or embedded again, and the
     cache is rewritten with this run's."""
     import xxhash
 
-    from scanner.pipeline import embedded_batches
+    from scanner.config import ReadConfig
+    from scanner.judge import embedded_batches
 
     emb = np.zeros((len(ds), embedder.dim), dtype=np.float32)
     ok = np.zeros(len(ds), dtype=bool)
@@ -123,7 +125,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
             progress(len(ds) - len(todo))
     pos = {os.fsencode(ds.paths[i]): i for i in todo}
     if todo:
-        for reads, decoded, e in embedded_batches(list(pos), embedder, batch_size=batch_size, readers=2):
+        for reads, decoded, e in embedded_batches(list(pos), embedder, ReadConfig(readers=2), batch_size=batch_size):
             row = 0
             for i, r in enumerate(reads):
                 j = pos[r.path]
@@ -136,17 +138,19 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
             if progress is not None:
                 progress(len(reads))
     if cache is not None:
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics), sha=np.array(sha[ok].tolist(), dtype=str),
-                 embedding=emb[ok])
-        os.replace(tmp, cache)
+        from imgscan_core.files import atomic_path
+
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics),
+                     sha=np.array(sha[ok].tolist(), dtype=str), embedding=emb[ok])
     feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
     drop_duplicates(ds, feats)
     return feats
 
 
 def _judge_cosine(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path):
-    from indexes import SupportIndex, enroll_embeddings
+    from indexes import SupportIndex
+    from scanner.enroll import enroll_embeddings
 
     index_dir = Path(tempfile.mkdtemp(prefix=f"{method.name}-", dir=workdir))
     for c in split.enrolled:

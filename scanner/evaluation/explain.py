@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 
 
 def occlusion_masks(size: int, budget: int) -> list[np.ndarray]:
@@ -111,9 +111,9 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
 
     from scanner.decode import ViewSpec, pillow_decode, sniff
     from scanner.embed import Embedder, resolve_device
-    from scanner.evaluation.plots import _plt, _save
+    from scanner.evaluation.plots import pyplot, save_figure
 
-    _plt()  # no matplotlib: say so before embedding hundreds of views
+    pyplot()  # no matplotlib: say so before embedding hundreds of views
     try:
         data = Path(image).read_bytes()
     except OSError as exc:
@@ -149,7 +149,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
                    "ai_score": float(v.ai_score[0]), "open_set_score": float(v.open_set_score[0])}
     heat, n_views = importance_map(pixels, embed, views=views, seed=seed)
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.8))
     axes[0].imshow(pixels)
     axes[0].set_title(f"input as the model sees it ({embedder.size}x{embedder.size})", fontsize=9)
@@ -169,7 +169,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         title += (f"\nverdict: {verdict['label']} (closest class {verdict['closed_set_label']}), "
                   f"ai_score {verdict['ai_score']:.3f}, open_set_score {verdict['open_set_score']:.3f}")
     fig.suptitle(title, fontsize=10)
-    _save(fig, out)
+    save_figure(fig, out)
     result = {"image": str(image), "out": str(out), "views": n_views, "model": embedder.model_id, "verdict": verdict,
               "max_importance": lim}
     if console is not None:

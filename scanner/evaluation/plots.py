@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from scanner.evaluation import metrics as M
 
 
-def _plt():
+def pyplot():
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -25,7 +25,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
@@ -43,13 +43,13 @@ KELLY = ["#0067A5", "#F38400", "#008856", "#BE0032", "#875692", "#F3C300", "#848
 def _colours(n: int):
     if n <= len(KELLY):
         return KELLY[:n]
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab20")
     return KELLY + [cmap(i % cmap.N) for i in range(n - len(KELLY))]
 
 
 def confusion_png(rows: list[str], cols: list[str], matrix, path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(cols), 1.0 + 0.5 * len(rows)))
@@ -65,14 +65,14 @@ def confusion_png(rows: list[str], cols: list[str], matrix, path: Path, title: s
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, label="share of the row")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_png(per_generator: dict[str, tuple[np.ndarray, np.ndarray]], pooled: dict[str, tuple[np.ndarray, np.ndarray]],
             path: Path, title: str) -> Path:
     """Left: real vs each generator (main method). Right: real vs all generated, one curve per method.
     Values are (y_true, score) pairs."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for ax, curves, sub in ((axes[0], per_generator, "real vs each generator"), (axes[1], pooled, "real vs all generated, per method")):
         cols = _colours(len(curves))
@@ -89,12 +89,12 @@ def roc_png(per_generator: dict[str, tuple[np.ndarray, np.ndarray]], pooled: dic
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def oscr_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     """curves: method -> (known_correct, known_scores, unknown_scores), scores higher = more known."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for (name, (correct, ks, us)), col in zip(curves.items(), _colours(len(curves))):
         fpr, ccr, _ = M.oscr_curve(correct, ks, us)
@@ -107,12 +107,12 @@ def oscr_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def shots_png(sweep: dict[str, list[dict]], path: Path, title: str) -> Path:
     """sweep: method -> rows {shots, <metric>: {mean, std}}; three panels."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("closed_macro_f1", "attribution macro F1 (closed set)"), ("mean_det_auc", "mean detection AUC"),
               ("oscr", "OSCR")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
@@ -131,7 +131,7 @@ def shots_png(sweep: dict[str, list[dict]], path: Path, title: str) -> Path:
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def project_2d(x: np.ndarray, seed: int = 0, use_umap: bool = True) -> tuple[np.ndarray, str]:
@@ -156,7 +156,7 @@ def project_2d(x: np.ndarray, seed: int = 0, use_umap: bool = True) -> tuple[np.
 
 
 def embedding_map_png(xy: np.ndarray, labels: np.ndarray, roles: np.ndarray, path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 7))
     classes = sorted(set(labels.tolist()))
     for c, col in zip(classes, _colours(len(classes))):
@@ -172,12 +172,12 @@ def embedding_map_png(xy: np.ndarray, labels: np.ndarray, roles: np.ndarray, pat
     ax.legend(fontsize=7, markerscale=1.6, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class (queries)")
     ax.set_title(title + "\n(pale triangles: support images; dots: queries; crosses: queries of never-enrolled classes)",
                  fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def histogram_png(values: np.ndarray, path: Path, title: str, xlabel: str, threshold: float | None = None,
                   bins: int = 40, value_range: tuple[float, float] | None = None) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
@@ -188,14 +188,14 @@ def histogram_png(values: np.ndarray, path: Path, title: str, xlabel: str, thres
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_png(counts: dict[str, int], path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     items = sorted(counts.items(), key=lambda kv: -kv[1])
     fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.28 * max(len(items), 1)))
     ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1], color="#4477aa")
     ax.set_xlabel("images")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scanner.errors import UsageError
+from imgscan_core.errors import UsageError
 from scanner.evaluation import html_report as H
 from scanner.evaluation import plots
 from scanner.evaluation.baselines import encode_thumbnail
@@ -105,7 +105,7 @@ def _support_paths(index: Path | None) -> dict[str, str]:
 
 def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 24, console=None,
                support_root: Path | None = None) -> dict:
-    plots._plt()  # no matplotlib: say so before any work
+    plots.pyplot()  # no matplotlib: say so before any work
     table, meta = load_verdicts(verdicts)
     s = summarise(table, top)
     out = out.expanduser()

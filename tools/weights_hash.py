@@ -1,6 +1,6 @@
 """Print the weights-only hash of model directories: equal hashes mean identical weights.
 
-    python -m train.weights_hash scanner/default_model /tmp/retrained/model
+    python tools/weights_hash.py scanner/default_model /tmp/retrained/model
 
 A TorchScript file carries a random serialization id, so re-exporting identical weights changes the file's
 sha256 (the card's `weights_sha256`, which the model id is built from) but not this hash (`tensors_sha256`).

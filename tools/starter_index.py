@@ -6,7 +6,7 @@ index's own `enroll_embeddings`, exactly as `imgscan enroll` would. Classes held
 enrolled too: enrolling is how imgscan learns a generator without retraining. Only embeddings and relative
 paths enter the index, never images.
 
-    python -m train.starter_index ../shared/data/kit ../shared/data/photos --model scanner/default_model \
+    python tools/starter_index.py ../shared/data/kit ../shared/data/photos --model scanner/default_model \
         --out scanner/default_index --per-class 150 --exclude-fold 4 --exclude-sources camera:drewnoakes
 
 Paths in the index are relative to the data set's folder each image came from (prefixed by that folder's name
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes import SupportIndex, enroll_embeddings
+from indexes import SupportIndex
 from scanner.embed import Embedder
-from scanner.pipeline import embedded_batches
+from scanner.enroll import embed_files, enroll_embeddings
 from train.data import load_samples
 
 
@@ -58,15 +58,10 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
         chosen = sorted(by_label[label], key=lambda s: str(s.path))
         random.Random(f"{seed}:{label}").shuffle(chosen)
         chosen = chosen[:per_class]
-        rel = {os.fsencode(s.path): _relative(s.path, roots) for s in chosen}
-        embeddings, shas, sources = [], [], []
-        for reads, decoded, emb in embedded_batches(list(rel), embedder, batch_size=32):
-            ok = [i for i, r in enumerate(reads) if r.error is None and decoded.errors[i] is None]
-            embeddings.append(emb)
-            shas.extend(reads[i].sha for i in ok)
-            sources.extend(rel[reads[i].path] for i in ok)
-        result = enroll_embeddings(out, label, np.concatenate(embeddings), shas, sources, embedder.model_id,
-                                   embedder.card.weights_sha256)
+        rel = {str(s.path): _relative(s.path, roots) for s in chosen}
+        found = embed_files([os.fsencode(p) for p in rel], embedder, batch_size=32)
+        result = enroll_embeddings(out, label, np.concatenate(found.embeddings), found.shas,
+                                   [rel[p] for p in found.sources], embedder.model_id, embedder.card.weights_sha256)
         counts[label] = result.added
         print(f"{label}: {result.added} enrolled", flush=True)
     # A packaged index is never written in place: no lock file, and no previous generation kept for readers.

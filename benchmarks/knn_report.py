@@ -1,7 +1,7 @@
 """k-NN validation report for an exported model directory, or for the untrained ImageNet backbone as a baseline.
 
-    python -m train.knn_report DATA --val-fold 4 --holdout glid-3,gaugan --model scanner/default_model
-    python -m train.knn_report DATA --val-fold 4 --holdout glid-3,gaugan --imagenet-lite0   # baseline
+    python benchmarks/knn_report.py DATA --val-fold 4 --holdout glid-3,gaugan --model scanner/default_model
+    python benchmarks/knn_report.py DATA --val-fold 4 --holdout glid-3,gaugan --imagenet-lite0   # baseline
 
 Same protocol as the trainer's last-epoch validation: support = every image of the other folds (held-out
 classes included: enrolled, never trained on), queries = the validation fold, cosine k-NN with k = 11, scan-style

@@ -1,6 +1,6 @@
 """Measure CPU embedder variants against the issue's yardstick: eager fp32 timm efficientnet_b0, NCHW, batch 32.
 
-    python -m scanner.bench_cpu_embedder --model scanner/default_model --variants all --json
+    python benchmarks/cpu_embedder.py --model scanner/default_model --variants all --json
 
 Each variant embeds the same uint8 batch (photo-like random fields at the model's input size) `--batches` times
 after `--warmup` batches; img/s is the median over batches. `cos_min` is the smallest cosine between the
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     names = VARIANTS if args.variants == "all" else tuple(v.strip() for v in args.variants.split(","))
     for name in names:
         if args.isolate and len(names) > 1:
-            cmd = [sys.executable, "-m", "scanner.bench_cpu_embedder", "--model", str(args.model), "--variants", name,
+            cmd = [sys.executable, __file__, "--model", str(args.model), "--variants", name,
                    "--batch-size", str(args.batch_size), "--size", str(args.size), "--warmup", str(args.warmup),
                    "--batches", str(args.batches), "--json"]
             done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)

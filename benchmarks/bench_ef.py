@@ -1,8 +1,8 @@
 """Recall@11 of one hnswlib graph at several search breadths (ef): the measurement behind ef_search_for().
 
-    python -m indexes.bench_ef
+    python benchmarks/bench_ef.py
 
-100,000 base + 2,000 query vectors from indexes.bench_recall.synthetic (16 clustered classes, 128-d), graph
+100,000 base + 2,000 query vectors from bench_recall.synthetic (16 clustered classes, 128-d), graph
 M=32, ef_construction=200 (the index's settings), exact neighbours by brute-force cosine.
 """
 
@@ -11,7 +11,7 @@ import time
 import hnswlib
 import numpy as np
 
-from indexes.bench_recall import synthetic
+from bench_recall import synthetic
 
 
 def main() -> None:

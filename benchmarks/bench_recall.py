@@ -1,6 +1,6 @@
 """Support-index benchmark: HNSW k-NN recall against exact search, and the cost of enrolling into a big index.
 
-    python -m indexes.bench_recall --support 100000 --queries 2000 --k 11 --json
+    python benchmarks/bench_recall.py --support 100000 --queries 2000 --k 11 --json
 
 Vectors are synthetic 128-d unit vectors drawn around 16 class centres (like embeddings of 16 classes, with
 a per-class spread), and, for the hardest case, uniformly on the sphere (`--uniform`). Recall@k = share of

@@ -1,0 +1,87 @@
+"""What every imgscan command shares: the options declared once, the consoles, and the one error boundary.
+
+Options are `Annotated` types reused by scan, enroll, bench, eval, explain and train, grouped into help panels.
+`CommandBoundary` is the one error boundary, the group class of imgscan's app and of `python -m train`: an
+ImgscanError ends the command with one line and its exit status (2, or 130 when interrupted); never a
+traceback for anything the user can fix.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+from rich.console import Console
+from rich.markup import escape
+
+from imgscan_core.errors import ImgscanError, Interrupted
+from scanner.paths import INDEX_ENV, MODEL_ENV
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+MODEL_PANEL = "Model and runtime"
+
+IndexOpt = Annotated[Optional[Path], typer.Option(
+    "--index", help=f"Support index directory. Default: ${INDEX_ENV}, else ~/.local/share/imgscan/index (XDG).")]
+ModelOpt = Annotated[Optional[Path], typer.Option(
+    "--model", rich_help_panel=MODEL_PANEL,
+    help=f"Model directory (embedder.pt + model_card.json). Default: ${MODEL_ENV}, else the model shipped with imgscan.")]
+DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=MODEL_PANEL, help="auto (CUDA when available), cpu or cuda.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, rich_help_panel=MODEL_PANEL,
+                                       help="Images per decode/embed batch.")]
+RuntimeOpt = Annotated[str, typer.Option(
+    "--runtime", rich_help_panel=MODEL_PANEL,
+    help="torch, or openvino (CPU only, about 2x faster there; pip install 'imgscan\\[openvino]').")]
+ViewsOpt = Annotated[Optional[int], typer.Option(
+    "--views", min=1, max=9, rich_help_panel=MODEL_PANEL,
+    help="Native-pixel crops per image 1.5x the input size or larger, their embeddings averaged: more views read "
+         "more of a large photo (cost: one embedding each). Default: the model card's (5 for the shipped model). "
+         "Enroll and scan with the same value.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", rich_help_panel=MODEL_PANEL,
+    help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
+KOpt = Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")]
+
+
+def invocation(default_prog: str = "imgscan") -> str:
+    """The command line as typed (for model cards and reports); `python -m train` spelled out when used."""
+    if not sys.argv:
+        return default_prog
+    prog = "python -m train" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
+    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C: a command keeps what it finished and can be resumed."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def print_error(message: str) -> None:
+    # Plain text, never markup: paths and names like imgscan[ray] hold square brackets.
+    err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class CommandBoundary(TyperGroup):
+    """The one error boundary, around every command of the group it is given to (`typer.Typer(cls=...)`):
+    imgscan's app and `python -m train` alike, and under typer's test runner too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:
+            err_console.print(f"imgscan: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except ImgscanError as exc:
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("imgscan: interrupted", highlight=False)
+            raise typer.Exit(130) from None

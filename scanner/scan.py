@@ -1,0 +1,134 @@
+"""`imgscan scan`: resolve the model and the index, pick the engine and the output, run, summarise.
+
+The engines (scanner/engines) only distribute the per-batch work (scanner.judge.BatchJudge); everything a scan
+is besides that lives here, once: which output (scanner.writer), what makes two runs the same scan (the
+fingerprint), what a verdict file records about how it was made (the metadata), what to skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgscan_core.errors import Interrupted, UsageError
+from indexes import SupportIndex
+from scanner.config import ENGINES, ScanConfig
+from scanner.decode import ViewSpec, view_spec_for
+from scanner.engines import ScanJob
+from scanner.keys import load_known_shas
+from scanner.model import ModelCard, verify_model_dir
+from scanner.paths import index_dir_for_reading, model_dir_or_default
+from scanner.walk import walk_files
+from scanner.writer import ScanOutput, summarize
+
+
+@dataclass
+class ScanSummary:
+    out: Path
+    rows: int = 0
+    scanned_this_run: int = 0
+    resumed_rows: int = 0
+    skipped_known: int = 0
+    labels: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+
+def scan_fingerprint(config: ScanConfig, model_id: str, views: int) -> dict:
+    """What makes two scans the same scan: an unfinished output is only resumed by a run with this unchanged."""
+    return {
+        "roots": [os.fsdecode(os.path.abspath(r)) for r in config.roots], "model": model_id, "k": config.k,
+        "all_files": config.read.all_files, "skip_known": sorted(str(p) for p in config.read.skip_known),
+        "views": views,
+    }
+
+
+def scan_metadata(card, support, k: int, precision: str | None, runtime: str, view_spec: ViewSpec) -> dict[str, str]:
+    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, the embedder's
+    runtime and precision, and how images became model input (resize rule, views)."""
+    from scanner import __version__
+
+    return {"imgscan": json.dumps({
+        "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
+        "index": support.name, "index_counts": support.manifest.counts,
+        "open_set_threshold": support.threshold, "k": k, "precision": precision, "runtime": runtime,
+        "resize": view_spec.resize, "views": view_spec.views,
+    })}
+
+
+def engine_class(name: str):
+    if name == "local":
+        from scanner.engines.local import LocalEngine
+
+        return LocalEngine
+    if name == "ray":
+        from scanner.engines.ray_engine import RayEngine
+
+        return RayEngine
+    raise UsageError(f"--engine {name}: expected {' or '.join(ENGINES)}")
+
+
+def count_files(roots: list[bytes], all_files: bool, stop: threading.Event, on_total) -> None:
+    """Background count for the progress bar's total and ETA (a stat-only walk, much cheaper than a scan)."""
+    n = 0
+    for _ in walk_files(roots, all_files):
+        if stop.is_set():
+            return
+        n += 1
+    on_total(n)
+
+
+def open_support(config: ScanConfig, card: ModelCard) -> tuple[Path, SupportIndex]:
+    index_dir = index_dir_for_reading(config.index_dir, card.weights_sha256)
+    support = SupportIndex.open(index_dir)
+    support.check_model(card.model_id, card.weights_sha256)
+    support.check_not_empty()
+    return index_dir, support
+
+
+def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
+    """Scan into config.out with config.engine; None when the output is already complete (and not
+    --overwrite). Raises UsageError for unusable settings, Interrupted (work kept) when stopped.
+    `progress`: a scanner.progress.ScanProgress (default: a silent one)."""
+    from scanner.progress import ScanProgress
+
+    progress = progress or ScanProgress(force_plain=True, log_every_s=float("inf"))
+    started = time.monotonic()
+    engine_cls = engine_class(config.engine)
+    output: ScanOutput = engine_cls.output_class(config.out)
+    if output.is_complete():
+        if not config.overwrite:
+            return None
+        output.clear()
+    model_dir = model_dir_or_default(config.embed.model_dir)
+    card = verify_model_dir(model_dir)
+    index_dir, support = open_support(config, card)
+    view_spec = view_spec_for(card, config.embed.views)
+    known = load_known_shas(config.read.skip_known)
+    engine = engine_cls(config, model_dir)
+    output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
+    done = output.open(scan_fingerprint(config, card.model_id, view_spec.views))
+    progress.set_already_done(len(done))
+    job = ScanJob(config, model_dir, index_dir, card, support, view_spec, done, known)
+    stop_count = threading.Event()
+    threading.Thread(target=count_files, args=(config.roots, config.read.all_files, stop_count, progress.set_total),
+                     daemon=True).start()
+    try:
+        result = engine.run(job, output, progress)
+        rows = output.finish(result.run_info)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {output.resume_hint()}") from None
+    except OSError as exc:  # disk full, file size limit, output removed under us: the staging so far is intact
+        raise UsageError(f"writing {config.out}: {exc.strerror or exc}; {output.resume_hint()} after fixing "
+                         "the cause") from None
+    finally:
+        stop_count.set()
+    labels, errors = summarize(output.result_files())
+    return ScanSummary(out=config.out, rows=rows, scanned_this_run=result.scanned, resumed_rows=len(done),
+                       skipped_known=result.skipped_known, labels=labels, errors=errors,
+                       elapsed_s=time.monotonic() - started)

@@ -19,6 +19,8 @@ Variants (the names are what `--variants` takes):
   ov_fp32          OpenVINO (if installed), inference precision f32
   ov_bf16          OpenVINO, inference precision bf16
   ort_fp32         ONNX Runtime (if installed), exported ONNX graph
+  imgscan_default  scanner.embed.Embedder with its defaults (--runtime auto, --precision auto): what a scan runs
+  imgscan_int8     the same with --precision int8 (the model's NNCF int8 IR; `imgscan quantize` makes it)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("b0_nchw_fp32", "ts_nchw_fp32", "ts_cl_fp32", "ts_cl_bf16", "ts_frozen_fp32", "compile_fp32",
-            "compile_bf16", "ov_fp32", "ov_bf16", "ort_fp32")
+            "compile_bf16", "ov_fp32", "ov_bf16", "ort_fp32", "imgscan_default", "imgscan_int8")
 
 
 def photo_like_batch(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -69,6 +71,15 @@ def _runner(variant: str, model_dir: Path, batch: np.ndarray):
     nchw = torch.from_numpy(batch).permute(0, 3, 1, 2)
     cl = nchw.contiguous(memory_format=torch.channels_last)
     nchw = nchw.contiguous()
+
+    if variant in ("imgscan_default", "imgscan_int8"):
+        from scanner.embed import Embedder
+
+        embedder = Embedder(model_dir, device="cpu", precision="int8" if variant == "imgscan_int8" else "auto")
+
+        def run():
+            return embedder.embed(batch)
+        return run
 
     if variant == "b0_nchw_fp32":
         import timm

@@ -33,6 +33,9 @@ HELD_SOURCE = "camera:drewnoakes"
 DEGRADE = "jpeg75,scale0.75"
 
 
+PRECISION = "fp32"  # --precision: every eval and scan of one run uses it
+
+
 def _eval(data, out: Path, model: Path, cache: Path, runtime: str, **kw) -> dict:
     from rich.console import Console
 
@@ -40,7 +43,7 @@ def _eval(data, out: Path, model: Path, cache: Path, runtime: str, **kw) -> dict
 
     quiet = Console(stderr=True, quiet=True)
     return run_eval(data, out, model=model, shots="150", query_folds="4", baselines=False, use_umap=False,
-                    device="cpu", precision="fp32", runtime=runtime, cache=cache, console=quiet,
+                    device="cpu", precision=PRECISION, runtime=runtime, cache=cache, console=quiet,
                     command="benchmarks/embedder_proxies.py", **kw)
 
 
@@ -55,7 +58,7 @@ def _scan_share_ai(folder: Path, model: Path, index: Path, out: Path, runtime: s
     import pyarrow.parquet as pq
 
     cmd = [sys.executable, "-m", "scanner.cli", "scan", str(folder), "--out", str(out), "--model", str(model),
-           "--index", str(index), "--device", "cpu", "--precision", "fp32", "--runtime", runtime, "--overwrite"]
+           "--index", str(index), "--device", "cpu", "--precision", PRECISION, "--runtime", runtime, "--overwrite"]
     if views:
         cmd += ["--views", str(views)]
     subprocess.run(cmd, check=True, capture_output=True)
@@ -109,7 +112,7 @@ def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: s
     att = enrolled["attribution"]["per_class"]
     result = {
         "model": str(model),
-        "index": str(index), "runtime": runtime, "views": views,
+        "index": str(index), "runtime": runtime, "precision": PRECISION, "views": views,
         "p1_kit": {"det_acc": clean["detection"]["mean_accuracy"], "det_auc": clean["detection"]["mean_auc"],
                    "closed_f1": clean["closed_set_attribution"]["macro_f1"],
                    "real_called_ai": clean["detection"]["real_called_ai"]},
@@ -146,7 +149,10 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=SHARED / "photos")
     ap.add_argument("--runtime", default="openvino", help="embedder runtime (openvino: fastest on CPU; fp32)")
     ap.add_argument("--views", type=int, default=None)
+    ap.add_argument("--precision", default="fp32", help="fp32, or int8 (the model's int8 IR, OpenVINO)")
     args = ap.parse_args()
+    global PRECISION
+    PRECISION = args.precision
     print(json.dumps(run(args.model, args.index, args.out, args.kit, args.photos, args.runtime, args.views), indent=2))
 
 

@@ -209,14 +209,16 @@ class SupportIndex:
         if self.manifest.total == 0:
             raise UsageError(f"{self.directory}: the index is empty; enroll images first (`imgscan enroll LABEL DIR`)")
 
-    def search(self, embeddings: np.ndarray, k: int) -> Neighbors:
+    def search(self, embeddings: np.ndarray, k: int, threads: int = 1) -> Neighbors:
+        """The k nearest support items of each embedding. One thread by default: a scan's batches are small
+        (a thread pool per call costs more than it saves) and the embedder needs the cores."""
         n = embeddings.shape[0]
         k = min(k, len(self.table))
         if n == 0 or k == 0:
             empty = np.zeros((n, 0), dtype=object)
             return Neighbors(empty, empty.copy(), np.zeros((n, 0), dtype=np.float32))
         self.hnsw.set_ef(max(self.manifest.hnsw["ef_search"], 2 * k))
-        ids, dist = self.hnsw.knn_query(np.ascontiguousarray(embeddings, dtype=np.float32), k=k)
+        ids, dist = self.hnsw.knn_query(np.ascontiguousarray(embeddings, dtype=np.float32), k=k, num_threads=threads)
         ids = ids.astype(np.int64)
         return Neighbors(self.table.label[ids], self.table.support_id[ids], (1.0 - dist).astype(np.float32))
 

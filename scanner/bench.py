@@ -22,7 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scanner.threads import usable_cpus
+
 BENCH_KEYS = ("decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb")
+# What was measured, next to the figures: the embedder's runtime and precision (as `auto` resolved them here),
+# device, views, batch size, and the CPU threads each stage was given.
+SETTING_KEYS = ("runtime", "precision", "device", "views", "batch_size", "cpus", "threads")
 
 
 def make_jpegs(directory: Path, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -58,6 +63,9 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         query_ips = _bench_query(embedder, index, sample, batch_size, k)
         end_to_end_ips = _bench_scan(embedder, index, roots, tmp / "verdicts.parquet", batch_size, k)
     return {
+        "runtime": embedder.runtime, "precision": embedder.precision, "device": embedder.device,
+        "views": embedder.view_spec.views, "batch_size": batch_size, "cpus": usable_cpus(),
+        "threads": embedder.threads,
         "decode_ips": round(decode_ips, 1),
         "embed_ips": round(embed_ips, 1),
         "query_ips": round(query_ips, 1),

@@ -53,12 +53,12 @@ def _model_sha(model: Optional[Path]) -> str:
         return ""
 
 
-def _embedder(model: Optional[Path], device: str, precision: str = "auto", runtime: str = "torch",
-              views: Optional[int] = None):
+def _embedder(model: Optional[Path], device: str, precision: str = "auto", runtime: str = "auto",
+              views: Optional[int] = None, threads: Optional[int] = None):
     from scanner.embed import Embedder, resolve_device
 
     return Embedder(model_dir_or_default(model), device=resolve_device(device), precision=precision,
-                    runtime=runtime, views=views)
+                    runtime=runtime, views=views, threads=threads)
 
 
 @app.command()
@@ -73,7 +73,7 @@ def scan(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    runtime: RuntimeOpt = "torch",
+    runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
     all_files: Annotated[bool, typer.Option("--all-files", rich_help_panel=READ_PANEL, help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=READ_PANEL, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
@@ -155,7 +155,7 @@ def enroll(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    runtime: RuntimeOpt = "torch",
+    runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
 ) -> None:
     """Add images to the support index as class NAME; nothing is retrained.
@@ -241,9 +241,9 @@ def bench(
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Benchmark on these images instead of generated ones.")] = None,
     batch_size: BatchOpt = 32,
     support: Annotated[int, typer.Option("--support", min=16, help="Synthetic support vectors in the benchmark index.")] = 2000,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Embedder CPU threads (default: every usable core; scanner.threads).")] = None,
     precision: PrecisionOpt = "auto",
-    runtime: RuntimeOpt = "torch",
+    runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
@@ -255,11 +255,7 @@ def bench(
     """
     from scanner.bench import run_bench
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    embedder = _embedder(model, device, precision, runtime, views)
+    embedder = _embedder(model, device, precision, runtime, views, threads)
     if images_dir is not None and not images_dir.is_dir():
         raise UsageError(f"--images-dir {images_dir}: not a directory")
     try:
@@ -273,7 +269,7 @@ def bench(
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():
-        table.add_row(key, f"{value:,.1f}")
+        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else str(value))
     out_console.print(table)
 
 

@@ -42,7 +42,7 @@ class EmbedConfig:
     model_dir: Path | None = None  # None: $IMGSCAN_MODEL, else the packaged model (scanner.paths)
     device: str = "auto"  # auto, cpu, cuda (on Ray: per worker, CUDA when Ray gave it a GPU)
     precision: str = "auto"
-    runtime: str = "torch"
+    runtime: str = "auto"  # auto: OpenVINO on CPU where installed, else torch (scanner.embed.resolve_runtime)
     views: int | None = None  # None: the model card's
     batch_size: int = 64
 

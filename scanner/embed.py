@@ -13,7 +13,7 @@ import numpy as np
 
 from scanner.decode import DecodedBatch, view_spec_for
 from imgscan_core.errors import UsageError
-from scanner.model import load_model
+from scanner.model import load_model, verify_int8
 
 
 def resolve_device(device: str, gpu_assigned: bool = True) -> str:
@@ -30,8 +30,26 @@ def resolve_device(device: str, gpu_assigned: bool = True) -> str:
     return device
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-RUNTIMES = ("torch", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+RUNTIMES = ("auto", "torch", "openvino")
+
+
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """auto: OpenVINO on a CPU (3-5x torch fp32 eager on AVX2, about 2x torch bf16 on AVX-512 BF16:
+    docs/benchmarks.md), torch on CUDA or where OpenVINO is not installed."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "openvino" if device == "cpu" and openvino_installed() else "torch"
+    if runtime == "openvino" and device != "cpu":
+        raise UsageError("--runtime openvino runs on the CPU (use --device cpu, or --runtime torch on CUDA)")
+    return runtime
 
 
 def cpu_has_native_bf16() -> bool:
@@ -58,6 +76,8 @@ def resolve_precision(precision: str, device: str) -> str:
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device != "cuda":
         raise UsageError("--precision fp16 needs --device cuda (on CPU use bf16 or fp32)")
+    if precision == "int8" and device != "cpu":
+        raise UsageError("--precision int8 runs on the CPU, with OpenVINO (use --device cpu)")
     return precision
 
 
@@ -73,24 +93,32 @@ class Embedder:
     MAX_ROWS = 64
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", precision: str = "auto",
-                 runtime: str = "torch", views: int | None = None):
+                 runtime: str = "auto", views: int | None = None, threads: int | None = None):
+        """`threads`: CPU threads of the embedder (default: scanner.threads.thread_budget().embed)."""
         import torch
 
-        if runtime not in RUNTIMES:
-            raise UsageError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
-        if runtime == "openvino" and device != "cpu":
-            raise UsageError("--runtime openvino runs on the CPU (use --device cpu, or --runtime torch on CUDA)")
+        from scanner.threads import thread_budget
+
         self.device = device
+        self.runtime = resolve_runtime(runtime, device)
         self.precision = resolve_precision(precision, device)
-        self.runtime = runtime
+        if self.precision == "int8" and self.runtime != "openvino":
+            raise UsageError("--precision int8 runs with OpenVINO (--runtime auto or openvino)")
         self.card, module = load_model(model_dir, device=device)
         self._openvino = None
-        if runtime == "openvino":
+        self.threads = 0  # CUDA: the GPU's
+        if self.runtime == "openvino":
             from scanner.openvino_runtime import OpenVinoEmbedder
 
-            self._openvino = OpenVinoEmbedder(module, self.card.weights_sha256, self.card.input_size, self.precision)
+            self.threads = threads or thread_budget().embed
+            int8_xml = verify_int8(model_dir, self.card) if self.precision == "int8" else None
+            self._openvino = OpenVinoEmbedder(module, self.card.weights_sha256, self.card.input_size, self.precision,
+                                              self.threads, int8_xml)
             module = None  # OpenVINO runs its compiled copy; the TorchScript module is not used again
         elif device == "cpu":
+            if threads:
+                torch.set_num_threads(threads)
+            self.threads = torch.get_num_threads()
             # Same layout as the NHWC batches the decoder produces: no transposing copy, faster oneDNN convs.
             module = module.to(memory_format=torch.channels_last)
         self.module = module

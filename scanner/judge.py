@@ -21,6 +21,7 @@ from scanner.embed import Embedder
 from scanner.feed import LocalFeeder
 from scanner.read import ReadResult
 from scanner.schema import VERDICT_SCHEMA, display_path
+from scanner.threads import thread_budget
 from scanner.verdict import decide
 
 
@@ -29,7 +30,8 @@ def make_decoder(spec: ViewSpec, batch_size: int, device: str, config: DecodeCon
     on CUDA (nvJPEG needs this process's CUDA context) or when isolation is turned off."""
     if config.isolate and device != "cuda":
         return IsolatedImageDecoder(spec, batch_size, max_pixels=config.max_pixels, timeout_s=config.timeout_s)
-    return ImageDecoder(spec, batch_size, device=device, max_pixels=config.max_pixels)
+    return ImageDecoder(spec, batch_size, device=device, max_pixels=config.max_pixels,
+                        num_threads=thread_budget().decode)
 
 
 @dataclass

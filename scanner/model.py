@@ -54,6 +54,10 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
     notes: str = ""
+    # An optional int8 OpenVINO version of the same embedder (`--precision int8`, made by `imgscan quantize`):
+    # {"xml": name, "xml_sha256", "bin": name, "bin_sha256", "calibration": what it was calibrated on,
+    #  "accuracy": figures against fp32}. Empty when the model has none.
+    int8: dict[str, Any] = field(default_factory=dict)
     format_version: int = CARD_FORMAT_VERSION
 
     @property
@@ -102,6 +106,21 @@ def verify_model_dir(model_dir: str | os.PathLike) -> ModelCard:
             "the file is corrupt or was replaced"
         )
     return card
+
+
+INT8_XML, INT8_BIN = "embedder_int8.xml", "embedder_int8.bin"
+
+
+def verify_int8(model_dir: str | os.PathLike, card: ModelCard) -> Path:
+    """The int8 OpenVINO files of a model, checked against the card's sha256; returns the .xml path."""
+    if not card.int8:
+        raise UsageError(f"model {card.model_id} has no int8 version: make one with `imgscan quantize "
+                         f"{model_dir} DATA`, or use --precision fp32")
+    for role in ("xml", "bin"):
+        path = Path(model_dir) / str(card.int8.get(role, ""))
+        if not path.is_file() or sha256_file(path) != card.int8.get(f"{role}_sha256"):
+            raise UsageError(f"{path}: int8 model file missing or its sha256 differs from the model card")
+    return Path(model_dir) / card.int8["xml"]
 
 
 def load_model(model_dir: str | os.PathLike, device: str = "cpu"):

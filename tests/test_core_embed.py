@@ -22,8 +22,8 @@ def test_embeddings_are_unit_norm_and_input_type_does_not_matter(tiny_model_dir)
 
 def test_bf16_autocast_stays_close_to_fp32_and_bad_precisions_are_refused(tiny_model_dir):
     x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    fp32 = Embedder(tiny_model_dir, device="cpu", precision="fp32").embed(x)
-    bf16 = Embedder(tiny_model_dir, device="cpu", precision="bf16").embed(x)
+    fp32 = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="torch").embed(x)
+    bf16 = Embedder(tiny_model_dir, device="cpu", precision="bf16", runtime="torch").embed(x)
     assert np.all((fp32 * bf16).sum(axis=1) > 0.99)  # cosine similarity
     with pytest.raises(UsageError, match="needs --device cuda"):
         Embedder(tiny_model_dir, device="cpu", precision="fp16")
@@ -48,7 +48,7 @@ def test_openvino_runtime_matches_torch_and_caches_its_onnx_export(tiny_model_di
     pytest.importorskip("openvino")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # (conftest isolates it too; named here)
     x = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    ref = Embedder(tiny_model_dir, device="cpu", precision="fp32").embed(x)
+    ref = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="torch").embed(x)
     ov = Embedder(tiny_model_dir, device="cpu", precision="fp32", runtime="openvino")
     assert ov.runtime == "openvino"
     got = ov.embed(x)
@@ -62,6 +62,37 @@ def test_openvino_runtime_matches_torch_and_caches_its_onnx_export(tiny_model_di
     assert np.allclose(again, got, atol=1e-5) and cached[0].read_bytes() != b"garbage"
     with pytest.raises(UsageError, match="expected one of"):
         Embedder(tiny_model_dir, device="cpu", runtime="tensorrt")
+
+
+def test_auto_runtime_is_openvino_on_cpu_and_torch_without_it(tiny_model_dir, monkeypatch):
+    import scanner.embed as embed
+
+    assert embed.resolve_runtime("auto", "cuda") == "torch"
+    auto = Embedder(tiny_model_dir, device="cpu")
+    assert auto.runtime == "openvino" and auto.module is None  # the compiled OpenVINO model runs, not torch
+    monkeypatch.setattr(embed, "openvino_installed", lambda: False)
+    assert Embedder(tiny_model_dir, device="cpu").runtime == "torch"
+    with pytest.raises(UsageError, match="runs on the CPU"):
+        embed.resolve_runtime("openvino", "cuda")
+
+
+def test_onnx_export_check_compares_with_the_torchscript_module(tmp_path):
+    """The check that guards the ONNX cache: the export of a module agrees with it (cosine ~1), and the same ONNX
+    graph checked against another module does not, so a wrong export is refused before it is cached."""
+    import openvino as ov
+
+    from conftest import make_tiny_embedder
+    from scanner.openvino_runtime import EXPORT_MIN_COSINE, cached_onnx, export_check, onnx_cache_dir
+
+    first, second = make_tiny_embedder(), make_tiny_embedder()
+    with torch.no_grad():  # another projection: another model
+        second.projection.copy_(torch.randn(48, 128, generator=torch.Generator().manual_seed(7)))
+    core = ov.Core()
+    path = cached_onnx(first, "a" * 64, 32, core)
+    assert export_check(first, core, path, 32) >= EXPORT_MIN_COSINE
+    assert export_check(second, core, path, 32) < 0.99
+    sidecar = onnx_cache_dir() / f"{'a' * 64}.onnx.json"
+    assert __import__("json").loads(sidecar.read_text())["check_min_cosine"] >= EXPORT_MIN_COSINE
 
 
 def test_scan_with_the_openvino_runtime_gives_the_torch_verdicts(tmp_path, tiny_model_dir, two_class_index):
@@ -120,4 +151,40 @@ def test_help_shows_the_extras_to_install_with_their_brackets():
     result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    assert "imgscan[ray]" in text and "imgscan[openvino]" in text and "--precision" in text
+    assert "imgscan[ray]" in text and "--precision" in text and "--runtime" in text
+
+
+def test_int8_version_is_made_verified_and_run_by_openvino(tiny_model_dir, tmp_path):
+    """`imgscan quantize` adds an NNCF int8 IR with its sha256 in the card; `--precision int8` runs it, close to
+    fp32; a changed file is refused, and so is int8 for a model without it."""
+    pytest.importorskip("nncf")
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from conftest import BLUE, GREEN, RED, write_class_dir
+    from scanner.cli import app
+    from scanner.model import read_card
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = tmp_path / "data"
+    for seed0, (name, rgb) in enumerate((("real", RED), ("gen_blue", BLUE), ("gen_green", GREEN))):
+        write_class_dir(data / name, rgb, 8, seed0=100 * seed0)
+    with pytest.raises(UsageError, match="no int8 version"):
+        Embedder(model, device="cpu", precision="int8")
+    result = CliRunner().invoke(app, ["quantize", str(model), str(data), "--images", "16"])
+    assert result.exit_code == 0, result.output
+    card = read_card(model)
+    assert card.int8["accuracy"]["n"] == 8 and card.int8["accuracy"]["cosine_min"] > 0.9
+    assert card.weights_sha256 == read_card(tiny_model_dir).weights_sha256  # the fp32 model is unchanged
+    x = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    int8 = Embedder(model, device="cpu", precision="int8")
+    assert int8.runtime == "openvino" and int8.precision == "int8"
+    fp32 = Embedder(model, device="cpu", precision="fp32", runtime="torch").embed(x)
+    assert np.all((int8.embed(x) * fp32).sum(axis=1) > 0.9)
+    with pytest.raises(UsageError, match="runs with OpenVINO"):
+        Embedder(model, device="cpu", precision="int8", runtime="torch")
+    (model / card.int8["bin"]).write_bytes(b"\0" * 64)
+    with pytest.raises(UsageError, match="sha256 differs"):
+        Embedder(model, device="cpu", precision="int8")

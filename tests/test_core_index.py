@@ -205,8 +205,12 @@ def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
                                  "--batch-size", "8", "--support", "64", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
-    assert list(figures) == ["decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
-    assert all(isinstance(v, float) and v > 0 for v in figures.values())
+    settings = ["runtime", "precision", "device", "views", "batch_size", "cpus", "threads"]
+    measured = ["decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
+    assert list(figures) == settings + measured
+    assert figures["runtime"] == "openvino" and figures["precision"] in ("fp32", "bf16")  # what `auto` chose here
+    assert figures["device"] == "cpu" and figures["batch_size"] == 8 and figures["cpus"] >= 1 and figures["threads"] >= 1
+    assert all(isinstance(figures[k], float) and figures[k] > 0 for k in measured)
 
 
 def test_search_breadth_grows_with_the_index():

@@ -79,6 +79,7 @@ def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class
     local_meta = json.loads(local_t.schema.metadata[b"imgscan"])
     ray_meta = json.loads(ray_t.schema.metadata[b"imgscan"])
     assert ray_meta.pop("precision") == "auto (per worker)" and local_meta.pop("precision") in ("fp32", "bf16")
+    assert ray_meta.pop("runtime") == "auto (per worker)" and local_meta.pop("runtime") == "openvino"
     assert ray_meta == local_meta
 
     local_rows = {_key(r): r for r in local_t.to_pylist()}

@@ -114,7 +114,7 @@ class VerdictWorker:
         self.device = embedder.device
         output.announce(f"{self.node[:16]}-{os.getpid()}", {
             "node": self.node, "host": socket.gethostname(), "pid": os.getpid(), "device": embedder.device,
-            "precision": embedder.precision, "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "precision": embedder.precision, "runtime": embedder.runtime, "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "started_at": datetime.now(timezone.utc).isoformat(),
         })
 
@@ -206,7 +206,7 @@ class RayEngine:
             raise UsageError("part_rows must be at least 1")
         # Each worker resolves `auto` on its own hardware (it announces what it used in the manifest).
         self.precision = config.embed.precision if config.embed.precision != "auto" else "auto (per worker)"
-        self.runtime = config.embed.runtime
+        self.runtime = config.embed.runtime if config.embed.runtime != "auto" else "auto (per worker)"
 
     def run(self, job: ScanJob, output: PartsOutput, progress) -> EngineResult:
         import ray

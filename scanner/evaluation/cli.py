@@ -148,7 +148,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
              cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
-             runtime: str = "torch") -> dict:
+             runtime: str = "auto") -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -238,7 +238,7 @@ def register(app: typer.Typer) -> None:
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="An .npz of the model's embeddings keyed by file hash: reused by later runs with the same model (another --unknown or --shots without embedding again).")] = None,
         precision: PrecisionOpt = "auto",
-        runtime: RuntimeOpt = "torch",
+        runtime: RuntimeOpt = "auto",
         degrade_queries: Annotated[Optional[str], typer.Option("--degrade-queries", help="Also judge degraded copies of the queries against the clean support, e.g. jpeg75,scale0.75 (downscale, then JPEG re-compression, as a re-post does); reported as method imgscan@scale0.75+jpeg75.")] = None,
     ) -> None:
         run_eval(data, out, model=model, shots=shots, unknown=unknown, holdout_sources=holdout_sources, views=views,

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from imgscan_core.errors import UsageError
 from imgscan_core.files import atomic_path, sha256_file
 from imgscan_core.labels import check_label
+from imgscan_core.locks import exclusive_lock
 from indexes.calibrate import OpenSetScorer, leave_one_out_neighbours, threshold_from_scores
-from indexes.lock import exclusive_lock
 from indexes.manifest import FileEntry, IndexManifest, read_manifest, write_manifest
 
 

@@ -40,6 +40,18 @@ index_app = typer.Typer(help="Inspect or edit the support index (what is enrolle
 app.add_typer(index_app, name="index")
 
 READ_PANEL = "Reading and decoding"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"imgscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print imgscan's version and exit.")] = False) -> None:
+    """Options before any command."""
 RAY_PANEL = "Ray engine (--engine ray, docs/ray.md)"
 
 
@@ -67,7 +79,7 @@ def scan(
     out: Annotated[Path, typer.Option("--out", "-o", help="Verdict Parquet file to write. Re-running the same command resumes an interrupted scan.")],
     index: IndexOpt = None,
     k: KOpt = 11,
-    skip_known: Annotated[Optional[list[Path]], typer.Option("--skip-known", help="Earlier verdict files: images whose sha is in them are skipped (no row). Repeatable.")] = None,
+    skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
     model: ModelOpt = None,
     batch_size: BatchOpt = 64,
@@ -99,6 +111,7 @@ def scan(
       imgscan scan ./crawl/2026-11-22 --out night.parquet --skip-known night-*.parquet
     """
     from scanner.config import DecodeConfig, EmbedConfig, RayConfig, ReadConfig, ScanConfig
+    from scanner.keys import is_verdict_file, skip_known_files
     from scanner.progress import ScanProgress
     from scanner.scan import run_scan
     from scanner.walk import check_roots
@@ -111,9 +124,17 @@ def scan(
         raise UsageError(f"--out {out}: directory {out.parent} is not writable")
     if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
         raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+    known_files = skip_known_files(skip_known or [])
+    if skip_known:
+        # `--skip-known /verdicts/*.parquet` unquoted: the shell gave the flag the first file and made the others
+        # arguments. Verdict files are never images: they are files to skip by, not roots.
+        known_files += [Path(p) for p in paths if is_verdict_file(p) and Path(p) not in known_files]
+        paths = [p for p in paths if not is_verdict_file(p)]
+        if not paths:
+            raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
     config = ScanConfig(
-        roots=check_roots(paths), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
-        read=ReadConfig(all_files=all_files, readers=readers, skip_known=list(skip_known or [])),
+        roots=check_roots(paths, all_files), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
+        read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files),
         decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout),
         embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,
                           batch_size=batch_size),

@@ -5,6 +5,8 @@ A `KeySet` is a sorted uint64 array, 8 bytes a file, shared by the local and the
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,31 @@ class KeySet:
         return bool(i < self.keys.size and self.keys[i] == key)
 
 
+def is_verdict_file(path: str | os.PathLike) -> bool:
+    """A Parquet file written by imgscan scan (its schema carries the `imgscan` metadata)."""
+    import pyarrow.parquet as pq
+
+    if not str(path).endswith(".parquet") or not os.path.isfile(path):
+        return False
+    try:
+        return b"imgscan" in (pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def skip_known_files(values: list[str | os.PathLike]) -> list[Path]:
+    """--skip-known values as files: a file as given, a glob pattern (quoted, so the shell leaves it) as the
+    files it matches now; a pattern that matches nothing (the first night) means nothing to skip."""
+    files: list[Path] = []
+    for value in values:
+        text = os.fspath(value)
+        if os.path.exists(text) or not glob.has_magic(text):
+            files.append(Path(text))
+        else:
+            files.extend(Path(p) for p in sorted(glob.glob(text)))
+    return list(dict.fromkeys(files))
+
+
 def load_known_shas(files: list[Path]) -> KeySet:
     """Keys of the `sha` column of earlier verdict files."""
     import pyarrow.parquet as pq
@@ -59,7 +86,9 @@ def load_known_shas(files: list[Path]) -> KeySet:
     for f in files:
         try:
             col = pq.read_table(f, columns=["sha"]).column("sha")
-        except (OSError, pa.ArrowException, KeyError) as exc:
+            if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+                raise ValueError(f"its sha column is {col.type}, not string")
+            parts.append(np.array([sha_key(s) for s in col.to_pylist() if s], dtype=np.uint64))
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
             raise UsageError(f"--skip-known {f}: not a readable verdict file ({str(exc).splitlines()[0]})") from None
-        parts.append(np.array([sha_key(s) for s in col.to_pylist() if s], dtype=np.uint64))
     return KeySet.union(parts)

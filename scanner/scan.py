@@ -101,6 +101,7 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     started = time.monotonic()
     engine_cls = engine_class(config.engine)
     output: ScanOutput = engine_cls.output_class(config.out)
+    output.check_target()
     if output.is_complete():
         if not config.overwrite:
             return None

@@ -10,7 +10,7 @@ NEIGHBOR_TYPE = pa.struct(
 
 VERDICT_SCHEMA = pa.schema(
     [
-        ("path", pa.string()),  # as found; bytes that are not UTF-8 appear as \xNN escapes
+        ("path", pa.string()),  # absolute (roots made absolute); bytes that are not UTF-8 appear as \xNN escapes
         ("path_bytes", pa.binary()),  # the exact path bytes, set only when the path is not valid UTF-8
         ("sha", pa.string()),  # xxh3-128 of the file's bytes, hex
         ("bytes", pa.int64()),

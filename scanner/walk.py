@@ -23,15 +23,36 @@ def is_image_name(name: bytes) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def check_roots(roots: Iterable[str | bytes]) -> list[bytes]:
-    """Refuse roots that do not exist before any work starts (an unusable argument, not a per-file error)."""
-    out = []
+def check_roots(roots: Iterable[str | bytes], all_files: bool = False) -> list[bytes]:
+    """The roots as absolute paths, each file reached once: a root that another root's walk already reaches
+    (the same path spelled differently, a file or folder inside a root given too) is dropped, so a file never
+    gets two rows and a resumed run finds its rows whatever spelling the roots had. Roots that do not exist are
+    refused before any work starts (an unusable argument, not a per-file error)."""
+    out: list[bytes] = []
     for root in roots:
         raw = os.fsencode(root)
         if not os.path.lexists(raw):
             raise UsageError(f"{os.fsdecode(raw)}: no such file or directory")
-        out.append(raw)
+        raw = os.path.normpath(os.path.abspath(raw))
+        if not any(raw == kept or reached_by_walk(raw, kept, all_files) for kept in out):
+            out = [kept for kept in out if not reached_by_walk(kept, raw, all_files)] + [raw]
     return out
+
+
+def reached_by_walk(path: bytes, root: bytes, all_files: bool) -> bool:
+    """Whether walk_files([root]) yields `path` (or, for a directory, everything under it): `path` lies under
+    the directory `root` through no directory symlink (the walk does not follow those), and is a directory, or
+    a file the walk takes (an image name, or any file with --all-files)."""
+    if not os.path.isdir(root) or not path.startswith(root.rstrip(b"/") + b"/"):
+        return False
+    parent = os.path.dirname(path)
+    while parent != root and len(parent) > len(root):
+        if os.path.islink(parent):
+            return False
+        parent = os.path.dirname(parent)
+    if os.path.isdir(path):
+        return not os.path.islink(path)
+    return all_files or is_image_name(os.path.basename(path))
 
 
 def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[bytes]:

@@ -38,6 +38,7 @@ import xxhash
 
 from imgscan_core.errors import UsageError
 from imgscan_core.files import atomic_path, atomic_write_json
+from imgscan_core.locks import LOCK_FILE, lock_holder, try_lock
 from scanner.keys import KeySet, batch_path_keys
 from scanner.schema import VERDICT_SCHEMA
 
@@ -47,7 +48,8 @@ ROW_GROUP_ROWS = 65536
 # ----------------------------------------------------------------------------------------- shared by both
 
 def adopt_staging(staging: Path, run_file: str, fingerprint: dict) -> bool:
-    """Adopt `staging` when it holds an unfinished scan with these settings (True), or create it (False)."""
+    """Adopt `staging` when it holds an unfinished scan with these settings (True), or create it (False).
+    The caller holds the staging directory's lock (ScanOutput.lock)."""
     path = staging / run_file
     if staging.is_dir() and path.is_file():
         try:
@@ -101,6 +103,16 @@ def summarize(files: list[Path]) -> tuple[Counter, Counter]:
     return labels, errors
 
 
+def remove_tree(directory: Path) -> None:
+    """Remove a staging directory so that no kill leaves half of one behind: renamed to a hidden name first (a
+    staging directory that is there is always whole), then deleted; leftovers go at the next open."""
+    if not directory.exists():
+        return
+    trash = directory.with_name(f".{directory.name}.removing-{os.getpid()}")
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 class ScanOutput:
     """Where a scan's rows go; see the module docstring. `metadata` is the verdict file's key-value metadata."""
 
@@ -108,6 +120,32 @@ class ScanOutput:
 
     def __init__(self, out: Path, metadata: dict[str, str] | None = None):
         self.out, self.metadata = out, metadata or {}
+        self._lock_fd: int | None = None
+
+    def check_target(self) -> None:
+        """Refuse an --out that is something other than this output's kind of file (a device, a FIFO, ...)."""
+        raise NotImplementedError
+
+    def lock(self) -> None:
+        """Take the staging directory's lock for this run: a second scan of the same --out is refused, never
+        interleaved (released when the process ends, however it ends)."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = try_lock(self.staging / LOCK_FILE)
+        if self._lock_fd is None:
+            raise UsageError(f"--out {self.out}: another imgscan scan (pid {lock_holder(self.staging / LOCK_FILE)}) "
+                             "is writing it; wait for it to finish, or choose another --out")
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def remove_leftovers(self) -> None:
+        """Temporary files and half-removed staging directories of runs killed while finishing."""
+        for stale in self.out.parent.glob(f".{self.out.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        for stale in self.out.parent.glob(f".{self.staging.name}.removing-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def is_complete(self) -> bool:
         raise NotImplementedError
@@ -163,13 +201,24 @@ class JournalOutput(ScanOutput):
         self.staging = out.with_name(out.name + ".partial")
         self._writer = self._sink = None
 
+    def check_target(self) -> None:
+        if self.out.suffix.lower() != ".parquet":
+            raise UsageError(f"--out {self.out}: imgscan writes Parquet (polars, duckdb and pandas read it directly); "
+                             "name the file *.parquet")
+        if self.out.exists() and not self.out.is_file():
+            raise UsageError(f"--out {self.out}: exists and is not a regular file")
+        if self.staging.exists() and not self.staging.is_dir():
+            raise UsageError(f"{self.staging}: exists and is not an imgscan staging directory")
+
     def is_complete(self) -> bool:
-        return self.out.exists() and not self.staging.exists()
+        return self.out.is_file() and not self.staging.exists()
 
     def clear(self) -> None:
         self.out.unlink()
 
     def open(self, fingerprint: dict) -> KeySet:
+        self.lock()
+        self.remove_leftovers()
         adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
         return KeySet.union([batch_path_keys(b) for b in self._batches()])
 
@@ -200,7 +249,10 @@ class JournalOutput(ScanOutput):
     def finish(self, run_info: dict | None = None) -> int:
         self.close()
         rows = write_parquet(self.out, self._batches(), self.metadata)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        # A kill from here until the staging is gone leaves both: the next run adopts the staging, finds every
+        # file done and writes the same rows again.
+        self.unlock()
+        remove_tree(self.staging)
         return rows
 
 
@@ -230,6 +282,12 @@ class PartsOutput(ScanOutput):
         self.staging = out.with_name(out.name + ".parts") if single else out
         self.single_file = out if single else None
 
+    def check_target(self) -> None:
+        if self.single_file is not None and self.single_file.exists() and not self.single_file.is_file():
+            raise UsageError(f"--out {self.out}: exists and is not a regular file")
+        if self.staging.exists() and not self.staging.is_dir():
+            raise UsageError(f"--out {self.staging}: exists and is not a directory")
+
     def is_complete(self) -> bool:
         if self.single_file is not None:
             return self.single_file.is_file() and not self.staging.exists()
@@ -246,6 +304,9 @@ class PartsOutput(ScanOutput):
     def parts(self) -> list[Path]:
         return sorted(self.staging.glob(PART_GLOB))
 
+    def __getstate__(self):  # travels to the Ray actors: the driver's lock stays with the driver
+        return {**self.__dict__, "_lock_fd": None}
+
     def _drop_leftovers(self) -> None:
         for stale in self.staging.glob(".part-*.tmp-*"):
             stale.unlink(missing_ok=True)  # a part that was being written when an earlier run died
@@ -256,6 +317,8 @@ class PartsOutput(ScanOutput):
         fingerprint = {**fingerprint, "layout": PARTS_LAYOUT}
         if not (d.is_dir() and (d / PARTS_RUN_FILE).is_file()) and d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
+        self.lock()
+        self.remove_leftovers()
         if adopt_staging(d, PARTS_RUN_FILE, fingerprint):
             self._drop_leftovers()
         (d / WORKERS_DIR).mkdir(exist_ok=True)
@@ -336,10 +399,12 @@ class PartsOutput(ScanOutput):
             "this_run": run_info, "imgscan": json.loads(self.metadata.get("imgscan", "{}")),
         })
         if self.single_file is None:
+            self.unlock()
             return rows
         rows = write_parquet(self.single_file, (b for f in parts for b in pq.ParquetFile(f).iter_batches(
             batch_size=ROW_GROUP_ROWS)), self.metadata)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self.unlock()
+        remove_tree(self.staging)
         return rows
 
     def result_files(self) -> list[Path]:

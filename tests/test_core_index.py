@@ -162,9 +162,14 @@ def test_journal_with_torn_tail_keeps_every_complete_batch(tmp_path):
     after_first = path.stat().st_size
     journal.write([batch(["c"])])
     journal.close()
+    journal.unlock()  # as the end of a run does
     path.write_bytes(path.read_bytes()[: after_first + 40])  # a kill in the middle of the second batch
     assert [b.num_rows for b in read_journal(path)] == [2]
-    assert len(JournalOutput(tmp_path / "v.parquet").open({"run": 1})) == 2
+    resumed = JournalOutput(tmp_path / "v.parquet")
+    assert len(resumed.open({"run": 1})) == 2
+    with pytest.raises(UsageError, match="another imgscan scan"):  # while that run holds the output
+        JournalOutput(tmp_path / "v.parquet").open({"run": 1})
+    resumed.unlock()
     with pytest.raises(UsageError, match="other settings"):
         JournalOutput(tmp_path / "v.parquet").open({"run": 2})
 

@@ -1,0 +1,151 @@
+"""Defects of the nightly-job and hardening issues, each reproduced as it was reported: overlapping roots,
+a resumed run with the roots spelled differently, two scans of one --out, shell-expanded --skip-known globs,
+--out that is not a Parquet file, leftovers of a run killed while finishing, and small contract gaps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import BLUE, RED, write_class_dir
+from imgscan_core.errors import UsageError
+from scanner.cli import app
+
+runner = CliRunner()
+
+
+def _scan(paths, out, index, model, *extra):
+    return runner.invoke(app, ["scan", *map(str, paths), "--out", str(out), "--index", str(index), "--model",
+                               str(model), "--device", "cpu", "--in-process-decode", *extra])
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_overlapping_roots_give_one_row_per_file(tmp_path, tiny_model_dir, two_class_index):
+    site = write_class_dir(tmp_path / "crawl" / "siteA", RED, 6, seed0=10)
+    one = sorted(site.iterdir())[0]
+    out = tmp_path / "v.parquet"
+    result = _scan([tmp_path / "crawl", site, one, tmp_path / "crawl" / "." / "siteA", tmp_path / "crawl"], out,
+                   two_class_index, tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 6
+    assert all(os.path.isabs(p) for p in paths)  # rows name files the same way whatever the roots' spelling
+
+
+def test_resume_with_the_root_spelled_differently_adds_no_row(tmp_path, tiny_model_dir, two_class_index):
+    crawl = tmp_path / "mut"
+    n = 300
+    write_class_dir(crawl, RED, n, seed0=4000)
+    out = tmp_path / "v.parquet"
+    base = ["--out", str(out), "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu",
+            "--batch-size", "4", "--readers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", "mut", *base], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 120
+    while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > 30_000):
+        assert proc.poll() is None and time.monotonic() < deadline, "scan ended before it could be killed"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl.resolve()), *base],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == n
+
+
+def test_a_second_scan_of_the_same_out_is_refused_while_the_first_runs(tmp_path, tiny_model_dir, two_class_index):
+    from scanner.writer import JournalOutput
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 4, seed0=30)
+    out = tmp_path / "cc.parquet"
+    first = JournalOutput(out)  # another run, between its start and its end
+    first.open({"roots": ["elsewhere"]})
+    result = _scan([crawl], out, two_class_index, tiny_model_dir)
+    assert result.exit_code == 2 and f"pid {os.getpid()}" in _one_line(result)
+    assert "another imgscan scan" in result.output and not out.exists()
+    first.unlock()
+    assert (out.with_name("cc.parquet.partial") / "run.json").is_file()  # the first run's staging is untouched
+
+
+def test_skip_known_takes_a_shell_expanded_glob_and_a_pattern(tmp_path, tiny_model_dir, two_class_index):
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "siteA", RED, 3, seed0=50)
+    write_class_dir(crawl / "siteB", BLUE, 3, seed0=60)
+    verdicts = tmp_path / "verdicts"
+    verdicts.mkdir()
+    for site in ("siteA", "siteB"):
+        assert _scan([crawl / site], verdicts / f"{site}.parquet", two_class_index, tiny_model_dir).exit_code == 0
+    write_class_dir(crawl / "siteC", RED, 2, seed0=70)
+    # `--skip-known verdicts/*.parquet` unquoted: the shell passes siteB.parquet as an argument of its own
+    out = tmp_path / "night.parquet"
+    result = _scan([crawl, verdicts / "siteB.parquet"], out, two_class_index, tiny_model_dir,
+                   "--skip-known", str(verdicts / "siteA.parquet"))
+    assert result.exit_code == 0, result.output
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert len(paths) == 2 and all("/siteC/" in p for p in paths)  # nothing of siteA/siteB, no row for a Parquet file
+    # quoted: the pattern is expanded by imgscan; on the first night it matches nothing, which skips nothing
+    result = _scan([crawl], tmp_path / "first.parquet", two_class_index, tiny_model_dir,
+                   "--skip-known", str(tmp_path / "none-yet" / "*.parquet"))
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "first.parquet").num_rows == 8
+    result = _scan([crawl], tmp_path / "quoted.parquet", two_class_index, tiny_model_dir,
+                   "--skip-known", str(verdicts / "*.parquet"))
+    assert pq.read_table(tmp_path / "quoted.parquet").num_rows == 2
+
+
+def test_out_must_be_a_parquet_file(tmp_path, tiny_model_dir, two_class_index):
+    crawl = write_class_dir(tmp_path / "crawl", RED, 2, seed0=80)
+    result = _scan([crawl], tmp_path / "q.csv", two_class_index, tiny_model_dir)
+    assert result.exit_code == 2 and "name the file *.parquet" in _one_line(result)
+    (tmp_path / "d.parquet").mkdir()
+    result = _scan([crawl], tmp_path / "d.parquet", two_class_index, tiny_model_dir, "--overwrite")
+    assert result.exit_code == 2 and "not a regular file" in _one_line(result)
+    os.mkfifo(tmp_path / "f.parquet")
+    result = _scan([crawl], tmp_path / "f.parquet", two_class_index, tiny_model_dir, "--overwrite")
+    assert result.exit_code == 2 and "not a regular file" in _one_line(result)
+    assert (tmp_path / "f.parquet").exists() and not (tmp_path / "f.parquet.partial").exists()
+
+
+def test_a_bad_skip_known_file_is_one_line_and_creates_nothing(tmp_path, tiny_model_dir, two_class_index):
+    crawl = write_class_dir(tmp_path / "crawl", RED, 2, seed0=90)
+    bad = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"sha": pa.array([1, 2], pa.int64())}), bad)
+    out = tmp_path / "v.parquet"
+    result = _scan([crawl], out, two_class_index, tiny_model_dir, "--skip-known", str(bad))
+    assert result.exit_code == 2 and "not a readable verdict file" in _one_line(result)
+    assert not out.exists() and not out.with_name("v.parquet.partial").exists()
+
+
+def test_leftovers_of_a_run_killed_while_finishing_are_removed(tmp_path, tiny_model_dir, two_class_index):
+    crawl = write_class_dir(tmp_path / "crawl", RED, 3, seed0=95)
+    out = tmp_path / "v.parquet"
+    (tmp_path / ".v.parquet.tmp-123-dead").write_bytes(b"PAR1 half a file")
+    half_removed = tmp_path / ".v.parquet.partial.removing-123"
+    half_removed.mkdir()
+    (half_removed / "journal-00000.arrows").write_bytes(b"old")
+    assert _scan([crawl], out, two_class_index, tiny_model_dir).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert pq.read_table(out).num_rows == 3
+
+
+def test_version_flag_and_label_with_a_trailing_newline(tmp_path):
+    from imgscan_core.labels import check_label
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("imgscan ")
+    with pytest.raises(UsageError):
+        check_label("c\n")

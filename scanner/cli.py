@@ -15,7 +15,7 @@ from rich.table import Table
 from imgscan_core.errors import UsageError
 from scanner import __version__
 from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, ModelOpt, PrecisionOpt,
-                                RuntimeOpt, ViewsOpt, err_console, out_console, stop_on_sigterm)
+                                RuntimeOpt, ViewsOpt, err_console, out_console, stop_on_signals)
 from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
 app = typer.Typer(
@@ -116,7 +116,7 @@ def scan(
     from scanner.scan import run_scan
     from scanner.walk import check_roots
 
-    stop_on_sigterm()
+    stop_on_signals()
     out = out.expanduser()
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: directory {out.parent} does not exist")

@@ -8,6 +8,7 @@ traceback for anything the user can fix.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -22,8 +23,15 @@ from rich.markup import escape
 from imgscan_core.errors import ImgscanError, Interrupted
 from scanner.paths import INDEX_ENV, MODEL_ENV
 
-out_console = Console()
-err_console = Console(stderr=True)
+class PipeAwareConsole(Console):
+    """rich ends the process with status 1 on a closed pipe; let the command boundary decide instead."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+out_console = PipeAwareConsole()
+err_console = PipeAwareConsole(stderr=True)
 
 MODEL_PANEL = "Model and runtime"
 
@@ -57,11 +65,13 @@ def invocation(default_prog: str = "imgscan") -> str:
     return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C: a command keeps what it finished and can be resumed."""
-    def on_term(signum, frame):
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal or ssh session) behave like Ctrl-C: a command keeps what it
+    finished, says how to continue, and exits 130."""
+    def on_signal(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
 
 def print_error(message: str) -> None:
@@ -75,7 +85,9 @@ class CommandBoundary(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at interpreter exit
+            return result
         except Interrupted as exc:
             err_console.print(f"imgscan: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -85,3 +97,10 @@ class CommandBoundary(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("imgscan: interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # The reader of our output went away (`imgscan index show | head -1`): stop quietly, with the status
+            # of a process ended by SIGPIPE. (SIGPIPE itself stays ignored: the decoder child's pipe needs the
+            # error, not the signal.)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(128 + signal.SIGPIPE) from None

@@ -116,8 +116,10 @@ class Sniffed:
     error: str | None
 
 
-def sniff(data: bytes, max_pixels: int) -> Sniffed:
-    """Identify the format from the header and refuse decompression bombs, without decoding pixels."""
+def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed:
+    """Identify the format from the header and refuse decompression bombs, without decoding pixels: images over
+    `max_pixels` as stored, or (with `spec`) once the resize rule has scaled them (a 1 x 20,000 PNG of 164 bytes
+    would become 256 x 5,120,000 pixels)."""
     if not data:
         return Sniffed(None, "decode: empty file")
     try:
@@ -135,6 +137,11 @@ def sniff(data: bytes, max_pixels: int) -> Sniffed:
         return Sniffed(fmt, "decode: image has zero width or height")
     if w * h > max_pixels:
         return Sniffed(fmt, f"decode: decompression bomb refused ({w}x{h} is over {max_pixels} pixels)")
+    if spec is not None:
+        sw, sh = spec.scaled_size(w, h)
+        if sw * sh > max_pixels:
+            return Sniffed(fmt, f"decode: extreme aspect ratio refused ({w}x{h} would be {sw}x{sh} after scaling, "
+                                f"over {max_pixels} pixels)")
     return Sniffed(fmt, None)
 
 
@@ -281,7 +288,7 @@ class ImageDecoder:
             if data is None:
                 errors[i] = "decode: no data"
                 continue
-            sniffed = sniff(data, self.max_pixels)
+            sniffed = sniff(data, self.max_pixels, self.spec)
             if sniffed.error:
                 errors[i] = sniffed.error
             elif sniffed.format in DALI_FORMATS:

@@ -81,6 +81,16 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def probe_batch(size: int, n: int = 2, seed: int = 0) -> np.ndarray:
+    """Fixed photo-like uint8 NHWC images (smooth colour fields plus noise): the load-time probe of a model and
+    the ONNX export check."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, 4, 4, 3)).astype(np.float32)
+    reps = -(-size // 4)
+    smooth = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
+    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+
+
 class Embedder:
     """Runs a model directory's TorchScript embedder.
 
@@ -126,6 +136,40 @@ class Embedder:
         self.dim = self.card.embedding_dim
         self.view_spec = view_spec_for(self.card, views)
         self._torch = torch
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run the model once at load on probe_batch: an embedder that fails at the card's input size, or
+        returns the wrong shape, non-finite or non-unit vectors, is refused in one line before it judges
+        anything (its verdicts would be NaN or nonsense, and an index calibrated with it unusable)."""
+        try:
+            raw = self._forward(probe_batch(self.size))
+        except Exception as exc:  # TorchScript and OpenVINO raise many types with multi-line messages
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UsageError(f"model {self.model_id}: the embedder fails on a {self.size}x{self.size} input, the "
+                             f"card's input_size ({first})") from None
+        problem = None
+        if raw.ndim != 2 or raw.shape != (2, self.dim):
+            problem = f"shape {tuple(raw.shape)} where the card says (n, {self.dim})"
+        elif not np.isfinite(raw).all():
+            problem = "non-finite values (NaN or inf)"
+        elif not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=0.05):
+            problem = f"vectors of norm {np.linalg.norm(raw, axis=1).round(3).tolist()}, not unit vectors"
+        if problem:
+            raise UsageError(f"model {self.model_id}: the embedder returns {problem} on a probe batch; "
+                             "refusing to judge with it")
+
+    def _forward(self, pixels_nhwc) -> np.ndarray:
+        """The model's raw output for a uint8 NHWC batch, as float32 numpy."""
+        if self._openvino is not None:
+            return self._openvino(pixels_nhwc)
+        torch = self._torch
+        x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = self.module(x)
+        return out.float().cpu().numpy()
 
     def _autocast(self):
         torch = self._torch
@@ -159,18 +203,9 @@ class Embedder:
         if pixels_nhwc.shape[0] > self.MAX_ROWS:
             return np.concatenate([self.embed(pixels_nhwc[i:i + self.MAX_ROWS])
                                    for i in range(0, pixels_nhwc.shape[0], self.MAX_ROWS)])
-        torch = self._torch
         if pixels_nhwc.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if self._openvino is not None:
-            emb = self._openvino(pixels_nhwc)
-        else:
-            x = torch.as_tensor(pixels_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            # channels_last memory keeps the NHWC layout the decoder produced: no copy, and faster convs on CPU.
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), self._autocast():
-                out = self.module(x)
-            emb = out.float().cpu().numpy()
+        emb = self._forward(pixels_nhwc)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise UsageError(f"model {self.model_id} returned shape {tuple(emb.shape)}, card says dim {self.dim}")
         # Re-normalise in fp32: fp16 outputs drift slightly off unit norm, and the index assumes cosine.

@@ -76,6 +76,10 @@ class ModelCard:
             raise UsageError(f"{where}: missing field(s) {', '.join(missing)}")
         if int(data.get("format_version", 1)) > CARD_FORMAT_VERSION:
             raise UsageError(f"{where}: format_version {data['format_version']} is newer than this imgscan understands")
+        for name, low, high in (("input_size", 8, 4096), ("embedding_dim", 1, 65536)):
+            value = data[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise UsageError(f"{where}: {name} {value!r} is not an integer in {low}..{high}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

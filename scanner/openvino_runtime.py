@@ -6,7 +6,7 @@ BF16 CPU about 2x torch's bf16 autocast (docs/benchmarks.md).
 The model directory stays the one contract (TorchScript + card). OpenVINO cannot convert timm's scripted code
 directly, so the TorchScript module is exported to ONNX once per model and machine and cached under
 $XDG_CACHE_HOME/imgscan/onnx/<weights sha256>.onnx. Before the export is cached it is checked against the
-TorchScript module on a fixed batch (cosine >= EXPORT_MIN_COSINE for every image, as timm's
+TorchScript module on a fixed batch (scanner.embed.probe_batch; cosine >= EXPORT_MIN_COSINE for every image, as timm's
 `onnx_export(check_forward=True)` does) and refused otherwise. A JSON sidecar holds the ONNX file's own sha256
 and the check's result; a file whose hash differs, or without a passed check, is rebuilt rather than trusted.
 """
@@ -22,6 +22,7 @@ import numpy as np
 
 from imgscan_core.errors import UsageError
 from imgscan_core.files import atomic_path, atomic_write_json, sha256_file
+from scanner.embed import probe_batch
 
 EXPORT_MIN_COSINE = 0.999
 SIDECAR_FORMAT = 1
@@ -30,15 +31,6 @@ SIDECAR_FORMAT = 1
 def onnx_cache_dir() -> Path:
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache_home) / "imgscan" / "onnx"
-
-
-def check_batch(size: int, n: int = 4, seed: int = 0) -> np.ndarray:
-    """Fixed photo-like uint8 NHWC images (smooth colour fields plus noise) for the export check."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (n, 4, 4, 3)).astype(np.float32)
-    reps = -(-size // 4)
-    smooth = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
-    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -63,7 +55,7 @@ def export_check(module, core, onnx_path: Path, input_size: int) -> float:
     """The smallest cosine between TorchScript (fp32) and the ONNX graph run by OpenVINO (f32) on check_batch."""
     import torch
 
-    x = check_batch(input_size)
+    x = probe_batch(input_size, n=4)
     with torch.inference_mode():
         expected = module.cpu().float().eval()(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).float().numpy()
     got = _infer(_compile(core, onnx_path, "f32", None), x)

@@ -149,3 +149,86 @@ def test_version_flag_and_label_with_a_trailing_newline(tmp_path):
     assert result.exit_code == 0 and result.output.startswith("imgscan ")
     with pytest.raises(UsageError):
         check_label("c\n")
+
+
+def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status(tmp_path, two_class_index):
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "index", "show", "--index", str(two_class_index)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE and "Traceback" not in err and err.strip() == ""
+
+
+def test_sighup_keeps_completed_rows_like_sigterm(tmp_path, tiny_model_dir, two_class_index):
+    crawl = write_class_dir(tmp_path / "crawl", RED, 300, seed0=6000)
+    out = tmp_path / "v.parquet"
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(out), "--index",
+                             str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size",
+                             "4", "--readers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 120
+    while not (staging.exists() and any(j.stat().st_size > 10_000 for j in staging.glob("journal-*.arrows"))):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again to continue" in err, err
+
+
+def test_a_model_that_returns_nan_or_the_wrong_size_is_refused_at_load(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    import torch
+
+    from scanner.embed import Embedder
+    from scanner.model import ModelCard, read_card, save_model_dir
+
+    class NaNEmbedder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 128), float("nan"))
+
+    card = read_card(tiny_model_dir)
+    save_model_dir(torch.jit.script(NaNEmbedder()), card, tmp_path / "nan")
+    with pytest.raises(UsageError, match="non-finite"):
+        Embedder(tmp_path / "nan", device="cpu", runtime="torch")
+    bad = tmp_path / "zero"
+    shutil.copytree(tiny_model_dir, bad)
+    data = json.loads((bad / "model_card.json").read_text())
+    data["input_size"] = 0
+    (bad / "model_card.json").write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="input_size 0"):
+        Embedder(bad, device="cpu")
+    assert isinstance(ModelCard, type)
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_it_is_scaled(tmp_path, tiny_model_dir, two_class_index):
+    from PIL import Image
+
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    Image.new("RGB", (1, 20_000), (200, 10, 10)).save(crawl / "line.png")
+    write_class_dir(crawl, RED, 2, seed0=7000)
+    out = tmp_path / "v.parquet"
+    result = _scan([crawl], out, two_class_index, tiny_model_dir, "--max-pixels", "1000000")
+    assert result.exit_code == 0, result.output
+    rows = {os.path.basename(r["path"]): r for r in pq.read_table(out).to_pylist()}
+    assert rows["line.png"]["error"].startswith("decode: extreme aspect ratio refused")
+    assert sum(r["error"] is None for r in rows.values()) == 2
+
+
+def test_readme_python_examples_run_on_a_real_verdict_file(tmp_path, tiny_model_dir, two_class_index, monkeypatch):
+    """Every ```python block of the README runs as written, in a folder holding a verdicts.parquet from a scan
+    (the neighbour example once raised polars' DuplicateError on the `label` column)."""
+    import re
+
+    from conftest import REPO
+
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "r", RED, 3, seed0=8000)
+    write_class_dir(crawl / "b", BLUE, 3, seed0=8100)
+    assert _scan([crawl], tmp_path / "verdicts.parquet", two_class_index, tiny_model_dir).exit_code == 0
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

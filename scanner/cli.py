@@ -80,7 +80,8 @@ def scan(
     index: IndexOpt = None,
     k: KOpt = 11,
     skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, finished --out file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: replace a finished --out, or drop an unfinished run's rows.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no log lines: only errors.")] = False,
     model: ModelOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
@@ -140,8 +141,10 @@ def scan(
                           batch_size=batch_size),
         ray=RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker),
     )
-    with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})") as progress:
+    with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})", quiet=quiet) as progress:
         summary = run_scan(config, progress)
+    if quiet:
+        return
     if summary is None:
         err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
     else:

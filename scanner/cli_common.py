@@ -31,7 +31,7 @@ class PipeAwareConsole(Console):
 
 
 out_console = PipeAwareConsole()
-err_console = PipeAwareConsole(stderr=True)
+err_console = PipeAwareConsole(stderr=True, soft_wrap=True)  # log lines are never wrapped (cron, grep)
 
 MODEL_PANEL = "Model and runtime"
 

@@ -66,8 +66,11 @@ def _starter_fits(model_sha256: str) -> bool:
 
 
 def _starter_in_use(index: Path | None, model_sha256: str) -> bool:
-    """No --index, the user has no index of their own, and the starter index fits the model in use."""
-    return index is None and not _has_index(default_index_dir()) and _starter_fits(model_sha256)
+    """No index named (neither --index nor $IMGSCAN_INDEX: both name the user's own index, and an index named
+    but not there yet starts empty), the user's default index does not exist yet, and the starter index fits
+    the model in use."""
+    return (index is None and not os.environ.get(INDEX_ENV) and not _has_index(default_index_dir())
+            and _starter_fits(model_sha256))
 
 
 def index_dir_for_reading(index: Path | None, model_sha256: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timezone
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,8 +13,13 @@ stderr_console = Console(stderr=True)
 
 
 class ScanProgress:
-    def __init__(self, description: str = "scanning", log_every_s: float = 30.0, force_plain: bool | None = None):
+    def __init__(self, description: str = "scanning", log_every_s: float = 30.0, force_plain: bool | None = None,
+                 quiet: bool = False):
+        """quiet: no bar, no log lines (`-q`, and library calls)."""
         self.description = description
+        self.quiet = quiet
+        if quiet:
+            force_plain, log_every_s = True, float("inf")
         self.plain = (not sys.stderr.isatty()) if force_plain is None else force_plain
         self.log_every_s = log_every_s
         self.done = 0  # files handled by this run
@@ -42,6 +48,16 @@ class ScanProgress:
             self._update()
             self._progress.stop()
 
+    def log(self, message: str) -> None:
+        """One line for the log: prefixed with an ISO timestamp when stderr is not a terminal (cron), never
+        wrapped."""
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(f"imgscan: {message}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(f"{_now()} imgscan: {message}", file=sys.stderr, flush=True)
+
     @property
     def rate(self) -> float:
         return self.done / max(time.monotonic() - self.started, 1e-9)
@@ -65,13 +81,17 @@ class ScanProgress:
             self._last_log = time.monotonic()
             of = f"/{self.total}" if self.total is not None else ""
             print(
-                f"imgscan: {self.description} {self.already_done + self.done}{of} files, {self.rate:.1f} img/s, "
+                f"{_now()} imgscan: {self.description} {self.already_done + self.done}{of} files, {self.rate:.1f} img/s, "
                 f"{self.errors} errors, {time.monotonic() - self.started:.0f} s",
                 file=sys.stderr, flush=True,
             )
 
     def _update(self) -> None:
         self._progress.update(self._task, completed=self.already_done + self.done, rate=self.rate, errors=self.errors)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def table_console(console: Console) -> Console:

@@ -39,12 +39,13 @@ class ScanSummary:
     elapsed_s: float = 0.0
 
 
-def scan_fingerprint(config: ScanConfig, model_id: str, views: int) -> dict:
-    """What makes two scans the same scan: an unfinished output is only resumed by a run with this unchanged."""
+def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: str) -> dict:
+    """What makes two scans the same scan: an unfinished output is only resumed by a run with this unchanged.
+    The index generation is part of it: rows judged before and after an enroll are never mixed in one file."""
     return {
         "roots": [os.fsdecode(os.path.abspath(r)) for r in config.roots], "model": model_id, "k": config.k,
         "all_files": config.read.all_files, "skip_known": sorted(str(p) for p in config.read.skip_known),
-        "views": views,
+        "views": views, "index": index_name,
     }
 
 
@@ -97,7 +98,7 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     `progress`: a scanner.progress.ScanProgress (default: a silent one)."""
     from scanner.progress import ScanProgress
 
-    progress = progress or ScanProgress(force_plain=True, log_every_s=float("inf"))
+    progress = progress or ScanProgress(quiet=True)
     started = time.monotonic()
     engine_cls = engine_class(config.engine)
     output: ScanOutput = engine_cls.output_class(config.out)
@@ -106,6 +107,8 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
         if not config.overwrite:
             return None
         output.clear()
+    elif config.overwrite:
+        output.discard_unfinished()
     model_dir = model_dir_or_default(config.embed.model_dir)
     card = verify_model_dir(model_dir)
     index_dir, support = open_support(config, card)
@@ -113,8 +116,15 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     known = load_known_shas(config.read.skip_known)
     engine = engine_cls(config, model_dir)
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
-    done = output.open(scan_fingerprint(config, card.model_id, view_spec.views))
+    done = output.open(scan_fingerprint(config, card.model_id, view_spec.views, support.name))
     progress.set_already_done(len(done))
+    progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots)}; out {config.out}; model "
+                 f"{card.model_id}; index {index_dir} ({support.name}, {len(support.manifest.counts)} classes, "
+                 f"{support.manifest.total} images); engine {config.engine}; runtime {engine.runtime}, precision "
+                 f"{engine.precision}; views {view_spec.views}; resuming {len(done)} rows")
+    if len(support.manifest.counts) == 1:
+        progress.log(f"warning: the index holds one class ({next(iter(support.manifest.counts))}): every image "
+                     "will be labelled that class or unknown; enroll real photos and generators to compare")
     job = ScanJob(config, model_dir, index_dir, card, support, view_spec, done, known)
     stop_count = threading.Event()
     threading.Thread(target=count_files, args=(config.roots, config.read.all_files, stop_count, progress.set_total),
@@ -129,7 +139,10 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
                          "the cause") from None
     finally:
         stop_count.set()
+        output.unlock()  # already released by finish(); here for runs that stop early
     labels, errors = summarize(output.result_files())
+    progress.log(f"done: {rows} rows in {config.out} ({result.scanned} scanned now, {len(done)} kept from an "
+                 f"interrupted run, {result.skipped_known} skipped as known, {sum(errors.values())} error rows)")
     return ScanSummary(out=config.out, rows=rows, scanned_this_run=result.scanned, resumed_rows=len(done),
                        skipped_known=result.skipped_known, labels=labels, errors=errors,
                        elapsed_s=time.monotonic() - started)

@@ -58,8 +58,8 @@ def adopt_staging(staging: Path, run_file: str, fingerprint: dict) -> bool:
             previous = None
         if previous != fingerprint:
             raise UsageError(
-                f"{staging} holds an unfinished scan with other settings (roots, model, k or file filter); "
-                "re-run that command to finish it, or delete the directory to start over"
+                f"{staging} holds an unfinished scan with other settings (roots, model, k, index generation or file "
+                "filter); re-run that command to finish it, or pass --overwrite to start over"
             )
         return True
     staging.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,14 @@ class ScanOutput:
         """Refuse an --out that is something other than this output's kind of file (a device, a FIFO, ...)."""
         raise NotImplementedError
 
+    def refuse_other_kinds(self, final_file: Path | None) -> None:
+        """The final file, where there is one, must be a regular file or absent; the staging a directory or
+        absent (never unlink or write through a device or a FIFO named as --out)."""
+        if final_file is not None and final_file.exists() and not final_file.is_file():
+            raise UsageError(f"--out {final_file}: exists and is not a regular file")
+        if self.staging.exists() and not self.staging.is_dir():
+            raise UsageError(f"{self.staging}: exists and is not a directory")
+
     def lock(self) -> None:
         """Take the staging directory's lock for this run: a second scan of the same --out is refused, never
         interleaved (released when the process ends, however it ends)."""
@@ -139,6 +147,13 @@ class ScanOutput:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def discard_unfinished(self) -> None:
+        """--overwrite: an unfinished run's staging is dropped too (unless a run holds it now)."""
+        if self.staging.is_dir() and self.out != self.staging:
+            self.lock()
+            remove_tree(self.staging)
+            self.unlock()
 
     def remove_leftovers(self) -> None:
         """Temporary files and half-removed staging directories of runs killed while finishing."""
@@ -205,10 +220,7 @@ class JournalOutput(ScanOutput):
         if self.out.suffix.lower() != ".parquet":
             raise UsageError(f"--out {self.out}: imgscan writes Parquet (polars, duckdb and pandas read it directly); "
                              "name the file *.parquet")
-        if self.out.exists() and not self.out.is_file():
-            raise UsageError(f"--out {self.out}: exists and is not a regular file")
-        if self.staging.exists() and not self.staging.is_dir():
-            raise UsageError(f"{self.staging}: exists and is not an imgscan staging directory")
+        self.refuse_other_kinds(self.out)
 
     def is_complete(self) -> bool:
         return self.out.is_file() and not self.staging.exists()
@@ -218,9 +230,13 @@ class JournalOutput(ScanOutput):
 
     def open(self, fingerprint: dict) -> KeySet:
         self.lock()
-        self.remove_leftovers()
-        adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
-        return KeySet.union([batch_path_keys(b) for b in self._batches()])
+        try:
+            self.remove_leftovers()
+            adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
+            return KeySet.union([batch_path_keys(b) for b in self._batches()])
+        except BaseException:
+            self.unlock()
+            raise
 
     def journals(self) -> list[Path]:
         return sorted(self.staging.glob("journal-*.arrows"))
@@ -283,10 +299,7 @@ class PartsOutput(ScanOutput):
         self.single_file = out if single else None
 
     def check_target(self) -> None:
-        if self.single_file is not None and self.single_file.exists() and not self.single_file.is_file():
-            raise UsageError(f"--out {self.out}: exists and is not a regular file")
-        if self.staging.exists() and not self.staging.is_dir():
-            raise UsageError(f"--out {self.staging}: exists and is not a directory")
+        self.refuse_other_kinds(self.single_file)
 
     def is_complete(self) -> bool:
         if self.single_file is not None:
@@ -318,9 +331,13 @@ class PartsOutput(ScanOutput):
         if not (d.is_dir() and (d / PARTS_RUN_FILE).is_file()) and d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
         self.lock()
-        self.remove_leftovers()
-        if adopt_staging(d, PARTS_RUN_FILE, fingerprint):
-            self._drop_leftovers()
+        try:
+            self.remove_leftovers()
+            if adopt_staging(d, PARTS_RUN_FILE, fingerprint):
+                self._drop_leftovers()
+        except BaseException:
+            self.unlock()
+            raise
         (d / WORKERS_DIR).mkdir(exist_ok=True)
         keys = []
         for f in self.parts():

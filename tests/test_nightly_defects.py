@@ -232,3 +232,82 @@ def test_readme_python_examples_run_on_a_real_verdict_file(tmp_path, tiny_model_
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_index_flag_and_environment_variable_name_the_same_new_index(tmp_path, tiny_model_dir, monkeypatch):
+    """Both name the user's own index: a new one starts empty (the starter index is only the unnamed default)."""
+    import shutil
+
+    import scanner.paths as paths
+    from indexes import SupportIndex
+
+    starter = tmp_path / "starter"
+    reds = write_class_dir(tmp_path / "reds", RED, 3, seed0=9000)
+    blues = write_class_dir(tmp_path / "blues", BLUE, 3, seed0=9100)
+    common = ["--model", str(tiny_model_dir), "--device", "cpu"]
+    assert runner.invoke(app, ["enroll", "real", str(reds), "--index", str(starter), *common]).exit_code == 0
+    assert runner.invoke(app, ["enroll", "gen_blue", str(blues), "--index", str(starter), *common]).exit_code == 0
+    monkeypatch.setattr(paths, "PACKAGED_INDEX_DIR", starter)
+    greens = write_class_dir(tmp_path / "greens", BLUE, 3, seed0=9200)
+    assert runner.invoke(app, ["enroll", "mine", str(greens), "--index", str(tmp_path / "by_flag"), *common]).exit_code == 0
+    monkeypatch.setenv("IMGSCAN_INDEX", str(tmp_path / "by_env"))
+    assert runner.invoke(app, ["enroll", "mine", str(greens), *common]).exit_code == 0
+    assert SupportIndex.open(tmp_path / "by_flag").manifest.counts == {"mine": 3}
+    assert SupportIndex.open(tmp_path / "by_env").manifest.counts == {"mine": 3}
+    monkeypatch.delenv("IMGSCAN_INDEX")
+    assert paths.index_dir_for_reading(None, read_card_sha(tiny_model_dir)) == starter  # the unnamed default
+    shutil.rmtree(starter)
+
+
+def read_card_sha(model_dir) -> str:
+    from scanner.model import read_card
+
+    return read_card(model_dir).weights_sha256
+
+
+def test_the_log_names_model_and_index_with_timestamps_and_warns_of_a_one_class_index(tmp_path, tiny_model_dir):
+    import re
+
+    index = tmp_path / "one-class"
+    assert runner.invoke(app, ["enroll", "real", str(write_class_dir(tmp_path / "r", RED, 3, seed0=9300)),
+                               "--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"]).exit_code == 0
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "crawl"
+    write_class_dir(deep, RED, 2, seed0=9400)
+    done = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(deep), "--out", str(tmp_path / "v.parquet"),
+                           "--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    start = next(line for line in lines if " imgscan: start: " in line)
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 imgscan: start: roots ", start)
+    assert str(deep) in start and "model tiny" in start and "one-class@g1" in start and "runtime openvino" in start
+    assert any("warning: the index holds one class (real)" in line for line in lines)
+    assert any(re.match(r"\S+ imgscan: done: 2 rows in ", line) for line in lines)
+
+
+def test_a_resume_after_an_enroll_is_refused_and_overwrite_starts_over(tmp_path, tiny_model_dir, two_class_index):
+    import shutil
+
+    index = tmp_path / "idx"
+    shutil.copytree(two_class_index, index)
+    crawl = write_class_dir(tmp_path / "crawl", RED, 300, seed0=9500)
+    out = tmp_path / "v.parquet"
+    args = ["scan", str(crawl), "--out", str(out), "--index", str(index), "--model", str(tiny_model_dir), "--device",
+            "cpu", "--batch-size", "4", "--readers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 120
+    while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > 20_000):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    enrolled = runner.invoke(app, ["enroll", "gen_blue2", str(write_class_dir(tmp_path / "b", BLUE, 3, seed0=9600)),
+                                   "--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert enrolled.exit_code == 0, enrolled.output
+    result = runner.invoke(app, args[:1] + args[1:])
+    assert result.exit_code == 2 and "index generation" in _one_line(result) and "--overwrite" in result.output
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == 300 and set(table.column("index").to_pylist()) == {"idx@g3"}

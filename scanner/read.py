@@ -24,6 +24,8 @@ class ReadResult:
 def read_file(path: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ReadResult:
     try:
         st = os.stat(path)  # follows symlinks: a broken link or a loop fails here
+        if stat.S_ISDIR(st.st_mode):  # the walk yields a directory only when it could not list it
+            return ReadResult(path, None, None, None, f"walk: directory could not be listed ({_listing_error(path)})")
         if not stat.S_ISREG(st.st_mode):
             return ReadResult(path, None, None, None, "read: not a regular file")
         if st.st_size > max_bytes:
@@ -37,6 +39,14 @@ def read_file(path: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ReadResult:
     if len(data) > max_bytes:
         return ReadResult(path, None, None, len(data), f"read: file is over the {max_bytes}-byte limit")
     return ReadResult(path, data, xxhash.xxh3_128_hexdigest(data), len(data))
+
+
+def _listing_error(path: bytes) -> str:
+    try:
+        with os.scandir(path):
+            return "it could be listed later: run again to scan it"
+    except OSError as exc:
+        return _describe(exc)
 
 
 def _describe(exc: OSError) -> str:

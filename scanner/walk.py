@@ -2,7 +2,8 @@
 
 Paths travel as bytes (os.fsencode) from here to the writer, so names that are not valid UTF-8 are kept
 exactly as found and never interpreted. Directory symlinks are not followed (a crawl can contain loops);
-file symlinks are yielded, and the read stage reports broken ones and loops as error rows.
+file symlinks are yielded, and the read stage reports broken ones and loops as error rows. A directory that
+cannot be listed is yielded itself, and the read stage reports why.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[byte
                 with os.scandir(directory) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError:
-                continue  # unreadable directory: nothing inside can be listed; see README (limits)
+                # Unreadable (permissions, a path over PATH_MAX, removed meanwhile): nothing inside can be listed,
+                # so the directory itself gets a row, with the reason (the read stage names it), never silence.
+                yield directory
+                continue
             subdirs = []
             for entry in entries:
                 try:

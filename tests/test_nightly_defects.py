@@ -311,3 +311,25 @@ def test_a_resume_after_an_enroll_is_refused_and_overwrite_starts_over(tmp_path,
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.num_rows == 300 and set(table.column("index").to_pylist()) == {"idx@g3"}
+
+
+def test_a_directory_that_cannot_be_listed_gets_a_row(tmp_path, tiny_model_dir, two_class_index):
+    """A directory whose path is over PATH_MAX (or, for a user without CAP_DAC_*, without read permission)
+    cannot be listed: it gets an error row instead of vanishing with everything in it."""
+    crawl = write_class_dir(tmp_path / "crawl", RED, 2, seed0=9700)
+    fd = os.open(crawl, os.O_RDONLY)
+    try:
+        for _ in range(22):  # 22 levels of 200 characters: the deepest paths are over 4,096 bytes
+            os.mkdir("d" * 200, dir_fd=fd)
+            deeper = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+    finally:
+        os.close(fd)
+    out = tmp_path / "v.parquet"
+    result = _scan([crawl], out, two_class_index, tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    unlisted = [r for r in rows if r["error"] and len(r["path"].encode()) > 4096]
+    assert len(unlisted) == 1 and "name too long" in unlisted[0]["error"].lower()  # read: the path itself is too long
+    assert sum(r["error"] is None for r in rows) == 2

@@ -129,8 +129,9 @@ def scan(
     if skip_known:
         # `--skip-known /verdicts/*.parquet` unquoted: the shell gave the flag the first file and made the others
         # arguments. Verdict files are never images: they are files to skip by, not roots.
-        known_files += [Path(p) for p in paths if is_verdict_file(p) and Path(p) not in known_files]
-        paths = [p for p in paths if not is_verdict_file(p)]
+        verdict_files = [p for p in paths if is_verdict_file(p)]
+        known_files += [Path(p) for p in verdict_files if Path(p) not in known_files]
+        paths = [p for p in paths if p not in verdict_files]
         if not paths:
             raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
     config = ScanConfig(

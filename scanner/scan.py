@@ -21,7 +21,7 @@ from scanner.config import ENGINES, ScanConfig
 from scanner.decode import ViewSpec, view_spec_for
 from scanner.engines import ScanJob
 from scanner.keys import load_known_shas
-from scanner.model import ModelCard, verify_model_dir
+from scanner.model import ModelCard
 from scanner.paths import index_dir_for_reading, model_dir_or_default
 from scanner.walk import walk_files
 from scanner.writer import ScanOutput, summarize
@@ -109,12 +109,12 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
         output.clear()
     elif config.overwrite:
         output.discard_unfinished()
+    known = load_known_shas(config.read.skip_known)
     model_dir = model_dir_or_default(config.embed.model_dir)
-    card = verify_model_dir(model_dir)
+    engine = engine_cls(config, model_dir)  # loads (local) or verifies (Ray driver) the model, once
+    card = engine.card
     index_dir, support = open_support(config, card)
     view_spec = view_spec_for(card, config.embed.views)
-    known = load_known_shas(config.read.skip_known)
-    engine = engine_cls(config, model_dir)
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
     done = output.open(scan_fingerprint(config, card.model_id, view_spec.views, support.name))
     progress.set_already_done(len(done))

@@ -152,8 +152,7 @@ class ScanOutput:
         """--overwrite: an unfinished run's staging is dropped too (unless a run holds it now)."""
         if self.staging.is_dir() and self.out != self.staging:
             self.lock()
-            remove_tree(self.staging)
-            self.unlock()
+            self.remove_staging()
 
     def remove_leftovers(self) -> None:
         """Temporary files and half-removed staging directories of runs killed while finishing."""
@@ -170,7 +169,25 @@ class ScanOutput:
         raise NotImplementedError
 
     def open(self, fingerprint: dict) -> KeySet:
+        """Take the lock, remove leftovers of killed runs, adopt or create the staging; the paths already done.
+        The lock is released again if any of it fails."""
+        self.lock()
+        try:
+            self.remove_leftovers()
+            return self.adopt(fingerprint)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def adopt(self, fingerprint: dict) -> KeySet:
+        """Adopt or create the staging directory (the lock held); the path keys already done."""
         raise NotImplementedError
+
+    def remove_staging(self) -> None:
+        """Remove the staging directory (the lock held), then release the lock: no other run can adopt a
+        staging that is being removed."""
+        remove_tree(self.staging)
+        self.unlock()
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
         raise NotImplementedError
@@ -228,15 +245,9 @@ class JournalOutput(ScanOutput):
     def clear(self) -> None:
         self.out.unlink()
 
-    def open(self, fingerprint: dict) -> KeySet:
-        self.lock()
-        try:
-            self.remove_leftovers()
-            adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
-            return KeySet.union([batch_path_keys(b) for b in self._batches()])
-        except BaseException:
-            self.unlock()
-            raise
+    def adopt(self, fingerprint: dict) -> KeySet:
+        adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
+        return KeySet.union([batch_path_keys(b) for b in self._batches()])
 
     def journals(self) -> list[Path]:
         return sorted(self.staging.glob("journal-*.arrows"))
@@ -267,8 +278,7 @@ class JournalOutput(ScanOutput):
         rows = write_parquet(self.out, self._batches(), self.metadata)
         # A kill from here until the staging is gone leaves both: the next run adopts the staging, finds every
         # file done and writes the same rows again.
-        self.unlock()
-        remove_tree(self.staging)
+        self.remove_staging()
         return rows
 
 
@@ -327,17 +337,15 @@ class PartsOutput(ScanOutput):
 
     def open(self, fingerprint: dict) -> KeySet:
         d = self.staging
-        fingerprint = {**fingerprint, "layout": PARTS_LAYOUT}
-        if not (d.is_dir() and (d / PARTS_RUN_FILE).is_file()) and d.exists() and (not d.is_dir() or any(d.iterdir())):
+        ours = d.is_dir() and (d / PARTS_RUN_FILE).is_file()
+        if not ours and d.exists() and (not d.is_dir() or any(p.name != LOCK_FILE for p in d.iterdir())):
             raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
-        self.lock()
-        try:
-            self.remove_leftovers()
-            if adopt_staging(d, PARTS_RUN_FILE, fingerprint):
-                self._drop_leftovers()
-        except BaseException:
-            self.unlock()
-            raise
+        return super().open(fingerprint)
+
+    def adopt(self, fingerprint: dict) -> KeySet:
+        d = self.staging
+        if adopt_staging(d, PARTS_RUN_FILE, {**fingerprint, "layout": PARTS_LAYOUT}):
+            self._drop_leftovers()
         (d / WORKERS_DIR).mkdir(exist_ok=True)
         keys = []
         for f in self.parts():
@@ -420,8 +428,7 @@ class PartsOutput(ScanOutput):
             return rows
         rows = write_parquet(self.single_file, (b for f in parts for b in pq.ParquetFile(f).iter_batches(
             batch_size=ROW_GROUP_ROWS)), self.metadata)
-        self.unlock()
-        remove_tree(self.staging)
+        self.remove_staging()
         return rows
 
     def result_files(self) -> list[Path]:

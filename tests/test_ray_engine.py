@@ -188,6 +188,8 @@ def test_ray_parts_directory_resumes_by_parts(tmp_path, tiny_model_dir, two_clas
     assert all(again[k]["label"] == full[k]["label"] and again[k]["error"] == full[k]["error"] for k in full)
 
     assert run_scan(opts) is None  # complete: nothing to do
+    again = run_scan(dataclasses.replace(opts, overwrite=True))  # the directory holds our lock file: still ours
+    assert again.rows == again.scanned_this_run == 51 and len(pq.read_table(out).to_pylist()) == 51
 
     # An unfinished scan with other settings is refused, not mixed in.
     (out / MANIFEST_FILE).unlink()

@@ -1,8 +1,8 @@
 """Engines distribute a scan's batches; each runs scanner.judge.BatchJudge on them and writes through a
 scanner.writer.ScanOutput. `local` (threads on this machine) and `ray` (a Ray cluster: docs/ray.md).
 
-An engine class has `output_class` (the ScanOutput it writes), `precision` and `runtime` (recorded in the
-verdict metadata) and `run(job, output, progress) -> EngineResult`. Nothing here imports Ray: it is the
+An engine class has `output_class` (the ScanOutput it writes), `card` (the verified model card),
+`precision` and `runtime` (recorded in the verdict metadata) and `run(job, output, progress) -> EngineResult`. Nothing here imports Ray: it is the
 optional extra `pip install 'imgscan[ray]'`, imported by scanner.engines.ray_engine alone.
 """
 

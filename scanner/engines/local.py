@@ -19,6 +19,7 @@ class LocalEngine:
         e = config.embed
         self.embedder = embedder or Embedder(model_dir, device=resolve_device(e.device), precision=e.precision,
                                              runtime=e.runtime, views=e.views)
+        self.card = self.embedder.card  # verified when the embedder loaded it
         self.precision, self.runtime = self.embedder.precision, self.embedder.runtime
 
     def run(self, job: ScanJob, output: JournalOutput, progress) -> EngineResult:

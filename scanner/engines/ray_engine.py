@@ -204,6 +204,10 @@ class RayEngine:
             raise UsageError(f"--device {config.embed.device}: expected auto, cpu or cuda")
         if config.ray.part_rows < 1:
             raise UsageError("part_rows must be at least 1")
+        from scanner.model import verify_model_dir
+
+        # The driver checks what every worker will load, so a bad model fails here, once, with exit 2.
+        self.card = verify_model_dir(model_dir)
         # Each worker resolves `auto` on its own hardware (it announces what it used in the manifest).
         self.precision = config.embed.precision if config.embed.precision != "auto" else "auto (per worker)"
         self.runtime = config.embed.runtime if config.embed.runtime != "auto" else "auto (per worker)"

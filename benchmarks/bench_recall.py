@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from indexes import SupportIndex, enroll_embeddings
+from indexes import SupportIndex
+from scanner.enroll import enroll_embeddings
 
 
 def synthetic(n: int, dim: int, classes: int, uniform: bool, rng) -> tuple[np.ndarray, np.ndarray]:

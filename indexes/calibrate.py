@@ -1,9 +1,8 @@
-"""Open-set threshold calibration on the support set itself (leave-one-out).
+"""Leave-one-out neighbours of the support set: what the verdict rule calibrates on at every enrollment.
 
-Each sampled support item is queried against the index with itself left out; the verdict rule's open-set
-score of those neighbours (passed in by the caller: the rule belongs to the scan flow, scanner.verdict) is what
-a new image of a known class would score. The threshold is the `target_accept` quantile of those scores, so
-that share of known images is accepted and anything farther out is reported `unknown`.
+Each sampled support item is queried against the index with itself left out; its neighbours are what a new
+image of a known class would see. The caller (scanner.enroll) turns them into the verdict rule's calibrations
+(the open-set threshold and the ai_score map, scanner.verdict.calibrate): the rule belongs to the scan flow.
 """
 
 from __future__ import annotations
@@ -12,20 +11,26 @@ from typing import Callable
 
 import numpy as np
 
-# (neighbour labels [n, k] object, neighbour similarities [n, k] float) -> open-set scores [n]
-OpenSetScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+from indexes.manifest import AiScoreCalibration, OpenSetCalibration
 
-# Calibration needs a quantile, not every neighbour exactly: a 2,000-item sample (the 95th percentile's rank
-# is then known to about +-0.5 %) searched at a modest breadth keeps enrollment fast on large indexes.
+# (neighbour labels [n, k], neighbour similarities [n, k], the items' own labels [n], the current open-set
+# settings) -> (ai_score calibration, open-set calibration)
+Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, OpenSetCalibration],
+                      tuple[AiScoreCalibration, OpenSetCalibration]]
+
+# Calibration needs quantiles and a monotone fit, not every neighbour exactly: a 2,000-item sample (the 95th
+# percentile's rank is then known to about +-0.5 %) searched at a modest breadth keeps enrollment fast on large
+# indexes.
 MAX_CALIBRATION_ITEMS = 2000
 CALIBRATION_EF = 128
 
 
-def leave_one_out_neighbours(hnsw, labels: np.ndarray, k: int, rng_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and similarities of the k nearest other support items of (a sample of) the support items."""
+def leave_one_out_neighbours(hnsw, labels: np.ndarray, k: int,
+                             rng_seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the sampled items' table rows, labels [n, k] and similarities [n, k] of their k nearest *other* items)."""
     n = len(labels)
     if n < 2:
-        return np.zeros((0, 0), dtype=object), np.zeros((0, 0), dtype=np.float32)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=object), np.zeros((0, 0), dtype=np.float32)
     ids = np.arange(n)
     if n > MAX_CALIBRATION_ITEMS:
         ids = np.sort(np.random.default_rng(rng_seed).choice(n, MAX_CALIBRATION_ITEMS, replace=False))
@@ -41,10 +46,4 @@ def leave_one_out_neighbours(hnsw, labels: np.ndarray, k: int, rng_seed: int = 0
         sel = np.flatnonzero(keep[r])[: kq - 1]
         rows_labels[r, : len(sel)] = labels[found[r, sel]]
         rows_sims[r, : len(sel)] = 1.0 - dist[r, sel]
-    return rows_labels, rows_sims
-
-
-def threshold_from_scores(scores: np.ndarray, target_accept: float) -> float:
-    if scores.size == 0:
-        return 2.0  # nothing to calibrate on: reject nothing
-    return float(np.quantile(scores, target_accept))
+    return ids, rows_labels, rows_sims

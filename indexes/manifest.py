@@ -36,6 +36,23 @@ class OpenSetCalibration:
 
 
 @dataclass
+class AiScoreCalibration:
+    """The map from the verdict rule's AI evidence to `ai_score`, a probability (scanner/verdict.py).
+
+    `method` "isotonic": piecewise-linear through the knots (`evidence` increasing, `probability` non-decreasing),
+    fitted leave-one-out on the support set with real and AI items weighted to equal totals (`prior`
+    "balanced": ai_score is P(AI) for a crawl with as many real as generated images). "none" (indexes written
+    before calibration existed): ai_score = (evidence + 1) / 2.
+    """
+
+    method: str = "none"
+    evidence: list[float] = field(default_factory=list)
+    probability: list[float] = field(default_factory=list)
+    prior: str = "balanced"
+    calibrated_on: int = 0
+
+
+@dataclass
 class IndexManifest:
     model_id: str
     model_sha256: str
@@ -46,6 +63,7 @@ class IndexManifest:
     counts: dict[str, int] = field(default_factory=dict)
     files: dict[str, FileEntry] = field(default_factory=dict)  # role ("support", "hnsw") -> file
     open_set: OpenSetCalibration = field(default_factory=OpenSetCalibration)
+    ai_score: AiScoreCalibration = field(default_factory=AiScoreCalibration)
     created_at: str = ""
     updated_at: str = ""
     format_version: int = FORMAT_VERSION
@@ -67,6 +85,7 @@ class IndexManifest:
                 raise ValueError(f"format_version {data['format_version']} is newer than this imgscan understands")
             data["files"] = {role: FileEntry(**entry) for role, entry in data.get("files", {}).items()}
             data["open_set"] = OpenSetCalibration(**data.get("open_set", {}))
+            data["ai_score"] = AiScoreCalibration(**data.get("ai_score", {}))
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError, KeyError) as exc:

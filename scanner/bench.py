@@ -124,12 +124,12 @@ def _synthetic_index(index_dir: Path, embedder, support: int):
 
 def _bench_query(embedder, index, sample, batch_size: int, k: int) -> float:
     """HNSW search + verdict with real embeddings as queries."""
-    from scanner.verdict import decide
+    from scanner.verdict import VerdictRule, decide
 
     queries = np.repeat(embedder.embed_batch(sample), max(1, 2048 // batch_size), axis=0)
     start = time.perf_counter()
     found = index.search(queries, k)
-    decide(found.labels, found.sims).labels(index.threshold)
+    decide(found.labels, found.sims, VerdictRule.of(index))
     return len(queries) / (time.perf_counter() - start)
 
 

@@ -18,6 +18,8 @@ from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, 
                                 RuntimeOpt, ViewsOpt, err_console, out_console, stop_on_signals)
 from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
+MAX_LISTED = 20  # per-file lines of one kind an enroll prints before it only counts them
+
 app = typer.Typer(
     name="imgscan",
     cls=CommandBoundary,
@@ -93,6 +95,7 @@ def scan(
     readers: Annotated[int, typer.Option("--readers", min=1, max=64, rich_help_panel=READ_PANEL, help="Threads reading and hashing files.")] = 4,
     isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", rich_help_panel=READ_PANEL, help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
     decode_timeout: Annotated[float, typer.Option("--decode-timeout", min=0.1, rich_help_panel=READ_PANEL, help="Seconds one image may take to decode (isolated decoding) before it gets an error row.")] = 20.0,
+    provenance: Annotated[bool, typer.Option("--provenance/--no-provenance", rich_help_panel=READ_PANEL, help="Read C2PA Content Credentials, XMP DigitalSourceType, PNG generation parameters and EXIF into the `provenance` column (evidence beside the verdict, never part of it). --no-provenance: faster, column null.")] = True,
     engine: Annotated[str, typer.Option("--engine", rich_help_panel=RAY_PANEL, help="local (this machine) or ray (a Ray cluster: pip install 'imgscan\\[ray]'; see docs/ray.md).")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", rich_help_panel=RAY_PANEL, help="--engine ray: auto (the cluster this machine belongs to) or ray://HOST:10001. Default: start a local Ray.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, rich_help_panel=RAY_PANEL, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
@@ -101,8 +104,9 @@ def scan(
     """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
 
     \b
-    Columns: path, sha, bytes, width, height, label, closed_set_label, is_ai, ai_score, open_set_score,
-    neighbors, error, model, index, scanned_at (see README). A file that cannot be read or decoded gets a
+    Columns: path, sha, bytes, width, height, label, closed_set_label, is_ai, ai_score (calibrated P(AI)),
+    open_set_score, neighbors, match (exact / near copy of an enrolled image), provenance (C2PA, XMP,
+    PNG text, EXIF), error, model, index, scanned_at (see README). A file that cannot be read or decoded gets a
     row with `error` set; the run goes on and exits 0. Kill it at any time: running the same command again
     continues where it stopped.
 
@@ -137,7 +141,8 @@ def scan(
     config = ScanConfig(
         roots=check_roots(paths, all_files), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
         read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files),
-        decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout),
+        decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout,
+                            provenance=provenance),
         embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,
                           batch_size=batch_size),
         ray=RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker),
@@ -166,6 +171,9 @@ def _print_summary(summary) -> None:
         extra.append(f"{summary.resumed_rows} rows kept from an interrupted run")
     if summary.skipped_known:
         extra.append(f"{summary.skipped_known} files skipped (sha in --skip-known)")
+    for what, n in summary.provenance_disagreements.items():
+        if n:
+            extra.append(f"{n} files where {what} (review them: imgscan report)")
     rate = summary.scanned_this_run / max(summary.elapsed_s, 1e-9)
     extra.append(f"{summary.scanned_this_run} files in {summary.elapsed_s:.1f} s ({rate:.1f} img/s)")
     err_console.print("; ".join(extra), highlight=False)
@@ -195,7 +203,7 @@ def enroll(
       imgscan enroll midjourney_v7 ./samples --index ./my-index
     """
     from imgscan_core.labels import check_label
-    from scanner.enroll import enroll_files
+    from scanner.enroll import enroll_files, enrollment_report
     from scanner.progress import ScanProgress
     from scanner.walk import check_roots
 
@@ -205,16 +213,17 @@ def enroll(
     index_dir = index_dir_for_writing(index, embedder.card.weights_sha256)
     with ScanProgress(f"embedding {name}") as progress:
         result, found = enroll_files(index_dir, name, roots, embedder, batch_size, progress)
-    for path, err in found.failed:
-        err_console.print(f"skipped {path}: {err}", highlight=False)
-    for path, label in result.duplicates:
+    for path, err in found.failed[:MAX_LISTED]:
+        err_console.print(f"unreadable, skipped {path}: {err}", highlight=False)
+    for path, label in result.duplicates[:MAX_LISTED]:
         err_console.print(f"already enrolled as {label}: {path}", highlight=False)
-    m = result.manifest
-    err_console.print(
-        f"enrolled {result.added} image(s) as {name!r} into {index_dir} (generation {m.generation}; "
-        f"{m.counts.get(name, 0)} in class, {m.total} in index; open-set threshold {m.open_set.threshold:.4f})",
-        highlight=False,
-    )
+    for what, items in (("unreadable", found.failed), ("already enrolled", result.duplicates)):
+        if len(items) > MAX_LISTED:
+            err_console.print(f"... and {len(items) - MAX_LISTED} more {what}", highlight=False)
+    line, warnings = enrollment_report(result, found, name, result.manifest.open_set.k)
+    err_console.print(line, highlight=False)
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", highlight=False)
 
 
 @index_app.command("show")

@@ -35,6 +35,7 @@ class DecodeConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     isolate: bool = True  # on CPU, decode in a child process (a decoder crash costs one row)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per image, isolated decoding only
+    provenance: bool = True  # read C2PA / XMP / PNG text / EXIF from the bytes before they are dropped
 
 
 @dataclass

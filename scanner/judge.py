@@ -19,10 +19,12 @@ from scanner.decode import DecodedBatch, ImageDecoder, ViewSpec
 from scanner.decode_isolated import IsolatedImageDecoder
 from scanner.embed import Embedder
 from scanner.feed import LocalFeeder
+from scanner.near_duplicate import first_view_hashes
+from scanner.provenance import read_provenance
 from scanner.read import ReadResult
 from scanner.schema import VERDICT_SCHEMA, display_path
 from scanner.threads import thread_budget
-from scanner.verdict import decide
+from scanner.verdict import Matches, VerdictRule, apply_matches, decide, find_matches
 
 
 def make_decoder(spec: ViewSpec, batch_size: int, device: str, config: DecodeConfig):
@@ -40,6 +42,7 @@ class DecodedReads:
 
     reads: list[ReadResult]
     decoded: DecodedBatch
+    provenance: list[list[dict] | None] | None = None  # per read file; None when not read (--no-provenance)
 
     def ok_rows(self) -> list[int]:
         """Items whose read and decode succeeded, in order: the rows of the batch's embeddings."""
@@ -56,12 +59,15 @@ class BatchEmbedder:
     def __init__(self, embedder: Embedder, decode: DecodeConfig, batch_size: int):
         self.embedder = embedder
         self.decoder = make_decoder(embedder.view_spec, batch_size, embedder.device, decode)
+        self.read_provenance = decode.provenance
 
     def decode(self, reads: list[ReadResult]) -> DecodedReads:
         decoded = self.decoder.decode([r.data for r in reads])
+        provenance = ([read_provenance(r.data) if r.error is None else None for r in reads]
+                      if self.read_provenance else None)
         for r in reads:
             r.data = None  # the bytes are no longer needed: keep memory flat
-        return DecodedReads(reads, decoded)
+        return DecodedReads(reads, decoded, provenance)
 
     def embed(self, batch: DecodedReads) -> np.ndarray:
         return self.embedder.embed_batch(batch.decoded)
@@ -89,17 +95,20 @@ class BatchJudge(BatchEmbedder):
     def judge(self, batch: DecodedReads) -> pa.RecordBatch:
         embeddings = self.embed(batch)
         neighbors = self.index.search(embeddings, self.k)
-        return verdict_rows(batch, neighbors, decide(neighbors.labels, neighbors.sims), self.index,
-                            self.embedder.model_id)
+        verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index))
+        ok = batch.ok_rows()
+        hashes = first_view_hashes(batch.decoded.pixels, batch.decoded.view_counts)
+        matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
+        verdicts = apply_matches(verdicts, matches, self.index.table.label)
+        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id)
 
     def __call__(self, reads: list[ReadResult]) -> pa.RecordBatch:
         return self.judge(self.decode(reads))
 
 
-def verdict_rows(batch: DecodedReads, neighbors, verdicts, index, model_id: str) -> pa.RecordBatch:
+def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, index, model_id: str) -> pa.RecordBatch:
     """One VERDICT_SCHEMA row per read file: the verdict where it was judged, else its `error`."""
     reads, decoded = batch.reads, batch.decoded
-    labels = verdicts.labels(index.threshold)
     n = len(reads)
     col = {name: [None] * n for name in VERDICT_SCHEMA.names}
     now = datetime.now(timezone.utc)
@@ -110,10 +119,15 @@ def verdict_rows(batch: DecodedReads, neighbors, verdicts, index, model_id: str)
         col["model"][i], col["index"][i], col["scanned_at"][i] = model_id, index.name, now
         if decoded.sizes[i] is not None:
             col["width"][i], col["height"][i] = decoded.sizes[i]
+        if batch.provenance is not None:
+            col["provenance"][i] = batch.provenance[i]
     for row, i in enumerate(batch.ok_rows()):
-        col["label"][i] = labels[row]
+        col["label"][i] = verdicts.label[row]
         col["closed_set_label"][i] = verdicts.closed_set_label[row]
         col["is_ai"][i] = bool(verdicts.is_ai[row])
+        if matches.rows[row] >= 0:
+            col["match"][i] = {"kind": matches.kinds[row], "support_id": index.table.support_id[matches.rows[row]],
+                               "similarity": float(matches.similarity[row])}
         col["ai_score"][i] = float(verdicts.ai_score[row])
         col["open_set_score"][i] = float(verdicts.open_set_score[row])
         col["open_set_threshold"][i] = float(index.threshold)

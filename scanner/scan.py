@@ -36,6 +36,7 @@ class ScanSummary:
     skipped_known: int = 0
     labels: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    provenance_disagreements: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
 
 
@@ -45,7 +46,7 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
     return {
         "roots": [os.fsdecode(os.path.abspath(r)) for r in config.roots], "model": model_id, "k": config.k,
         "all_files": config.read.all_files, "skip_known": sorted(str(p) for p in config.read.skip_known),
-        "views": views, "index": index_name,
+        "views": views, "index": index_name, "provenance": config.decode.provenance,
     }
 
 
@@ -140,9 +141,11 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     finally:
         stop_count.set()
         output.unlock()  # already released by finish(); here for runs that stop early
-    labels, errors = summarize(output.result_files())
+    labels, errors, disagreements = summarize(output.result_files())
     progress.log(f"done: {rows} rows in {config.out} ({result.scanned} scanned now, {len(done)} kept from an "
-                 f"interrupted run, {result.skipped_known} skipped as known, {sum(errors.values())} error rows)")
+                 f"interrupted run, {result.skipped_known} skipped as known, {sum(errors.values())} error rows; "
+                 + ", ".join(f"{n} {what}" for what, n in disagreements.items()) + ")")
     return ScanSummary(out=config.out, rows=rows, scanned_this_run=result.scanned, resumed_rows=len(done),
                        skipped_known=result.skipped_known, labels=labels, errors=errors,
+                       provenance_disagreements=disagreements,
                        elapsed_s=time.monotonic() - started)

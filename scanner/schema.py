@@ -8,6 +8,13 @@ NEIGHBOR_TYPE = pa.struct(
     [("label", pa.string()), ("support_id", pa.string()), ("similarity", pa.float32())]
 )
 
+MATCH_TYPE = pa.struct(
+    [("kind", pa.string()), ("support_id", pa.string()), ("similarity", pa.float32())]
+)
+PROVENANCE_TYPE = pa.struct(
+    [("source", pa.string()), ("detail", pa.string()), ("indicates", pa.string())]
+)
+
 VERDICT_SCHEMA = pa.schema(
     [
         ("path", pa.string()),  # absolute (roots made absolute); bytes that are not UTF-8 appear as \xNN escapes
@@ -16,13 +23,15 @@ VERDICT_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("width", pa.int32()),  # as decoded (after EXIF orientation)
         ("height", pa.int32()),
-        ("label", pa.string()),  # predicted class, or "unknown"
-        ("closed_set_label", pa.string()),  # best class ignoring open-set rejection
-        ("is_ai", pa.bool_()),
-        ("ai_score", pa.float32()),  # [0, 1], higher = more likely AI-generated
+        ("label", pa.string()),  # "real", a generator, or "unknown" (an AI image far from every enrolled generator)
+        ("closed_set_label", pa.string()),  # the label before open-set rejection
+        ("is_ai", pa.bool_()),  # label != "real", by construction (scanner/verdict.py)
+        ("ai_score", pa.float32()),  # calibrated P(AI) on the index judged with; is_ai == (ai_score > 0.5)
         ("open_set_score", pa.float32()),  # higher = farther from every enrolled class
         ("open_set_threshold", pa.float32()),  # the index's threshold this row was judged with
         ("neighbors", pa.list_(NEIGHBOR_TYPE)),  # k nearest support items, nearest first
+        ("match", MATCH_TYPE),  # an enrolled item this file is ("exact": same bytes) or nearly is ("near"); else null
+        ("provenance", pa.list_(PROVENANCE_TYPE)),  # metadata evidence ([] when none; null: not read)
         ("error", pa.string()),  # null when the file was scanned; else "stage: reason"
         ("model", pa.string()),
         ("index", pa.string()),

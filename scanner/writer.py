@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
@@ -90,17 +91,44 @@ def write_parquet(out: Path, batches: Iterable[pa.RecordBatch], metadata: dict[s
     return rows
 
 
-def summarize(files: list[Path]) -> tuple[Counter, Counter]:
-    """Counts per label, and per kind of error (the message up to its details in parentheses)."""
-    labels, errors = Counter(), Counter()
+PROVENANCE_AI_PIXELS_REAL = "provenance says AI, pixels say real"
+PROVENANCE_CAPTURE_PIXELS_AI = "provenance says camera capture, pixels say AI"
+
+
+def provenance_disagreements(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Row masks of the cases a reviewer must look at: provenance says AI while the pixels say real, and
+    provenance says camera capture (and nothing says AI) while the pixels say AI."""
+    n = table.num_rows
+    column = table.column("is_ai")
+    judged = pc.is_valid(column).to_numpy(zero_copy_only=False).astype(bool)
+    is_ai = pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype(bool)
+    says_ai, says_capture = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    prov = table.column("provenance").combine_chunks()
+    flat = pc.list_flatten(prov)
+    if len(flat):
+        parents = pc.list_parent_indices(prov).to_numpy()
+        indicates = pc.struct_field(flat, "indicates").to_numpy(zero_copy_only=False)
+        says_ai[parents[indicates == "ai"]] = True
+        says_capture[parents[indicates == "capture"]] = True
+    says_capture &= ~says_ai
+    return judged & says_ai & ~is_ai, judged & says_capture & is_ai
+
+
+def summarize(files: list[Path]) -> tuple[Counter, Counter, Counter]:
+    """Counts per label, per kind of error (the message up to its details in parentheses), and of provenance
+    that disagrees with the pixel verdict."""
+    labels, errors, disagreements = Counter(), Counter(), Counter()
     for f in files:
-        table = pq.read_table(f, columns=["label", "error"])
+        table = pq.read_table(f, columns=["label", "error", "is_ai", "provenance"])
         for lab, err in zip(table.column("label").to_pylist(), table.column("error").to_pylist()):
             if err is None:
                 labels[lab] += 1
             else:
                 errors[err.split(" (")[0]] += 1
-    return labels, errors
+        ai_real, capture_ai = provenance_disagreements(table)
+        disagreements[PROVENANCE_AI_PIXELS_REAL] += int(ai_real.sum())
+        disagreements[PROVENANCE_CAPTURE_PIXELS_AI] += int(capture_ai.sum())
+    return labels, errors, disagreements
 
 
 def remove_tree(directory: Path) -> None:

@@ -16,7 +16,7 @@ from indexes import SupportIndex
 from scanner.enroll import enroll_embeddings, remove_label
 from scanner.cli import app
 from imgscan_core.errors import UsageError
-from scanner.verdict import decide
+from scanner.verdict import VerdictRule, decide
 
 runner = CliRunner()
 
@@ -32,17 +32,20 @@ def test_decide_weighted_vote_ai_score_and_open_set_score():
     labels = np.array([["real", "gen_a", "gen_a", "real"]], dtype=object)
     sims = np.array([[0.9, 0.8, 0.7, -0.2]])
     v = decide(labels, sims)
-    # weights: real 0.9 (+0 for the negative similarity), gen_a 0.8 + 0.7 = 1.5 -> gen_a wins
-    assert v.closed_set_label[0] == "gen_a"
-    assert v.ai_score[0] == pytest.approx(1.5 / 2.4)
+    # weights: real 0.9 (+0 for the negative similarity), gen_a 0.8 + 0.7 = 1.5: evidence (1.5 - 0.9) / 4
+    assert v.ai_evidence[0] == pytest.approx(0.15)
+    assert v.ai_score[0] == pytest.approx((0.15 + 1) / 2)  # an index without calibration: (e + 1) / 2
+    assert bool(v.is_ai[0]) and v.closed_set_label[0] == "gen_a"
     assert v.open_set_score[0] == pytest.approx(1 - (0.8 + 0.7) / 2)
-    assert v.labels(threshold=0.2)[0] == "unknown" and v.labels(threshold=0.3)[0] == "gen_a"
-    assert bool(v.is_ai[0])
+    assert decide(labels, sims, VerdictRule(threshold=0.2)).label[0] == "unknown"
+    assert decide(labels, sims, VerdictRule(threshold=0.3)).label[0] == "gen_a"
 
 
 def test_decide_tie_goes_to_the_nearest_and_padding_carries_no_vote():
     v = decide(np.array([["gen_b", "real", ""]], dtype=object), np.array([[0.5, 0.5, 0.99]]))
-    assert v.closed_set_label[0] == "gen_b" and v.ai_score[0] == pytest.approx(0.5)
+    assert v.ai_score[0] == pytest.approx(0.5) and v.label[0] == "real"  # no evidence either way accuses nobody
+    v = decide(np.array([["gen_b", "gen_c", "real"]], dtype=object), np.array([[0.5, 0.5, 0.2]]))
+    assert v.label[0] == "gen_b"  # tied generators: the one holding the nearest neighbour
     v = decide(np.array([["real", "real"]], dtype=object), np.array([[-0.1, -0.3]]))
     assert v.ai_score[0] == pytest.approx(0.5)  # no positive evidence either way
     assert v.open_set_score[0] == pytest.approx(1.2)
@@ -63,13 +66,13 @@ def test_enroll_dedupes_by_sha_recalibrates_and_searches(tmp_path):
     index = SupportIndex.open(tmp_path)
     assert index.manifest.counts == {"gen_b": 30, "real": 30}
     m = index.manifest
-    assert 0 < m.open_set.threshold < 0.05 and m.open_set.calibrated_on == 60
+    assert 0 < m.open_set.threshold < 0.05 and m.open_set.calibrated_on == 30  # over the AI items only
+    assert m.ai_score.method == "isotonic" and m.ai_score.calibrated_on == 60
     for entry in m.files.values():
         assert (tmp_path / entry.name).stat().st_size == entry.bytes
-    found = index.search(_unit([[1, 0.02, 0, 0], [0, 0, 1, 0]]), k=11)
-    v = decide(found.labels, found.sims)
-    labels = v.labels(index.threshold)
-    assert labels[0] == "real" and labels[1] == "unknown"
+    found = index.search(_unit([[1, 0.02, 0, 0], [0, 0.3, 1, 0]]), k=11)
+    labels = decide(found.labels, found.sims, VerdictRule.of(index)).label
+    assert labels[0] == "real" and labels[1] == "unknown"  # the second leans to gen_b but lies far from it
     assert found.labels.shape == (2, 11) and found.support_ids[0, 0] in set(shas_a)
     assert len(set(index.table.support_id)) == 60  # support ids are unique even where shas share a prefix
     # only the current and the previous generation's files are kept
@@ -120,9 +123,11 @@ def test_cli_enroll_index_show_and_remove(tmp_path, tiny_model_dir):
     common = ["--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"]
     result = runner.invoke(app, ["enroll", "real", str(reds), *common])
     assert result.exit_code == 0, result.output
-    assert "enrolled 8 image(s) as 'real'" in result.output and "skipped" in result.output and "broken.jpg" in result.output
+    assert "enrolled into class 'real': 8 new; 0 already enrolled; 1 unreadable" in result.output
+    assert "unreadable, skipped" in result.output and "broken.jpg" in result.output
+    assert "warning: the index holds one class ('real')" in result.output
     result = runner.invoke(app, ["enroll", "real", str(reds), *common])
-    assert "enrolled 0 image(s)" in result.output and "already enrolled as real" in result.output
+    assert "0 new; 8 already enrolled (8 as real)" in result.output and "already enrolled as real" in result.output
     runner.invoke(app, ["enroll", "gen_green", str(write_class_dir(tmp_path / "greens", GREEN, 5)), *common])
     result = runner.invoke(app, ["index", "show", "--index", str(index)])
     assert result.exit_code == 0 and "gen_green" in result.output and "open-set threshold" in result.output

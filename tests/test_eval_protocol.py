@@ -102,7 +102,7 @@ def test_compute_metrics_on_a_hand_made_split():
     closed = np.array(["real", "gen_a", "gen_a", "gen_b", "gen_b", "gen_a", "gen_b"], dtype=object)
     ai = np.array([0.1, 0.6, 0.9, 0.7, 0.8, 0.9, 0.4], dtype=np.float32)
     osc = np.array([0.1, 0.2, 0.1, 0.5, 0.2, 0.6, 0.3], dtype=np.float32)
-    j = Judged("m", split, q, pred, closed, ai, osc, 0.45, None, None, None)
+    j = Judged("m", split, q, pred, closed, ai > 0.5, ai, osc, 0.45, None, None, None)
     m = compute_metrics(ds, j)
     det = m["detection"]["per_generator"]
     # real vs gen_a: truth [0,0,1,1], is_ai [0,1,1,1] -> acc 3/4 ; scores .1 .6 | .9 .7 -> AUC 1
@@ -124,6 +124,9 @@ def test_compute_metrics_on_a_hand_made_split():
     assert m["open_set"]["unknown_rejected"] == pytest.approx(0.5)
     # closed set on the 5 known queries: real ok, real->gen_a, gen_a ok, gen_a->gen_b, gen_b ok -> 3/5
     assert m["closed_set_attribution"]["accuracy"] == pytest.approx(3 / 5)
+    # calibration over 7 queries, bins of 0.1: (.1: real), (.4: AI), (.6: real), (.7: AI), (.8: AI), (.9, .9: AI)
+    # -> |.1-0| + |.4-1| + |.6-0| + |.7-1| + |.8-1| + 2|.9-1| = 2.0 over 7
+    assert m["calibration"]["ece"] == pytest.approx(2.0 / 7, abs=1e-6)
 
 
 def test_commands_say_at_once_when_matplotlib_is_missing(monkeypatch, tmp_path):
@@ -165,7 +168,7 @@ def test_metrics_report_the_share_of_an_unseen_sources_real_photos_called_ai():
     ai = np.where(ds.is_ai[q], 0.9, 0.1).astype(np.float32)
     ai[np.flatnonzero(held_q)[:3]] = 0.8  # 3 of the 10 unseen-source photos called AI
     pred = np.where(ai >= 0.5, "gan", ds.labels[q]).astype(object)
-    j = Judged("m", split, q, pred, pred, ai, np.zeros(q.size, np.float32), 0.5, None, None, None)
+    j = Judged("m", split, q, pred, pred, ai > 0.5, ai, np.zeros(q.size, np.float32), 0.5, None, None, None)
     m = compute_metrics(ds, j)
     assert m["holdout_sources"]["per_source"]["camera:held"]["n_real"] == 10
     assert m["holdout_sources"]["real_called_ai"] == pytest.approx(0.3)

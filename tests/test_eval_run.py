@@ -16,7 +16,7 @@ from scanner.cli import app
 
 pytest.importorskip("matplotlib")
 
-CLASSES = {"real": RED, "gen_blue": BLUE, "gen_green": GREEN, "gen_yellow": (220, 220, 30)}
+CLASSES = {"real": RED, "gen_blue": BLUE, "gen_green": GREEN, "gen_cyan": (30, 200, 220)}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def eval_out(eval_data, tiny_model_dir, tmp_path_factory):
     from scanner.evaluation.cli import run_eval
 
     out = tmp_path_factory.mktemp("eval_out") / "report"
-    doc = run_eval(eval_data, out, model=tiny_model_dir, shots="3,6", unknown="gen_yellow", device="cpu",
+    doc = run_eval(eval_data, out, model=tiny_model_dir, shots="3,6", unknown="gen_cyan", device="cpu",
                    use_umap=False, batch_size=16, command="test")
     return out, doc
 
@@ -69,16 +69,16 @@ def test_eval_metrics_on_separable_colours(eval_out):
     _, doc = eval_out
     main = doc["main"]["imgscan"]
     # the tiny model separates colours perfectly: every known query is attributed right, detection is perfect,
-    # and the never-enrolled yellow class lies far from every enrolled class
+    # and the never-enrolled cyan class lies far from every enrolled class
     assert main["headline"]["closed_macro_f1"] == 1.0
     assert main["headline"]["mean_det_auc"] == 1.0
     assert main["headline"]["open_set_auroc"] == 1.0
     assert main["metrics"]["open_set"]["unknown_rejected"] == 1.0
     assert main["headline"]["oscr"] >= 0.9
     conf = main["metrics"]["confusion"]
-    assert conf["rows"][-1] == "gen_yellow" and conf["columns"][-1] == "unknown"
-    yellow = conf["matrix"][-1]
-    assert yellow[-1] == sum(yellow) > 0
+    assert conf["rows"][-1] == "gen_cyan" and conf["columns"][-1] == "unknown"
+    cyan = conf["matrix"][-1]
+    assert cyan[-1] == sum(cyan) > 0
     # queries: 14 - 6 per enrolled class (6 shots = 3 groups of 2; half of 14 is 7), all 14 of the unknown
     # class; the undecodable file is on neither side
     assert doc["main"]["imgscan"]["metrics"]["n_queries"] == 3 * (14 - 6) + 14
@@ -96,7 +96,7 @@ def test_eval_predictions_parquet(eval_out):
     assert broken["role"] == "error" and broken["error"].startswith("decode")
     q = [r for r in rows if r["role"] == "query"]
     assert all(len(r["neighbors"]) == 11 for r in q)
-    assert all(r["label"] == "unknown" for r in q if r["class"] == "gen_yellow")
+    assert all(r["label"] == "unknown" for r in q if r["class"] == "gen_cyan")
     assert all(r["label"] is None for r in rows if r["role"] == "support")
 
 
@@ -190,7 +190,7 @@ def test_umap_layout_with_cosine_metric():
 def test_degraded_queries_are_judged_against_the_clean_support(eval_data, tiny_model_dir, tmp_path):
     from scanner.evaluation.cli import run_eval
 
-    doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="3", unknown="gen_yellow", device="cpu",
+    doc = run_eval(eval_data, tmp_path / "r", model=tiny_model_dir, shots="3", unknown="gen_cyan", device="cpu",
                    use_umap=False, baselines=False, degrade_queries="jpeg60,scale0.5")
     name = "imgscan@scale0.5+jpeg60"
     assert set(doc["methods"]) == {"imgscan", name} and doc["protocol"]["degrade_queries"] == "scale0.5+jpeg60"

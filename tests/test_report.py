@@ -18,7 +18,8 @@ pytest.importorskip("matplotlib")
 def scanned(tmp_path, two_class_index, tiny_model_dir):
     crawl = tmp_path / "crawl"
     write_class_dir(crawl / "red", (220, 30, 30), 4, seed0=500)
-    write_class_dir(crawl / "yellow", (220, 220, 30), 3, seed0=600)  # no class near yellow: unknown
+    # cyan lies nearer the blue generator than the red real photos, and far from both: an unknown generator
+    write_class_dir(crawl / "cyan", (30, 200, 220), 3, seed0=600)
     (crawl / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (crawl / "empty.png").write_bytes(b"")
     out = tmp_path / "v.parquet"
@@ -37,8 +38,8 @@ def test_report_summary_and_html(scanned, tmp_path):
     assert doc["labels"] == {"real": 4, "unknown": 3}
     assert sum(doc["errors"].values()) == 2 and all(k.startswith("decode") for k in doc["errors"])
     top = doc["most_unknown"]
-    assert [t["label"] for t in top[:3]] == ["unknown"] * 3  # the yellow images come first
-    assert all("/yellow/" in t["path"] for t in top[:3])
+    assert [t["label"] for t in top[:3]] == ["unknown"] * 3  # the cyan images come first
+    assert all("/cyan/" in t["path"] for t in top[:3])
     assert top[0]["open_set_score"] >= top[1]["open_set_score"] >= top[-1]["open_set_score"]
     assert len(top[0]["neighbors"]) == 11
     html = (tmp_path / "rep" / "report.html").read_text()
@@ -110,6 +111,6 @@ def test_report_html_renders_thumbnails_in_headless_chromium(scanned, tmp_path):
     png = screenshot(tmp_path / "rep" / "report.html", tmp_path / "shot.png", width=1280, height=2600)
     im = np.asarray(Image.open(png).convert("RGB")).astype(int)
     r, g, b = im[..., 0], im[..., 1], im[..., 2]
-    assert ((r > 150) & (g > 150) & (b < 90)).sum() > 2000  # the yellow `unknown` thumbnails are drawn
+    assert ((r < 90) & (g > 150) & (b > 150)).sum() > 2000  # the cyan `unknown` thumbnails are drawn
     assert ((r > 150) & (g < 80) & (b < 80)).sum() > 2000  # the red neighbour thumbnails
     assert ((b > 120) & (r < 110) & (g < 150)).sum() > 2000  # the histograms' bars

@@ -61,7 +61,8 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
         rel = {str(s.path): _relative(s.path, roots) for s in chosen}
         found = embed_files([os.fsencode(p) for p in rel], embedder, batch_size=32)
         result = enroll_embeddings(out, label, np.concatenate(found.embeddings), found.shas,
-                                   [rel[p] for p in found.sources], embedder.model_id, embedder.card.weights_sha256)
+                                   [rel[p] for p in found.sources], embedder.model_id, embedder.card.weights_sha256,
+                                   np.concatenate(found.hashes))
         counts[label] = result.added
         print(f"{label}: {result.added} enrolled", flush=True)
     # A packaged index is never written in place: no lock file, and no previous generation kept for readers.

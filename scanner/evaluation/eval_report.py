@@ -24,7 +24,8 @@ from scanner.verdict import UNKNOWN_LABEL
 HEADLINE_TITLES = {
     "mean_det_acc": "det acc", "mean_det_bal_acc": "det bal acc", "mean_det_auc": "det AUC",
     "closed_macro_f1": "F1 closed", "open_macro_f1": "F1 open", "open_set_auroc": "OS AUROC", "oscr": "OSCR",
-    "unseen_real_called_ai": "unseen real called AI",
+    "unseen_real_called_ai": "unseen real called AI", "ai_score_ece": "ai_score ECE",
+    "ai_score_ece_balanced": "ai_score ECE (balanced)",
 }
 
 PREDICTION_SCHEMA = pa.schema([
@@ -42,7 +43,7 @@ def pooled_judged(result: EvalResult, ds: Dataset, method: str, shots: int) -> J
     first = parts[0]
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
     j = Judged(method=method, split=first.split, query_idx=cat("query_idx"), label=cat("label"),
-               closed_set_label=cat("closed_set_label"), ai_score=cat("ai_score"), open_set_score=cat("open_set_score"),
+               closed_set_label=cat("closed_set_label"), is_ai=cat("is_ai"), ai_score=cat("ai_score"), open_set_score=cat("open_set_score"),
                threshold=float(np.mean([p.threshold for p in parts])), neighbor_labels=first.neighbor_labels,
                neighbor_ids=first.neighbor_ids, neighbor_sims=first.neighbor_sims)
     j.metrics = compute_metrics(ds, j)
@@ -85,7 +86,7 @@ def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: in
                     continue
                 cols["label"].append(j.label[r])
                 cols["closed_set_label"].append(j.closed_set_label[r])
-                cols["is_ai"].append(bool(j.ai_score[r] >= 0.5))
+                cols["is_ai"].append(bool(j.is_ai[r]))
                 cols["ai_score"].append(float(j.ai_score[r]))
                 cols["open_set_score"].append(float(j.open_set_score[r]))
                 cols["open_set_threshold"].append(j.threshold)
@@ -123,6 +124,10 @@ def write_outputs(result: EvalResult, ds: Dataset, feats: Features, out: Path, i
         per_gen[g + ("" if g in main.split.enrolled else " (unknown)")] = (ai_true[m], main.ai_score[m])
     pooled_curves = {name: (ds.is_ai[p.query_idx], p.ai_score) for name, p in pooled.items()}
     figs["roc"] = plots.roc_png(per_gen, pooled_curves, fig_dir / "roc.png", f"Detection ROC at {main_n} shots (ai_score)")
+    cal = main.metrics["calibration"]
+    figs["reliability"] = plots.reliability_png(
+        cal["reliability"], fig_dir / "reliability.png",
+        f"{MAIN_METHOD}: ai_score reliability at {main_n} shots (ECE {cal['ece']:.3f}, balanced {cal['ece_balanced']:.3f})")
     if has_unknown:
         curves = {}
         for name, p in pooled.items():
@@ -282,6 +287,12 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
     b.append(H.table(["generator", "queries", f"{MAIN_METHOD} acc", f"{MAIN_METHOD} bal. acc", f"{MAIN_METHOD} AUC"]
                      + [f"{n} AUC" for n in doc["main"] if n != MAIN_METHOD], rows))
     b.append(H.figure(figs["roc"], "ROC of ai_score: real vs each generator (left), real vs all generated per method (right)."))
+    cal = doc["main"][MAIN_METHOD]["metrics"]["calibration"]
+    b.append(f'<p class="meta">ai_score calibration: expected calibration error {cal["ece"]:.3f} over the queries as they '
+             f'come, {cal["ece_balanced"]:.3f} with real and AI queries weighted equally (the prior the index '
+             "calibrates for).</p>")
+    b.append(H.figure(figs["reliability"], "Reliability of ai_score: observed share of AI images per bin of predicted "
+                      "probability (the diagonal is perfect calibration); bar height: queries per bin."))
     b.append("<h2>Attribution per class</h2>")
     att = doc["main"][MAIN_METHOD]["metrics"]["attribution"]["per_class"]
     closed = doc["main"][MAIN_METHOD]["metrics"]["closed_set_attribution"]["per_class"]

@@ -16,7 +16,7 @@ import numpy as np
 from scanner.evaluation import metrics as M
 from scanner.dataset import Dataset
 from scanner.evaluation.protocol import QUERY, SUPPORT, Split, check_split, make_split
-from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL, decide
+from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL, VerdictRule, calibrate, decide
 
 MAIN_METHOD = "imgscan"
 
@@ -46,6 +46,7 @@ class Judged:
     query_idx: np.ndarray
     label: np.ndarray
     closed_set_label: np.ndarray
+    is_ai: np.ndarray
     ai_score: np.ndarray
     open_set_score: np.ndarray
     threshold: float
@@ -162,11 +163,10 @@ def _judge_cosine(method: Method, ds: Dataset, feats: Features, split: Split, k:
     index = SupportIndex.open(index_dir)
     q = np.flatnonzero((split.role == QUERY) & feats.ok)
     nb = index.search(method.features[q], k)
-    return q, nb.labels, nb.support_ids, nb.sims, index.threshold
+    return q, nb.labels, nb.support_ids, nb.sims, VerdictRule.of(index)
 
 
 def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split, k: int):
-    from indexes.calibrate import threshold_from_scores
     from indexes.manifest import OpenSetCalibration
 
     from scanner.evaluation.baselines import euclidean_knn
@@ -177,20 +177,20 @@ def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split,
     sup_ids = np.array([str(x) for x in feats.sha[s]], dtype=object)  # support ids are full shas, as in the index
     # leave-one-out calibration, as the support index does
     loo_idx, loo_sims = euclidean_knn(method.support(s), method.support(s), k, exclude_self=True)
-    loo = decide(sup_labels[loo_idx], loo_sims)
-    threshold = threshold_from_scores(loo.open_set_score, OpenSetCalibration().target_accept)
+    ai_cal, open_set = calibrate(sup_labels[loo_idx], loo_sims, sup_labels, OpenSetCalibration(k=k))
     idx, sims = euclidean_knn(method.support(s), method.features[q], k)
-    return q, sup_labels[idx], sup_ids[idx], sims, threshold
+    return q, sup_labels[idx], sup_ids[idx], sims, VerdictRule(open_set.threshold, ai_cal)
 
 
 def judge(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path) -> Judged:
     if method.kind == "cosine":
-        q, labs, ids, sims, thr = _judge_cosine(method, ds, feats, split, k, workdir)
+        q, labs, ids, sims, rule = _judge_cosine(method, ds, feats, split, k, workdir)
     else:
-        q, labs, ids, sims, thr = _judge_euclidean(method, ds, feats, split, k)
-    v = decide(labs, sims)
-    j = Judged(method=method.name, split=split, query_idx=q, label=v.labels(thr), closed_set_label=v.closed_set_label,
-               ai_score=v.ai_score, open_set_score=v.open_set_score, threshold=float(thr), neighbor_labels=labs,
+        q, labs, ids, sims, rule = _judge_euclidean(method, ds, feats, split, k)
+    v = decide(labs, sims, rule)
+    j = Judged(method=method.name, split=split, query_idx=q, label=v.label, closed_set_label=v.closed_set_label,
+               is_ai=v.is_ai, ai_score=v.ai_score, open_set_score=v.open_set_score, threshold=rule.threshold,
+               neighbor_labels=labs,
                neighbor_ids=ids, neighbor_sims=sims)
     j.metrics = compute_metrics(ds, j)
     return j
@@ -202,7 +202,7 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
     true = j.split.true_label[q]
     cls = ds.labels[q]
     ai_true = ds.is_ai[q]
-    is_ai = j.ai_score >= 0.5
+    is_ai = j.is_ai
     known = true != UNKNOWN_LABEL
     # detection: real vs each generator, over the queries of those two classes
     per_gen = {}
@@ -233,6 +233,11 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
         # the error that accuses a person: real query photos whose ai_score says AI
         "real_called_ai": float(np.mean(is_ai[cls == REAL_LABEL])) if np.any(cls == REAL_LABEL) else float("nan"),
     }
+    # is ai_score a probability? (the index calibrates it with real and AI weighted equally: `balanced` weighs
+    # the queries the same way; `ece` takes them as they come)
+    calibration = {"ece": M.expected_calibration_error(ai_true, j.ai_score),
+                   "ece_balanced": M.expected_calibration_error(ai_true, j.ai_score, balanced=True),
+                   "reliability": M.reliability_bins(ai_true, j.ai_score)}
     has_unknown = bool(np.any(~known))
     att_labels = list(j.split.enrolled) + ([UNKNOWN_LABEL] if has_unknown else [])
     attribution = M.precision_recall_f1(true, j.label, att_labels)
@@ -263,7 +268,7 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
             "unknown_rejected": float(np.mean(j.label[~known] == UNKNOWN_LABEL)),
         })
     return {"n_queries": int(q.size), "detection": detection, "attribution": attribution,
-            "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set,
+            "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set, "calibration": calibration,
             "holdout_sources": holdout_sources}
 
 
@@ -276,6 +281,8 @@ HEADLINE = [
     ("open_set_auroc", ("open_set", "auroc")),
     ("oscr", ("open_set", "oscr")),
     ("unseen_real_called_ai", ("holdout_sources", "real_called_ai")),
+    ("ai_score_ece", ("calibration", "ece")),
+    ("ai_score_ece_balanced", ("calibration", "ece_balanced")),
 ]
 
 

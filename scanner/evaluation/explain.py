@@ -139,13 +139,13 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     verdict = None
     if index is not None:
         from indexes import SupportIndex
-        from scanner.verdict import decide
+        from scanner.verdict import VerdictRule, decide
 
         support = SupportIndex.open(index)
         support.check_model(embedder.model_id, embedder.card.weights_sha256)
         nb = support.search(embed(pixels[None]), 11)
-        v = decide(nb.labels, nb.sims)
-        verdict = {"label": str(v.labels(support.threshold)[0]), "closed_set_label": str(v.closed_set_label[0]),
+        v = decide(nb.labels, nb.sims, VerdictRule.of(support))
+        verdict = {"label": str(v.label[0]), "closed_set_label": str(v.closed_set_label[0]),
                    "ai_score": float(v.ai_score[0]), "open_set_score": float(v.open_set_score[0])}
     heat, n_views = importance_map(pixels, embed, views=views, seed=seed)
 

@@ -179,3 +179,31 @@ def nan_to_none(x):
     if isinstance(x, np.generic):
         return nan_to_none(x.item())
     return x
+
+
+def reliability_bins(y_true: np.ndarray, score: np.ndarray, bins: int = 10, balanced: bool = False) -> list[dict]:
+    """Equal-width bins of a predicted probability: per bin its count, mean prediction and observed rate of
+    positives. `balanced`: positives and negatives weighted to equal totals."""
+    y = np.asarray(y_true, dtype=bool)
+    p = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+    w = np.ones(y.size)
+    if balanced and y.any() and (~y).any():
+        w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum()) * y.size
+    # + 1e-6: a float32 score like 0.7 (0.69999999) belongs to the bin that starts at 0.7
+    which = np.minimum(np.floor(p * bins + 1e-6).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        m = which == b
+        out.append({"lo": b / bins, "hi": (b + 1) / bins, "n": int(m.sum()), "weight": float(w[m].sum()),
+                    "mean_predicted": float(np.average(p[m], weights=w[m])) if m.any() else float("nan"),
+                    "observed": float(np.average(y[m], weights=w[m])) if m.any() else float("nan")})
+    return out
+
+
+def expected_calibration_error(y_true: np.ndarray, score: np.ndarray, bins: int = 10, balanced: bool = False) -> float:
+    """ECE: the weight-averaged gap between mean predicted probability and observed rate over equal-width bins."""
+    table = reliability_bins(y_true, score, bins, balanced)
+    total = sum(b["weight"] for b in table)
+    if total == 0:
+        return float("nan")
+    return float(sum(b["weight"] * abs(b["mean_predicted"] - b["observed"]) for b in table if b["n"]) / total)

@@ -191,6 +191,25 @@ def histogram_png(values: np.ndarray, path: Path, title: str, xlabel: str, thres
     return save_figure(fig, path)
 
 
+def reliability_png(bins: list[dict], path: Path, title: str) -> Path:
+    """Reliability diagram: observed rate against mean predicted probability per bin, counts below."""
+    plt = pyplot()
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="#999999", ls="--", lw=1, label="perfect calibration")
+    used = [b for b in bins if b["n"]]
+    ax.plot([b["mean_predicted"] for b in used], [b["observed"] for b in used], "o-", color="#4477aa",
+            label="ai_score")
+    ax.set_ylabel("observed share AI")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    axn.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["n"] for b in bins], width=0.09, color="#4477aa")
+    axn.set_xlabel("ai_score (predicted probability of AI)")
+    axn.set_ylabel("queries")
+    axn.set_xlim(0, 1)
+    return save_figure(fig, path)
+
+
 def bar_png(counts: dict[str, int], path: Path, title: str) -> Path:
     plt = pyplot()
     items = sorted(counts.items(), key=lambda kv: -kv[1])

@@ -2,6 +2,8 @@
 
 decode_ips      read + hash + decode + resize (the threaded front of the scan pipeline, no model; includes
                 starting the isolated decoder process, as a scan does)
+provenance_ips  reading provenance (C2PA sniff, XMP, PNG text, EXIF) from the files' bytes, one thread; part of
+                decode_ips and end_to_end_ips, which run with provenance on as a scan does by default
 embed_ips       the embedder alone on ready uint8 tensors, same batch size
 query_ips       HNSW k-NN search + verdict, over a support index of `support` synthetic vectors
 end_to_end_ips  a real scan (walk -> Parquet) of the same images, through run_scan
@@ -24,7 +26,7 @@ from PIL import Image
 
 from scanner.threads import usable_cpus
 
-BENCH_KEYS = ("decode_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb")
+BENCH_KEYS = ("decode_ips", "provenance_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb")
 # What was measured, next to the figures: the embedder's runtime and precision (as `auto` resolved them here),
 # device, views, batch size, and the CPU threads each stage was given.
 SETTING_KEYS = ("runtime", "precision", "device", "views", "batch_size", "cpus", "threads")
@@ -58,6 +60,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
             make_jpegs(root, n_images, embedder.size)
         roots = [os.fsencode(root)]
         decode_ips, sample = _bench_decode(embedder, roots, batch_size)
+        provenance_ips = _bench_provenance(root)
         embed_ips = _bench_embed(embedder, sample, batch_size, repeats)
         index = _synthetic_index(tmp / "index", embedder, support)
         query_ips = _bench_query(embedder, index, sample, batch_size, k)
@@ -67,6 +70,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         "views": embedder.view_spec.views, "batch_size": batch_size, "cpus": usable_cpus(),
         "threads": embedder.threads,
         "decode_ips": round(decode_ips, 1),
+        "provenance_ips": round(provenance_ips, 1),
         "embed_ips": round(embed_ips, 1),
         "query_ips": round(query_ips, 1),
         "end_to_end_ips": round(end_to_end_ips, 1),
@@ -91,6 +95,19 @@ def _bench_decode(embedder, roots: list[bytes], batch_size: int):
     if sample is None:
         raise ValueError(f"bench needs at least {batch_size} decodable images")
     return decode_ips, sample
+
+
+def _bench_provenance(root: Path, limit: int = 512) -> float:
+    """scanner.provenance on bytes already in memory (as the scan calls it), files per second."""
+    from scanner.provenance import read_provenance
+
+    datas = [p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()][:limit]
+    if not datas:
+        return float("nan")
+    start = time.perf_counter()
+    for data in datas:
+        read_provenance(data)
+    return len(datas) / (time.perf_counter() - start)
 
 
 def _bench_embed(embedder, sample, batch_size: int, repeats: int) -> float:

@@ -231,7 +231,7 @@ def index_show(
     index: IndexOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Show the index: model, classes and counts, open-set threshold, files (all verified)."""
+    """Show the index: model, classes and counts, open-set threshold, ai_score calibration, files (all verified)."""
     from indexes import SupportIndex
 
     index_dir = index_dir_for_reading(index, _model_sha(None))
@@ -250,7 +250,14 @@ def index_show(
     os_ = m.open_set
     out_console.print(
         f"open-set threshold: {os_.threshold:.4f} ({os_.method}, k={os_.k}, accepts {os_.target_accept:.0%} of "
-        f"{os_.calibrated_on} support images)", highlight=False,
+        f"{os_.calibrated_on} AI support images)", highlight=False, soft_wrap=True,
+    )
+    cal = m.ai_score
+    out_console.print(
+        f"ai_score calibration: {cal.method}"
+        + (f" ({len(cal.evidence)} knots, {cal.prior} prior, {cal.calibrated_on} support images left out in turn)"
+           if cal.method == "isotonic" else " (an index from before calibration: ai_score = (evidence + 1) / 2; "
+           "enroll into it, or rebuild it, to calibrate)"), highlight=False, soft_wrap=True,
     )
 
 
@@ -281,7 +288,7 @@ def bench(
     views: ViewsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
-    """Measure throughput: decode_ips, embed_ips, query_ips, end_to_end_ips (a real scan) and peak_rss_mb.
+    """Measure throughput: decode_ips, provenance_ips, embed_ips, query_ips, end_to_end_ips (a real scan), peak_rss_mb.
 
     \b
     Example (record the machine and the command with the figures):

@@ -280,6 +280,14 @@ def test_scan_reports_provenance_and_counts_disagreements(two_class_index, tmp_p
     assert rows["signed_ai.jpg"]["label"] == "real"  # metadata never changes the pixel verdict
     assert [e["source"] for e in rows["signed_ai.jpg"]["provenance"]] == ["c2pa"]
     assert rows["plain.jpg"]["provenance"] == []
+    r = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    doc = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    case = doc["provenance_disagreements"]["provenance says AI, pixels say real"]
+    assert case["count"] == 1 and case["paths"][0].endswith("signed_ai.jpg")
+    assert doc["provenance_disagreements"]["provenance says camera capture, pixels say AI"]["count"] == 0
     out2 = tmp_path / "v2.parquet"
     r = runner.invoke(app, ["scan", str(crawl), "--out", str(out2), "--no-provenance", *common])
     assert r.exit_code == 0 and pq.read_table(out2).column("provenance").null_count == 2

@@ -78,6 +78,13 @@ def summarise(table: pa.Table, top: int = 24) -> dict:
             "neighbors": neighbors[i].as_py() or [],
         })
     n_ok = int(ok.sum())
+    disagree = {}
+    if "provenance" in table.column_names:  # verdict files written before provenance existed have none
+        from scanner.writer import PROVENANCE_AI_PIXELS_REAL, PROVENANCE_CAPTURE_PIXELS_AI, provenance_disagreements
+
+        for what, mask in zip((PROVENANCE_AI_PIXELS_REAL, PROVENANCE_CAPTURE_PIXELS_AI),
+                              provenance_disagreements(table)):
+            disagree[what] = {"count": int(mask.sum()), "paths": [col["path"][i] for i in np.flatnonzero(mask)[:top]]}
     return {
         "rows": table.num_rows, "scanned": n_ok, "errors_total": int((~ok).sum()),
         "labels": dict(labels.most_common()), "unknown": labels.get(UNKNOWN_LABEL, 0),
@@ -88,6 +95,7 @@ def summarise(table: pa.Table, top: int = 24) -> dict:
         "errors": dict(errors.most_common()),
         "error_examples": {k: {"path": p, "error": e} for k, (p, e) in examples.items()},
         "most_unknown": most_unknown,
+        "provenance_disagreements": disagree,
         "models": sorted({m for m in table.column("model").to_pylist() if m}),
         "indexes": sorted({m for m in table.column("index").to_pylist() if m}),
         "_ai": ai, "_osc": osc,
@@ -167,10 +175,10 @@ def render_html(doc: dict, figs: dict[str, Path], sources: dict[str, str]) -> st
     b.append("<h2>Labels</h2>")
     total = max(doc["scanned"], 1)
     b.append(H.table(["label", "images", "share"], [[k, v, v / total] for k, v in doc["labels"].items()]))
-    b.append(f'<p class="meta">{doc["is_ai"]} of {doc["scanned"]} scanned images have is_ai (ai_score >= 0.5).</p>')
+    b.append(f'<p class="meta">{doc["is_ai"]} of {doc["scanned"]} scanned images have is_ai (ai_score > 0.5).</p>')
     b.append(H.figure(figs["labels"], "Images per label."))
     b.append("<h2>Scores</h2>")
-    b.append(H.figure(figs["ai_score"], "ai_score: share of neighbour weight from generated classes."))
+    b.append(H.figure(figs["ai_score"], "ai_score: the probability of AI-generated, as calibrated by the index."))
     b.append(H.figure(figs["open_set_score"], "open_set_score: 1 - mean similarity to the winning class; above the threshold the label is `unknown`."))
     b.append(f"<h2>Most unknown ({len(doc['most_unknown'])} highest open_set_score)</h2>")
     cards = []
@@ -187,6 +195,10 @@ def render_html(doc: dict, figs: dict[str, Path], sources: dict[str, str]) -> st
             f'ai_score {item["ai_score"]:.3f}<br><code>{H.esc(item["path"])}</code></div>'
             f'<div class="meta">nearest support images:</div><div class="nb">{"".join(nb_html)}</div></div>')
     b.append('<div class="thumbs">' + "".join(cards) + "</div>")
+    if doc["provenance_disagreements"]:
+        b.append("<h2>Provenance that disagrees with the pixels (review these)</h2>")
+        b.append(H.table(["case", "files", "first files"],
+                         [[what, d["count"], ", ".join(d["paths"][:5])] for what, d in doc["provenance_disagreements"].items()]))
     b.append("<h2>Errors by kind</h2>")
     if doc["errors"]:
         b.append(H.table(["kind", "files", "example"],
@@ -218,6 +230,14 @@ def print_tables(doc: dict, console) -> None:
         nbs = ", ".join(f"{n['label']} {n['similarity']:.2f}" for n in item["neighbors"][:3])
         t.add_row(f"{item['open_set_score']:.3f}", item["label"], item["closed_set_label"], item["path"], nbs)
     console.print(t)
+    if any(d["count"] for d in doc["provenance_disagreements"].values()):
+        t = Table(title="provenance that disagrees with the pixels (review these)", show_edge=False)
+        t.add_column("case")
+        t.add_column("files", justify="right")
+        t.add_column("first file")
+        for what, d in doc["provenance_disagreements"].items():
+            t.add_row(what, str(d["count"]), d["paths"][0] if d["paths"] else "")
+        console.print(t)
     if doc["errors"]:
         t = Table(title="errors by kind", show_edge=False)
         t.add_column("kind")

@@ -15,6 +15,8 @@ until the next write, so a reader that read the old manifest a moment ago can st
 from __future__ import annotations
 
 import os
+import stat
+import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -113,13 +115,17 @@ class SupportTable:
 
 
 def _verified(directory: Path, entry: FileEntry) -> Path:
-    """Check a data file against the manifest before any parser sees it (hnswlib can crash on a bad file)."""
+    """Check a data file against the manifest before any parser sees it (hnswlib can crash on a bad file). The
+    name was validated with the manifest (a plain file name of this index); the file must be a regular file here,
+    not a link out of the directory, a FIFO or a device."""
     path = directory / entry.name
     try:
-        size = path.stat().st_size
+        info = path.lstat()
     except FileNotFoundError:
         raise FileNotFoundError(path) from None
-    if size != entry.bytes or sha256_file(path) != entry.sha256:
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{path}: index data file is not a regular file")
+    if info.st_size != entry.bytes or sha256_file(path) != entry.sha256:
         raise UsageError(f"{path}: index file is corrupt (size or sha256 differs from {directory / 'manifest.json'})")
     return path
 
@@ -139,8 +145,29 @@ def _new_hnsw(manifest: IndexManifest, capacity: int):
     return index
 
 
+# hnswlib's saved header: offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset,
+# offsetData (size_t each), maxlevel (int), enterpoint (uint), maxM, maxM0, M (size_t), mult (double), ef_construction
+HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+
+def check_hnsw_header(path: Path, manifest: IndexManifest) -> None:
+    """The graph file's own dim and count must be the manifest's: hnswlib trusts the dim it is given and reads
+    out of bounds (or crashes) when it is wrong."""
+    with open(path, "rb") as f:
+        raw = f.read(HNSW_HEADER.size)
+    if len(raw) < HNSW_HEADER.size:
+        raise UsageError(f"{path}: not an HNSW index file (header too short)")
+    _, _, count, per_element, label_offset, data_offset, *_ = HNSW_HEADER.unpack(raw)
+    dim = (label_offset - data_offset) // 4 if label_offset > data_offset else -1
+    if dim != manifest.dim or count != manifest.total or per_element != label_offset + 8:
+        raise UsageError(f"{path}: HNSW file holds {count} vectors of dim {dim}; the manifest says {manifest.total} "
+                         f"of dim {manifest.dim}")
+
+
 def _load_hnsw(path: Path, manifest: IndexManifest, capacity: int):
     import hnswlib
+
+    check_hnsw_header(path, manifest)
 
     index = hnswlib.Index(space="cosine", dim=manifest.dim)
     index.load_index(str(path), max_elements=max(capacity, manifest.total, 1))
@@ -206,7 +233,10 @@ class SupportIndex:
         hnsw.set_ef(max(manifest.hnsw["ef_search"], 2 * manifest.open_set.k))
         return cls(directory, manifest, support, hnsw)
 
-    def check_model(self, model_id: str, model_sha256: str) -> None:
+    def check_model(self, model_id: str, model_sha256: str, dim: int | None = None) -> None:
+        if dim is not None and self.manifest.dim != dim:
+            raise UsageError(f"{self.directory}: index holds {self.manifest.dim}-d embeddings, model {model_id} "
+                             f"makes {dim}-d ones")
         if self.manifest.model_sha256 != model_sha256:
             raise UsageError(
                 f"{self.directory}: index was built with model {self.manifest.model_id}, not {model_id}; "

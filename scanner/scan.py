@@ -88,7 +88,7 @@ def count_files(roots: list[bytes], all_files: bool, stop: threading.Event, on_t
 def open_support(config: ScanConfig, card: ModelCard) -> tuple[Path, SupportIndex]:
     index_dir = index_dir_for_reading(config.index_dir, card.weights_sha256)
     support = SupportIndex.open(index_dir)
-    support.check_model(card.model_id, card.weights_sha256)
+    support.check_model(card.model_id, card.weights_sha256, card.embedding_dim)
     support.check_not_empty()
     return index_dir, support
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BLUE, RED, write_class_dir
+from conftest import BLUE, RED, REPO, write_class_dir
 from imgscan_core.errors import UsageError
 from scanner.cli import app
 
@@ -333,3 +333,134 @@ def test_a_directory_that_cannot_be_listed_gets_a_row(tmp_path, tiny_model_dir, 
     unlisted = [r for r in rows if r["error"] and len(r["path"].encode()) > 4096]
     assert len(unlisted) == 1 and "name too long" in unlisted[0]["error"].lower()  # read: the path itself is too long
     assert sum(r["error"] is None for r in rows) == 2
+
+
+# -- issue 16.7: the index manifest is validated and checksummed -------------------------------------------------
+
+def _edit_manifest(index, edit, recompute: bool = True):
+    import json
+
+    from indexes.manifest import _checksum
+
+    path = index / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    if recompute:
+        doc["checksum"] = _checksum(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(dim=100000), "dim"),
+    (lambda d: d.update(dim=64), "dim 128"),
+    (lambda d: d["files"]["hnsw"].update(name="/dev/zero"), "not a data file name"),
+    (lambda d: d["files"]["support"].update(name="../manifest.json"), "not a data file name"),
+    (lambda d: d["open_set"].update(threshold="0.5"), "open_set.threshold"),
+    (lambda d: d.update(counts=[1, 2]), "counts"),
+    (lambda d: d["hnsw"].update(M=True), "hnsw.M"),
+])
+def test_a_hostile_manifest_is_refused_in_one_line(tmp_path, tiny_model_dir, two_class_index, edit, message):
+    _edit_manifest(two_class_index, edit)
+    for args in (["index", "show", "--index", str(two_class_index)],
+                 ["scan", str(tmp_path), "--out", str(tmp_path / "v.parquet"), "--index", str(two_class_index),
+                  "--model", str(tiny_model_dir), "--device", "cpu"]):
+        r = subprocess.run([sys.executable, "-m", "scanner.cli", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_data_file_that_is_a_fifo_or_a_link_out_is_refused_without_blocking(tmp_path, two_class_index):
+    import json
+
+    doc = json.loads((two_class_index / "manifest.json").read_text())
+    hnsw = two_class_index / doc["files"]["hnsw"]["name"]
+    hnsw.unlink()
+    os.mkfifo(hnsw)  # reading it would block forever
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "index", "show", "--index", str(two_class_index)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+    hnsw.unlink()
+    hnsw.symlink_to("/dev/zero")
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "index", "show", "--index", str(two_class_index)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+def test_an_edited_manifest_fails_its_checksum(tmp_path, two_class_index):
+    _edit_manifest(two_class_index, lambda d: d["open_set"].update(threshold=0.9), recompute=False)
+    r = CliRunner().invoke(app, ["index", "show", "--index", str(two_class_index)])
+    assert r.exit_code == 2 and "checksum does not match" in r.output
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["checksum-as-written", "checksum-recomputed"])
+def test_manifest_fuzz_1000_mutations(tmp_path, recompute):
+    """1,000 random mutations (types, values, names, sizes): with the checksum as written, each is refused in one
+    line or leaves the verdicts identical; with it recomputed, none crashes, hangs or raises anything else."""
+    import json
+
+    import numpy as np
+
+    from scanner.enroll import enroll_embeddings
+
+    rng = np.random.default_rng(0)
+    for c, label in enumerate(["real", "gen_a", "gen_b"]):
+        e = rng.normal(size=16) + rng.normal(0, 0.5, (40, 16))
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        enroll_embeddings(tmp_path / "index", label, e.astype(np.float32), [f"{c:02d}{i:030x}" for i in range(40)],
+                          ["p"] * 40, "m@1", "sha-m", rng.integers(0, 2 ** 62, 40).astype(np.uint64))
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, str(REPO / "tests" / "fuzz_manifest.py"), str(tmp_path / "index"), "--mutations", "1000",
+           "--report", str(report)] + (["--recompute-checksum"] if recompute else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    doc = json.loads(report.read_text()) if report.is_file() else None
+    assert r.returncode == 0 and doc is not None, (r.returncode, r.stderr[-2000:], doc)  # a signal: negative code
+    assert doc["n_failures"] == 0 and sum(doc["counts"].values()) == 1000
+    assert doc["counts"]["refused"] > 500
+    if not recompute:
+        assert doc["counts"]["changed"] == 0
+
+
+# -- issue 16.6: transient errors are retried, and say so when they persist ----------------------------------------
+
+def test_transient_read_errors_are_retried_and_marked_when_they_persist(tmp_path, monkeypatch):
+    import errno
+
+    from scanner import read as read_stage
+
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"data")
+    real_open, failures = os.open, {"left": 2}
+
+    def flaky_open(path, flags, *args):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(read_stage.os, "open", flaky_open)
+    r = read_stage.read_file(os.fsencode(f), retry_delays_s=(0, 0, 0))
+    assert r.error is None and r.data == b"data"
+    failures["left"] = 10
+    r = read_stage.read_file(os.fsencode(f), retry_delays_s=(0, 0))
+    assert r.error == "read: Too many open files (transient: the next run tries it again)"
+    assert read_stage.is_transient(r.error)
+    failures["left"] = 0
+    monkeypatch.setattr(read_stage.os, "open", lambda *a: (_ for _ in ()).throw(OSError(errno.EACCES, "denied")))
+    assert read_stage.read_file(os.fsencode(f)).error == "read: permission denied"  # not retried
+
+
+def test_a_low_open_file_limit_does_not_turn_files_into_error_rows(tmp_path, tiny_model_dir, two_class_index):
+    import resource
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 200)
+    out = tmp_path / "v.parquet"
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(out), "--readers", "64",
+                        "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "-q"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=low_fd_limit)
+    assert r.returncode == 0, r.stderr
+    errors = pq.read_table(out).column("error").to_pylist()
+    assert len(errors) == 200 and errors.count(None) == 200, [e for e in errors if e][:3]

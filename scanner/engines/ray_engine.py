@@ -107,7 +107,7 @@ class VerdictWorker:
         device = resolve_device(device, gpu_assigned=bool(ray.get_gpu_ids()))
         embedder = Embedder(model_dir, device=device, precision=precision, runtime=runtime, views=views)
         index = SupportIndex.open(index_dir)
-        index.check_model(embedder.model_id, embedder.card.weights_sha256)
+        index.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
         self.judge = BatchJudge(embedder, index, k, decode, batch_size)
         self.batch_size, self.output = batch_size, output
         self.node = ray.get_runtime_context().get_node_id()

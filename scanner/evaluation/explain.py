@@ -142,7 +142,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         from scanner.verdict import VerdictRule, decide
 
         support = SupportIndex.open(index)
-        support.check_model(embedder.model_id, embedder.card.weights_sha256)
+        support.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
         nb = support.search(embed(pixels[None]), 11)
         v = decide(nb.labels, nb.sims, VerdictRule.of(support))
         verdict = {"label": str(v.label[0]), "closed_set_label": str(v.closed_set_label[0]),

@@ -184,8 +184,9 @@ class SupportIndex:
 
     @property
     def name(self) -> str:
-        """Written into every verdict row: which index, at which generation."""
-        return f"{self.directory.name}@g{self.manifest.generation}"
+        """Written into every verdict row: which index, at which generation (the directory's own name, not a
+        symlink's that led to it)."""
+        return f"{self.directory.resolve().name}@g{self.manifest.generation}"
 
     @property
     def threshold(self) -> float:
@@ -340,7 +341,12 @@ def enroll_embeddings(
     hashes (scanner.near_duplicate), for near-duplicate matches."""
     check_label(label)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--index {directory}: is a file, not an index directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--index {directory}: cannot create the index directory ({exc.strerror or exc})") from None
     dim = int(embeddings.shape[1])
     with exclusive_lock(directory):
         if (directory / "manifest.json").exists():

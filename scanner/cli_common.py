@@ -79,6 +79,14 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return any(m in text for m in ("can't start new thread", "failed to map segment", "Cannot allocate memory",
+                                   "std::bad_alloc", "out of memory"))
+
+
 class CommandBoundary(TyperGroup):
     """The one error boundary, around every command of the group it is given to (`typer.Typer(cls=...)`):
     imgscan's app and `python -m train` alike, and under typer's test runner too."""
@@ -104,3 +112,11 @@ class CommandBoundary(TyperGroup):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(128 + signal.SIGPIPE) from None
+        except (MemoryError, RuntimeError, ImportError, OSError) as exc:
+            # Out of memory or address space (a ulimit -v, a cgroup): torch's libraries cannot be mapped, a
+            # thread cannot start, an allocation fails. Say so in one line; anything else is a bug: re-raise it.
+            if not _out_of_memory(exc):
+                raise
+            print_error(f"out of memory ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'})"
+                        "; raise the memory or address-space limit (ulimit -v), or lower --batch-size and --readers")
+            raise typer.Exit(2) from None

@@ -27,6 +27,9 @@ class ReadConfig:
     all_files: bool = False  # every file, not only image file extensions
     max_bytes: int = DEFAULT_MAX_BYTES
     readers: int = 4  # threads reading and hashing files (per read task on Ray)
+    # file bytes held at once between reading and decoding (the local engine): memory follows this, not the
+    # sizes of the files a crawl happens to hold. One file larger than this is still read, alone.
+    max_inflight_bytes: int = 512 * 1024 * 1024
     skip_known: list[Path] = field(default_factory=list)  # earlier verdict files: their shas get no row
 
 

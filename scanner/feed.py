@@ -2,12 +2,15 @@
 
     walk (1 thread) -> read + hash (N threads) -> batch + decode (1 thread) -> the caller (embed, search, ...)
 
-Bounded queues keep memory flat however large the crawl; DALI, torch and hnswlib release the GIL, so decoding
+Bounded queues keep memory flat however large the crawl, and a byte budget (`ReadConfig.max_inflight_bytes`)
+however large its files: a reader waits for budget before it reads, a batch is cut early when it holds half the
+budget, and a batch's bytes are returned once it is decoded. DALI, torch and hnswlib release the GIL, so decoding
 the next batch overlaps embedding this one. A thread's exception stops the feeder and is raised to the caller.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Callable, Iterator
@@ -18,6 +21,44 @@ from scanner.read import ReadResult, read_file
 from scanner.walk import walk_files
 
 _END = object()
+
+
+class ByteBudget:
+    """Bytes of file data in flight. `take` waits until `n` more fit (or nothing is in flight: a file larger than
+    the whole budget is read alone); `give` returns them."""
+
+    def __init__(self, limit: int, stop: threading.Event):
+        self.limit, self.stop = max(1, limit), stop
+        self.used = 0
+        self.waiting = 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int) -> bool:
+        with self.cond:
+            self.waiting += 1
+            try:
+                while self.used and self.used + n > self.limit:
+                    if self.stop.is_set():
+                        return False
+                    self.cond.wait(0.1)
+                self.used += n
+                return True
+            finally:
+                self.waiting -= 1
+
+    def give(self, n: int) -> None:
+        if n:
+            with self.cond:
+                self.used -= n
+                self.cond.notify_all()
+
+
+def _planned_bytes(path: bytes, max_bytes: int) -> int:
+    """What reading this path will hold in memory: its size (capped), 0 when it will not be read."""
+    try:
+        return min(os.stat(path).st_size, max_bytes + 1)
+    except OSError:
+        return 0
 
 
 class LocalFeeder:
@@ -34,6 +75,7 @@ class LocalFeeder:
         self.read_q: queue.Queue = queue.Queue(maxsize=batch_size * queue_batches)
         self.decoded_q: queue.Queue = queue.Queue(maxsize=queue_batches)
         self.skipped_known = 0
+        self.budget = ByteBudget(read.max_inflight_bytes, self.stop)
         self.threads: list[threading.Thread] = []
 
     def __iter__(self) -> Iterator:
@@ -86,7 +128,13 @@ class LocalFeeder:
                 raw = self.paths_q.get()
                 if raw is _END:
                     return
-                if not self._put(self.read_q, read_file(raw, self.read.max_bytes)):
+                planned = _planned_bytes(raw, self.read.max_bytes)
+                if not self.budget.take(planned):
+                    return
+                result = read_file(raw, self.read.max_bytes)
+                held = len(result.data) if result.data is not None else 0
+                self.budget.give(planned - held)  # the file may have changed size since the stat
+                if not self._put(self.read_q, result):
                     return
         finally:
             self._put(self.read_q, _END)
@@ -94,18 +142,30 @@ class LocalFeeder:
     def _batch_and_decode(self) -> None:
         readers_left = self.read.readers
         batch: list[ReadResult] = []
+        batch_bytes = 0
         while readers_left and not self.stop.is_set():
-            item = self.read_q.get()
+            try:
+                item = self.read_q.get(timeout=0.05)
+            except queue.Empty:
+                item = None
             if item is _END:
                 readers_left -= 1
-            elif item.sha is not None and sha_key(item.sha) in self.known:
+            elif item is not None and item.sha is not None and sha_key(item.sha) in self.known:
                 self.skipped_known += 1
-            else:
+                self.budget.give(len(item.data or b""))
+            elif item is not None:
                 batch.append(item)
-            if len(batch) >= self.batch_size or (batch and not readers_left):
-                if not self._put(self.decoded_q, self.decode_fn(batch)):
+                batch_bytes += len(item.data or b"")
+            # cut the batch when it is full, when the crawl ends, when it holds half the byte budget, or when
+            # readers wait for budget and nothing more is coming (they wait for these very bytes)
+            starved = item is None and self.budget.waiting and self.read_q.empty()
+            if batch and (len(batch) >= self.batch_size or not readers_left or starved
+                          or 2 * batch_bytes >= self.budget.limit):
+                decoded = self.decode_fn(batch)  # drops the batch's bytes
+                self.budget.give(batch_bytes)
+                if not self._put(self.decoded_q, decoded):
                     return
-                batch = []
+                batch, batch_bytes = [], 0
         self._put(self.decoded_q, _END)
 
     def _batches(self):

@@ -84,6 +84,8 @@ def index_dir_for_writing(index: Path | None, model_sha256: str) -> Path:
     """--index, else the user's default index, seeded from the packaged starter index on first use (when
     the starter index was built with the model in use)."""
     if index is not None:
+        if index.exists() and not index.is_dir():  # refused before any image is embedded
+            raise UsageError(f"--index {index}: is a file, not an index directory")
         return index
     user = default_index_dir()
     if _starter_in_use(index, model_sha256):

@@ -464,3 +464,64 @@ def test_a_low_open_file_limit_does_not_turn_files_into_error_rows(tmp_path, tin
     assert r.returncode == 0, r.stderr
     errors = pq.read_table(out).column("error").to_pylist()
     assert len(errors) == 200 and errors.count(None) == 200, [e for e in errors if e][:3]
+
+
+# -- issue 16.5: memory follows a byte budget, not file sizes ---------------------------------------------------------
+
+def test_huge_files_are_read_within_the_byte_budget(tmp_path, tiny_model_dir, two_class_index):
+    """Eight sparse 250 MB `.jpg` files (2 GB that a 64-file batch used to hold at once) and a few images: the
+    scan's peak RSS stays near its baseline."""
+    crawl = write_class_dir(tmp_path / "crawl", RED, 6)
+    for i in range(8):
+        with open(crawl / f"big_{i}.jpg", "wb") as f:
+            f.truncate(250 * 1024 * 1024)
+    out = tmp_path / "v.parquet"
+    # a fresh parent, so that RUSAGE_CHILDREN's peak is this scan's alone (the decoder child's included)
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "scanner.cli", "scan", str(crawl),
+                        "--out", str(out), "--index", str(two_class_index), "--model", str(tiny_model_dir),
+                        "--device", "cpu", "-q"], capture_output=True, text=True, timeout=300)
+    rc, peak_kb = map(int, r.stdout.split()[-2:])
+    assert rc == 0, r.stderr
+    errors = pq.read_table(out).column("error").to_pylist()
+    assert len(errors) == 14 and errors.count(None) == 6
+    assert peak_kb / 1024 < 1200, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+# -- issue 16.12: the exit contract under an address-space limit, and --index naming a file ---------------------------
+
+def test_an_address_space_limit_is_one_line_not_a_traceback(tmp_path, tiny_model_dir, two_class_index):
+    import resource
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 4)
+
+    def limit_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (1536 * 1024 * 1024, 1536 * 1024 * 1024))
+
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(tmp_path / "v.parquet"),
+                        "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit_address_space)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "out of memory" in lines[0]
+
+
+def test_enroll_into_an_index_path_that_is_a_file_is_one_line(tmp_path, tiny_model_dir):
+    reds = write_class_dir(tmp_path / "reds", RED, 3)
+    not_a_dir = tmp_path / "index.txt"
+    not_a_dir.write_text("x")
+    r = CliRunner().invoke(app, ["enroll", "real", str(reds), "--index", str(not_a_dir), "--model",
+                                 str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 2 and "is a file, not an index directory" in r.output
+    assert not_a_dir.read_text() == "x"
+
+
+def test_the_index_column_names_the_directory_not_a_symlink_to_it(tmp_path, tiny_model_dir, two_class_index):
+    link = tmp_path / "current-index"
+    link.symlink_to(two_class_index)
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["scan", str(write_class_dir(tmp_path / "crawl", RED, 2)), "--out", str(out),
+                                 "--index", str(link), "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert set(pq.read_table(out).column("index").to_pylist()) == {f"{two_class_index.name}@g2"}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer import _click as typer_click  # the click that typer vendors: its UsageError is what parsing raises
 from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
@@ -79,6 +80,13 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _usage_error(exc) -> None:
+    """A mistyped command line: one line that a cron log keeps readable, not a framed box; exit 2."""
+    where = exc.ctx.command_path if exc.ctx is not None else "imgscan"
+    print_error(f"{where}: {exc.format_message()} (see `{where} --help`)")
+    raise typer.Exit(2)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
@@ -91,6 +99,12 @@ class CommandBoundary(TyperGroup):
     """The one error boundary, around every command of the group it is given to (`typer.Typer(cls=...)`):
     imgscan's app and `python -m train` alike, and under typer's test runner too."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer_click.exceptions.UsageError as exc:  # an unknown option of the group itself
+            _usage_error(exc)
+
     def invoke(self, ctx):
         try:
             result = super().invoke(ctx)
@@ -99,6 +113,8 @@ class CommandBoundary(TyperGroup):
         except Interrupted as exc:
             err_console.print(f"imgscan: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except typer_click.exceptions.UsageError as exc:
+            _usage_error(exc)
         except ImgscanError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None

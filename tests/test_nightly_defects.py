@@ -570,3 +570,12 @@ def test_sigkill_at_30_points_of_a_scan_and_its_merge_then_rerun(tmp_path, tiny_
         assert len(paths) == len(set(paths)) == len(files) and set(paths) == files, i
         assert sorted(q.name for q in out_dir.iterdir()) == ["v.parquet"], (i, list(out_dir.iterdir()))
     assert killed_before_the_end >= 25
+
+
+def test_usage_errors_are_one_line_with_exit_2():
+    for args in (["scan"], ["scan", "x", "--bogus"], ["scan", "x", "--out", "v.parquet", "--k", "abc"], ["--bogus"],
+                 ["bogus"]):
+        r = subprocess.run([sys.executable, "-m", "scanner.cli", *args], capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("imgscan: error: "), (args, r.stderr)
+        assert "--help" in lines[0] and "╭" not in r.stderr

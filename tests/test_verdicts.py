@@ -200,6 +200,7 @@ def test_hostile_metadata_gives_an_empty_list_and_nothing_worse():
         entries = read_provenance(data)
         assert isinstance(entries, list)
         assert all(len(e["detail"]) <= 300 for e in entries)
+    assert read_provenance(hostile[0]) == [] and read_provenance(hostile[1]) == []  # the text bomb, the bogus box
 
 
 def _throwaway_signer():

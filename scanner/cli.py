@@ -84,6 +84,7 @@ def scan(
     skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: replace a finished --out, or drop an unfinished run's rows.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no log lines: only errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (out, rows, counts per label, errors, provenance disagreements, elapsed) instead of the table.")] = False,
     model: ModelOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
@@ -149,12 +150,27 @@ def scan(
     )
     with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})", quiet=quiet) as progress:
         summary = run_scan(config, progress)
+    if as_json:
+        typer.echo(json.dumps(_summary_json(out, summary)))  # one line: jq, python -c, a log shipper
+        return
     if quiet:
         return
     if summary is None:
         err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
     else:
         _print_summary(summary)
+
+
+def _summary_json(out: Path, summary) -> dict:
+    """What scripts read from `imgscan scan --json` (as ffprobe / exiftool users script against their JSON)."""
+    if summary is None:
+        return {"out": str(out), "already_complete": True}
+    return {"out": str(summary.out), "already_complete": False, "rows": summary.rows,
+            "scanned_this_run": summary.scanned_this_run, "resumed_rows": summary.resumed_rows,
+            "skipped_known": summary.skipped_known, "labels": dict(summary.labels),
+            "errors": dict(summary.errors), "error_rows": sum(summary.errors.values()),
+            "provenance_disagreements": dict(summary.provenance_disagreements),
+            "elapsed_s": round(summary.elapsed_s, 3)}
 
 
 def _print_summary(summary) -> None:
@@ -265,11 +281,23 @@ def index_show(
 def index_remove(
     label: Annotated[str, typer.Argument(help="Class to remove, with all its support images.", show_default=False)],
     index: IndexOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, remove asks first).")] = False,
 ) -> None:
-    """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated)."""
+    """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated).
+
+    \b
+    On a terminal it asks first; scripts (no terminal) and --yes do not.
+    """
+    import sys
+
+    from indexes import SupportIndex
     from scanner.enroll import remove_label
 
     index_dir = index_dir_for_writing(index, _model_sha(None))
+    if not yes and sys.stdin.isatty():
+        n = SupportIndex.open(index_dir).manifest.counts.get(label)
+        if n is not None and not typer.confirm(f"Remove the {n} support images of {label!r} from {index_dir}?"):
+            raise typer.Exit(1)
     removed, m = remove_label(index_dir, label)
     err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
 

@@ -579,3 +579,26 @@ def test_usage_errors_are_one_line_with_exit_2():
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("imgscan: error: "), (args, r.stderr)
         assert "--help" in lines[0] and "╭" not in r.stderr
+
+
+def test_scan_json_summary_on_stdout(tmp_path, tiny_model_dir, two_class_index):
+    import json
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 3)
+    (crawl / "broken.jpg").write_bytes(b"\xff\xd8 no")
+    out = tmp_path / "v.parquet"
+    common = ["--out", str(out), "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), *common, "--json", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(out) and doc["rows"] == 4 and doc["labels"] == {"real": 3} and doc["error_rows"] == 1
+    assert doc["scanned_this_run"] == 4 and not doc["already_complete"] and doc["elapsed_s"] > 0
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), *common, "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert json.loads(r.stdout) == {"out": str(out), "already_complete": True}
+
+
+def test_index_remove_without_a_terminal_or_with_yes_does_not_ask(tmp_path, two_class_index):
+    r = CliRunner().invoke(app, ["index", "remove", "gen_blue", "--index", str(two_class_index), "--yes"])
+    assert r.exit_code == 0 and "removed 20 support image(s) of 'gen_blue'" in r.output

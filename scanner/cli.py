@@ -130,6 +130,10 @@ def scan(
         raise UsageError(f"--out {out}: directory {out.parent} is not writable")
     if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
         raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+    switch_values = [str(p) for p in paths if str(p).lower() in ("true", "false", "yes", "no") and not p.exists()]
+    if switch_values:
+        raise UsageError(f"{switch_values[0]!r} is not a folder or image: switches such as --overwrite and --all-files "
+                         "take no value (write `--overwrite`, not `--overwrite true`)")
     known_files = skip_known_files(skip_known or [])
     if skip_known:
         # `--skip-known /verdicts/*.parquet` unquoted: the shell gave the flag the first file and made the others

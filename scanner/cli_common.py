@@ -17,6 +17,18 @@ from typing import Annotated, Optional
 
 import typer
 from typer import _click as typer_click  # the click that typer vendors: its UsageError is what parsing raises
+from typer.core import TyperOption
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _no_type_for_switches(self, ctx):
+    # typer's help shows `<bool>` beside switches like --overwrite, which reads as "takes a value": users then
+    # typed `--overwrite true` and got a scan root named `true`. A switch takes no value: show no type.
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _no_type_for_switches
 from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape

@@ -602,3 +602,12 @@ def test_scan_json_summary_on_stdout(tmp_path, tiny_model_dir, two_class_index):
 def test_index_remove_without_a_terminal_or_with_yes_does_not_ask(tmp_path, two_class_index):
     r = CliRunner().invoke(app, ["index", "remove", "gen_blue", "--index", str(two_class_index), "--yes"])
     assert r.exit_code == 0 and "removed 20 support image(s) of 'gen_blue'" in r.output
+
+
+def test_switches_show_no_type_and_a_value_after_one_is_explained(tmp_path, two_class_index):
+    r = CliRunner().invoke(app, ["scan", "--help"], terminal_width=200)
+    line = next(ln for ln in r.output.splitlines() if "--overwrite" in ln)
+    assert "<bool>" not in line and "<bool>" not in r.output
+    r = CliRunner().invoke(app, ["scan", str(tmp_path), "--out", str(tmp_path / "v.parquet"), "--overwrite", "true",
+                                 "--index", str(two_class_index)])
+    assert r.exit_code == 2 and "take no value" in r.output and not (tmp_path / "v.parquet").exists()

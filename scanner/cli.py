@@ -92,6 +92,8 @@ def scan(
     runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
     all_files: Annotated[bool, typer.Option("--all-files", rich_help_panel=READ_PANEL, help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
+    include: Annotated[Optional[list[str]], typer.Option("--include", rich_help_panel=READ_PANEL, help="Only files this glob matches, against the path under its root ('2026-11-*/*.jpg') or the name ('*.png'). Repeatable; quote it.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel=READ_PANEL, help="Leave out files this glob matches (as --include). Repeatable; quote it.")] = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=READ_PANEL, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
     readers: Annotated[int, typer.Option("--readers", min=1, max=64, rich_help_panel=READ_PANEL, help="Threads reading and hashing files.")] = 4,
     isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", rich_help_panel=READ_PANEL, help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
@@ -145,7 +147,8 @@ def scan(
             raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
     config = ScanConfig(
         roots=check_roots(paths, all_files), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
-        read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files),
+        read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files, include=include or [],
+                        exclude=exclude or []),
         decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout,
                             provenance=provenance),
         embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,

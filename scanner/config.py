@@ -31,6 +31,8 @@ class ReadConfig:
     # sizes of the files a crawl happens to hold. One file larger than this is still read, alone.
     max_inflight_bytes: int = 512 * 1024 * 1024
     skip_known: list[Path] = field(default_factory=list)  # earlier verdict files: their shas get no row
+    include: list[str] = field(default_factory=list)  # globs: only files one matches (scanner.walk.pattern_match)
+    exclude: list[str] = field(default_factory=list)  # globs: files any matches are left out
 
 
 @dataclass

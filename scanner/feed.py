@@ -113,7 +113,7 @@ class LocalFeeder:
 
     def _walk(self) -> None:
         try:
-            for raw in walk_files(self.roots, self.read.all_files):
+            for raw in walk_files(self.roots, self.read.all_files, self.read.include, self.read.exclude):
                 if path_key(raw) in self.done:
                     continue  # finished by an earlier, interrupted run of the same scan
                 if not self._put(self.paths_q, raw):

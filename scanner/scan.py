@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imgscan_core.errors import Interrupted, UsageError
 from indexes import SupportIndex
-from scanner.config import ENGINES, ScanConfig
+from scanner.config import ENGINES, ReadConfig, ScanConfig
 from scanner.decode import ViewSpec, view_spec_for
 from scanner.engines import ScanJob
 from scanner.keys import load_known_shas
@@ -45,7 +45,8 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
     The index generation is part of it: rows judged before and after an enroll are never mixed in one file."""
     return {
         "roots": [os.fsdecode(os.path.abspath(r)) for r in config.roots], "model": model_id, "k": config.k,
-        "all_files": config.read.all_files, "skip_known": sorted(str(p) for p in config.read.skip_known),
+        "all_files": config.read.all_files, "include": config.read.include, "exclude": config.read.exclude,
+        "skip_known": sorted(str(p) for p in config.read.skip_known),
         "views": views, "index": index_name, "provenance": config.decode.provenance,
     }
 
@@ -75,10 +76,10 @@ def engine_class(name: str):
     raise UsageError(f"--engine {name}: expected {' or '.join(ENGINES)}")
 
 
-def count_files(roots: list[bytes], all_files: bool, stop: threading.Event, on_total) -> None:
+def count_files(roots: list[bytes], read: ReadConfig, stop: threading.Event, on_total) -> None:
     """Background count for the progress bar's total and ETA (a stat-only walk, much cheaper than a scan)."""
     n = 0
-    for _ in walk_files(roots, all_files):
+    for _ in walk_files(roots, read.all_files, read.include, read.exclude):
         if stop.is_set():
             return
         n += 1
@@ -128,7 +129,7 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
                      "will be labelled that class or unknown; enroll real photos and generators to compare")
     job = ScanJob(config, model_dir, index_dir, card, support, view_spec, done, known)
     stop_count = threading.Event()
-    threading.Thread(target=count_files, args=(config.roots, config.read.all_files, stop_count, progress.set_total),
+    threading.Thread(target=count_files, args=(config.roots, config.read, stop_count, progress.set_total),
                      daemon=True).start()
     try:
         result = engine.run(job, output, progress)

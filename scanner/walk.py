@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from fnmatch import fnmatchcase
 
 from imgscan_core.errors import UsageError
 
@@ -56,11 +57,23 @@ def reached_by_walk(path: bytes, root: bytes, all_files: bool) -> bool:
     return all_files or is_image_name(os.path.basename(path))
 
 
-def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[bytes]:
+def pattern_match(path: bytes, root: bytes, patterns: Iterable[str]) -> bool:
+    """Whether a glob matches the file's path relative to the root it was found under (`2026-11/*.jpg`) or its
+    name (`*.png`); case-sensitive, `*` also crosses `/` in the relative path (fnmatch)."""
+    rel = os.fsdecode(os.path.relpath(path, root))
+    name = os.fsdecode(os.path.basename(path))
+    return any(fnmatchcase(rel, p) or fnmatchcase(name, p) for p in patterns)
+
+
+def walk_files(roots: Iterable[bytes], all_files: bool = False, include: Iterable[str] = (),
+               exclude: Iterable[str] = ()) -> Iterator[bytes]:
     """Yield file paths (bytes) under each root, depth first, entries sorted within a directory.
 
     Sorting one directory's entries keeps runs reproducible without ever holding the whole crawl in memory.
+    `include` (when given: only files one of them matches) and `exclude` (files any matches are left out) are
+    globs (`pattern_match`) applied to files found by walking; files named as roots are always scanned.
     """
+    include, exclude = tuple(include), tuple(exclude)
     for root in roots:
         if not os.path.isdir(root):
             yield root  # a file (or a broken link) named on the command line: always scanned
@@ -86,6 +99,11 @@ def walk_files(roots: Iterable[bytes], all_files: bool = False) -> Iterator[byte
                         continue  # a link to a directory is not followed (loops), and is not a file either
                 except OSError:
                     pass
-                if all_files or is_image_name(entry.name):
-                    yield entry.path
+                if not (all_files or is_image_name(entry.name)):
+                    continue
+                if include and not pattern_match(entry.path, root, include):
+                    continue
+                if exclude and pattern_match(entry.path, root, exclude):
+                    continue
+                yield entry.path
             stack.extend(reversed(subdirs))

@@ -611,3 +611,17 @@ def test_switches_show_no_type_and_a_value_after_one_is_explained(tmp_path, two_
     r = CliRunner().invoke(app, ["scan", str(tmp_path), "--out", str(tmp_path / "v.parquet"), "--overwrite", "true",
                                  "--index", str(two_class_index)])
     assert r.exit_code == 2 and "take no value" in r.output and not (tmp_path / "v.parquet").exists()
+
+
+def test_include_and_exclude_globs(tmp_path, tiny_model_dir, two_class_index):
+    crawl = tmp_path / "crawl"
+    write_class_dir(crawl / "2026-11-01", RED, 3)
+    write_class_dir(crawl / "2026-11-02", RED, 3, seed0=10, fmt="PNG", ext=".png")
+    write_class_dir(crawl / "thumbs", RED, 2, seed0=20)
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["scan", str(crawl), "--out", str(out), "--include", "2026-11-*/*",
+                                 "--exclude", "*.png", "--index", str(two_class_index), "--model", str(tiny_model_dir),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    paths = sorted(p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in pq.read_table(out).column("path").to_pylist())
+    assert paths == [f"2026-11-01/img_{i:04d}.jpg" for i in range(3)]

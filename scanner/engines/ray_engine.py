@@ -50,14 +50,14 @@ def _keys(refs) -> KeySet:
     return KeySet(ray.get(refs[0])) if refs else KeySet()
 
 
-def _list_roots(batch: pa.Table, done_ref, all_files: bool):
+def _list_roots(batch: pa.Table, done_ref, all_files: bool, include: list[str], exclude: list[str]):
     """Listing: one task per root, streaming blocks of paths in walk order; paths of finished parts skipped."""
     from scanner.walk import walk_files
 
     done = _keys(done_ref)
     for root in batch.column("root").to_pylist():
         chunk: list[bytes] = []
-        for raw in walk_files([root], all_files):
+        for raw in walk_files([root], all_files, include, exclude):
             if path_key(raw) in done:
                 continue
             chunk.append(raw)
@@ -245,7 +245,8 @@ class RayEngine:
         # Reading runs as its own tasks when the actors ask for a GPU (different resources); with CPU-only actors
         # of one CPU, Ray Data fuses it into the actor, as the local engine reads in the scanning process.
         ds = ds.map_batches(_list_roots, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
-                            fn_kwargs={"done_ref": done_ref, "all_files": config.read.all_files})
+                            fn_kwargs={"done_ref": done_ref, "all_files": config.read.all_files,
+                                       "include": config.read.include, "exclude": config.read.exclude})
         ds = ds.map_batches(_read_files, batch_size=config.embed.batch_size, batch_format="pyarrow", num_cpus=1,
                             fn_kwargs={"known_ref": known_ref, "max_bytes": config.read.max_bytes,
                                        "readers": config.read.readers})

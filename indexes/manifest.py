@@ -97,6 +97,8 @@ class IndexManifest:
     created_at: str = ""
     updated_at: str = ""
     format_version: int = FORMAT_VERSION
+    rolled_back_from: int = 0  # set by `imgscan index rollback`: the generation that was current before
+    restores: int = 0  # ... and the generation whose contents this one restores
     checksum: str = ""  # sha256 of the manifest's other fields (canonical JSON): a damaged manifest is refused
 
     @property
@@ -116,6 +118,8 @@ class IndexManifest:
         _check_str(self.model_sha256, "model_sha256")
         _check_int(self.dim, "dim", 1, MAX_DIM)
         _check_int(self.generation, "generation", 0, 1 << 62)
+        _check_int(self.rolled_back_from, "rolled_back_from", 0, 1 << 62)
+        _check_int(self.restores, "restores", 0, 1 << 62)
         if self.space != "cosine":
             raise ValueError(f"space: expected 'cosine', got {self.space!r:.80}")
         if not isinstance(self.hnsw, dict) or set(self.hnsw) != {"M", "ef_construction", "ef_search"}:
@@ -198,8 +202,8 @@ def _checksum(data: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def read_manifest(directory: Path) -> IndexManifest:
-    path = directory / MANIFEST_FILE
+def read_manifest(directory: Path, name: str = MANIFEST_FILE) -> IndexManifest:
+    path = directory / name
     try:
         info = path.lstat()
         if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
@@ -217,5 +221,5 @@ def read_manifest(directory: Path) -> IndexManifest:
     return IndexManifest.from_json(text, str(path))
 
 
-def write_manifest(directory: Path, manifest: IndexManifest) -> None:
-    atomic_write_text(directory / MANIFEST_FILE, manifest.to_json())
+def write_manifest(directory: Path, manifest: IndexManifest, name: str = MANIFEST_FILE) -> None:
+    atomic_write_text(directory / name, manifest.to_json())

@@ -14,6 +14,7 @@ until the next write, so a reader that read the old manifest a moment ago can st
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import struct
@@ -32,6 +33,9 @@ from imgscan_core.labels import check_label
 from imgscan_core.locks import exclusive_lock
 from indexes.calibrate import Calibrator, leave_one_out_neighbours
 from indexes.manifest import FileEntry, IndexManifest, read_manifest, write_manifest
+
+HISTORY_DIR = "history"  # manifest-gNNNNNN.json of the last generations: `imgscan index history` / `rollback`
+HISTORY_GENERATIONS = 5
 
 
 SUPPORT_SCHEMA = pa.schema(
@@ -323,13 +327,58 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw, calibrate:
         }
         rows, loo_labels, loo_sims = leave_one_out_neighbours(hnsw, table.label, manifest.open_set.k)
         manifest.ai_score, manifest.open_set = calibrate(loo_labels, loo_sims, table.label[rows], manifest.open_set)
+    return _publish(directory, manifest, old)
+
+
+def _publish(directory: Path, manifest: IndexManifest, old: IndexManifest) -> IndexManifest:
+    """Swap in `manifest`, record it in the history, and drop data files no kept generation names."""
     write_manifest(directory, manifest)
-    # Keep generation gen-1 for readers that read the previous manifest a moment ago; older ones go.
+    history = directory / HISTORY_DIR
+    history.mkdir(exist_ok=True)
+    write_manifest(history, manifest, name=f"manifest-g{manifest.generation:06d}.json")
+    kept = sorted(history.glob("manifest-g*.json"))
+    for stale in kept[:-HISTORY_GENERATIONS]:
+        stale.unlink(missing_ok=True)
+    # Files of the kept generations stay (rollback), and gen-1's always (readers that read the previous
+    # manifest a moment ago); older ones go.
     keep = {e.name for e in manifest.files.values()} | {e.name for e in old.files.values()}
+    for past in history_of(directory):
+        keep |= {e.name for e in past.files.values()}
     for entry in directory.glob("support-g*"):
         if entry.name not in keep:
             entry.unlink(missing_ok=True)
     return manifest
+
+
+def history_of(directory: str | os.PathLike) -> list[IndexManifest]:
+    """The kept generations' manifests, oldest first (unreadable ones are left out)."""
+    out = []
+    for path in sorted((Path(directory) / HISTORY_DIR).glob("manifest-g*.json")):
+        try:
+            out.append(read_manifest(path.parent, name=path.name))
+        except UsageError:
+            continue
+    return out
+
+
+def rollback(directory: str | os.PathLike, generation: int) -> IndexManifest:
+    """Make a kept generation current again, as a new generation (scans see the change; nothing is lost: the
+    generation rolled back from stays in the history)."""
+    directory = Path(directory)
+    with exclusive_lock(directory):
+        current = read_manifest(directory)
+        past = {m.generation: m for m in history_of(directory)}
+        if generation not in past:
+            raise UsageError(f"{directory}: generation {generation} is not kept (kept: "
+                             f"{', '.join(map(str, sorted(past))) or 'none'}; see `imgscan index history`)")
+        if generation == current.generation:
+            raise UsageError(f"{directory}: generation {generation} is the current one")
+        target = past[generation]
+        for entry in target.files.values():
+            _verified(directory, entry)
+        restored = dataclasses.replace(target, generation=current.generation + 1, updated_at=_now().isoformat(),
+                                       rolled_back_from=current.generation, restores=generation)
+        return _publish(directory, restored, current)
 
 
 def enroll_embeddings(

@@ -309,6 +309,51 @@ def index_remove(
     err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
 
 
+@index_app.command("history")
+def index_history(index: IndexOpt = None) -> None:
+    """List the kept generations of the index (the last 5): when, how many images, which classes."""
+    from indexes.support_index import history_of
+    from indexes.manifest import read_manifest
+
+    index_dir = index_dir_for_reading(index, _model_sha(None))
+    current = read_manifest(index_dir).generation
+    table = Table(title=f"{index_dir}: generations kept", show_edge=False)
+    for column in ("generation", "written (UTC)", "images", "classes", "note"):
+        table.add_column(column, justify="right" if column in ("generation", "images") else "left")
+    for m in history_of(index_dir):
+        note = "current" if m.generation == current else ""
+        if m.restores:
+            note = (note + "; " if note else "") + f"restores g{m.restores}"
+        table.add_row(str(m.generation), m.updated_at[:19], str(m.total), ", ".join(sorted(m.counts)), note)
+    out_console.print(table, soft_wrap=True)
+
+
+@index_app.command("rollback")
+def index_rollback(
+    generation: Annotated[int, typer.Argument(help="A kept generation (see `imgscan index history`).", show_default=False)],
+    index: IndexOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, rollback asks first).")] = False,
+) -> None:
+    """Make a kept generation current again. It becomes a new generation, so nothing is lost: the one rolled
+    back from stays in the history.
+
+    \b
+    Example:
+      imgscan index history --index ./my-index
+      imgscan index rollback 41 --index ./my-index
+    """
+    import sys
+
+    from indexes.support_index import rollback
+
+    index_dir = index_dir_for_writing(index, _model_sha(None))
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"Make generation {generation} of {index_dir} current?"):
+        raise typer.Exit(1)
+    m = rollback(index_dir, generation)
+    err_console.print(f"generation {m.generation} restores generation {generation}: {m.total} images in "
+                      f"{len(m.counts)} classes", highlight=False)
+
+
 @app.command()
 def bench(
     model: ModelOpt = None,

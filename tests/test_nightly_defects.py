@@ -625,3 +625,31 @@ def test_include_and_exclude_globs(tmp_path, tiny_model_dir, two_class_index):
     assert r.exit_code == 0, r.output
     paths = sorted(p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in pq.read_table(out).column("path").to_pylist())
     assert paths == [f"2026-11-01/img_{i:04d}.jpg" for i in range(3)]
+
+
+def test_index_history_and_rollback_undo_a_remove(tmp_path, tiny_model_dir, two_class_index):
+    from indexes import SupportIndex
+    from indexes.support_index import HISTORY_GENERATIONS, history_of
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["index", "remove", "gen_blue", "--index", str(two_class_index), "--yes"])
+    assert r.exit_code == 0 and SupportIndex.open(two_class_index).manifest.counts == {"real": 20}
+    r = runner.invoke(app, ["index", "history", "--index", str(two_class_index)], terminal_width=200)
+    assert r.exit_code == 0 and "restores" not in r.output and "current" in r.output
+    assert [m.generation for m in history_of(two_class_index)] == [1, 2, 3]
+    r = runner.invoke(app, ["index", "rollback", "2", "--index", str(two_class_index), "--yes"])
+    assert r.exit_code == 0, r.output
+    index = SupportIndex.open(two_class_index)
+    assert index.manifest.generation == 4 and index.manifest.counts == {"gen_blue": 20, "real": 20}
+    assert index.manifest.restores == 2 and index.manifest.rolled_back_from == 3
+    assert index.search(index.vectors([0]), 3).labels.shape == (1, 3)  # its files are there and verified
+    r = runner.invoke(app, ["index", "rollback", "9", "--index", str(two_class_index), "--yes"])
+    assert r.exit_code == 2 and "not kept" in r.output
+    for i in range(HISTORY_GENERATIONS):  # older generations go, with the files only they named
+        src = write_class_dir(tmp_path / f"more{i}", BLUE, 2, seed0=900 + 10 * i)
+        runner.invoke(app, ["enroll", f"gen_{i}", str(src), "--index", str(two_class_index), "--model",
+                            str(tiny_model_dir), "--device", "cpu"])
+    kept = history_of(two_class_index)
+    assert len(kept) == HISTORY_GENERATIONS and kept[0].generation == 5
+    named = {e.name for m in kept for e in m.files.values()}
+    assert {p.name for p in two_class_index.glob("support-g*")} == named

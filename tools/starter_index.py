@@ -67,6 +67,7 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
         print(f"{label}: {result.added} enrolled", flush=True)
     # A packaged index is never written in place: no lock file, and no previous generation kept for readers.
     (out / ".lock").unlink(missing_ok=True)
+    shutil.rmtree(out / "history", ignore_errors=True)
     current = {entry.name for entry in SupportIndex.open(out).manifest.files.values()}
     for path in out.glob("support-g*"):
         if path.name not in current:

@@ -114,3 +114,20 @@ def test_report_html_renders_thumbnails_in_headless_chromium(scanned, tmp_path):
     assert ((r < 90) & (g > 150) & (b > 150)).sum() > 2000  # the cyan `unknown` thumbnails are drawn
     assert ((r > 150) & (g < 80) & (b < 80)).sum() > 2000  # the red neighbour thumbnails
     assert ((b > 120) & (r < 110) & (g < 150)).sum() > 2000  # the histograms' bars
+
+
+def test_explain_several_images_fast_with_the_default_index(tmp_path, tiny_model_dir, two_class_index, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("IMGSCAN_INDEX", str(two_class_index))  # the index `scan` would use by default
+    images = []
+    for i, rgb in enumerate([(220, 30, 30), (30, 30, 220)]):
+        images.append(tmp_path / f"img{i}.jpg")
+        images[-1].write_bytes(encode(coloured(rgb, size=(64, 64), seed=i)))
+    out = tmp_path / "explained"
+    r = CliRunner().invoke(app, ["explain", "--fast", *map(str, images), "--model", str(tiny_model_dir), "--out",
+                                 str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["img0-explained.png", "img1-explained.png"]
+    assert "(64 views); verdict real" in r.output and "(64 views); verdict gen_blue" in r.output
+    assert Image.open(out / "img0-explained.png").size[0] > 800

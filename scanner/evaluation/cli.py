@@ -272,11 +272,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explain", no_args_is_help=True)
     def explain_command(
-        image: Annotated[Path, typer.Argument(help="Image file.", show_default=False)],
-        out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+        images: Annotated[list[Path], typer.Argument(help="Image file(s).", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write; with several images, a folder (IMAGE-explained.png each).")],
         model: ModelOpt = None,
-        index: Annotated[Optional[Path], typer.Option("--index", help="Support index: also print and title the verdict.")] = None,
+        index: Annotated[Optional[Path], typer.Option("--index", help="Support index for the verdict in the title (default: the one scan uses).")] = None,
         views: Annotated[int, typer.Option("--views", min=8, max=5000, help="Perturbed views (occlusion patches at several scales plus random masks).")] = 400,
+        fast: Annotated[bool, typer.Option("--fast", help="64 views (coarse patches + a few random masks): about 6x faster, a coarser map.")] = False,
         device: DeviceOpt = "auto",
         seed: Annotated[int, typer.Option("--seed")] = 0,
     ) -> None:
@@ -289,10 +290,11 @@ def register(app: typer.Typer) -> None:
         score of the views that hid it minus the mean of those that did not.
 
         \b
-        Example:
+        Examples:
           imgscan explain suspicious.jpg --out suspicious-explained.png
+          imgscan explain --fast flagged/*.jpg --out explained/
         """
-        from scanner.evaluation.explain import run_explain
+        from scanner.evaluation.explain import explain_images
 
-        run_explain(image, out, model_dir=model_dir_or_default(model), index=index, views=views, device=device, seed=seed,
-                    console=err_console)
+        explain_images(images, out, model_dir=model_dir_or_default(model), index=index, views=views, device=device,
+                       seed=seed, console=err_console, fast=fast)

@@ -105,8 +105,46 @@ def importance_map(pixels: np.ndarray, embed, views: int = 400, seed: int = 0, b
     return np.mean(parts, axis=0).astype(np.float32), len(occ) + len(rnd)
 
 
+FAST_VIEWS = 64  # --fast: the coarse occlusion scale (49 patches) and 15 random masks
+
+
+def explain_images(images: list[Path], out: Path, model_dir: Path, index: Path | None = None, views: int = 400,
+                   device: str = "auto", seed: int = 0, console=None, fast: bool = False) -> list[dict]:
+    """Explain several images with one loaded model and index. One image: `out` is the PNG; several: `out` is a
+    folder (made if missing) receiving IMAGE-STEM-explained.png each. The verdict comes from --index, else from
+    the index `scan` would use by default."""
+    from scanner.embed import Embedder, resolve_device
+    from scanner.evaluation.plots import pyplot
+    from scanner.paths import index_dir_for_reading
+
+    pyplot()  # no matplotlib: say so before loading anything
+    if len(images) > 1 or out.is_dir():
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: with several images, --out is a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / f"{Path(i).stem}-explained.png" for i in images]
+    else:
+        targets = [out]
+    embedder = Embedder(model_dir, device=resolve_device(device))
+    support = None
+    try:
+        from indexes import SupportIndex
+
+        support = SupportIndex.open(index_dir_for_reading(index, embedder.card.weights_sha256))
+        support.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
+    except UsageError as exc:
+        if index is not None:
+            raise
+        if console is not None:
+            console.print(f"no verdict in the pictures: {exc}", highlight=False)
+        support = None
+    return [run_explain(image, target, model_dir, views=FAST_VIEWS if fast else views, device=device, seed=seed,
+                        console=console, embedder=embedder, support=support)
+            for image, target in zip(images, targets)]
+
+
 def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = None, views: int = 400,
-                device: str = "auto", seed: int = 0, console=None) -> dict:
+                device: str = "auto", seed: int = 0, console=None, embedder=None, support=None) -> dict:
     import torch
 
     from scanner.decode import ViewSpec, pillow_decode, sniff
@@ -125,7 +163,8 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         raise UsageError(f"--out {out}: the output is a PNG file (name it *.png)")
     if not out.parent.expanduser().is_dir():
         raise UsageError(f"--out {out}: directory {out.parent} does not exist")
-    embedder = Embedder(model_dir, device=resolve_device(device))
+    if embedder is None:
+        embedder = Embedder(model_dir, device=resolve_device(device))
     try:
         # One view (the centre) by the model's resize rule: the map shows what moves that view's embedding.
         crops, (w, h) = pillow_decode(data, ViewSpec(embedder.size, embedder.view_spec.resize, 1))
@@ -137,12 +176,14 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         return embedder.embed(torch.from_numpy(np.ascontiguousarray(batch)))
 
     verdict = None
-    if index is not None:
+    if support is None and index is not None:
         from indexes import SupportIndex
-        from scanner.verdict import VerdictRule, decide
 
         support = SupportIndex.open(index)
         support.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
+    if support is not None:
+        from scanner.verdict import VerdictRule, decide
+
         nb = support.search(embed(pixels[None]), 11)
         v = decide(nb.labels, nb.sims, VerdictRule.of(support))
         verdict = {"label": str(v.label[0]), "closed_set_label": str(v.closed_set_label[0]),

@@ -653,3 +653,34 @@ def test_index_history_and_rollback_undo_a_remove(tmp_path, tiny_model_dir, two_
     assert len(kept) == HISTORY_GENERATIONS and kept[0].generation == 5
     named = {e.name for m in kept for e in m.files.values()}
     assert {p.name for p in two_class_index.glob("support-g*")} == named
+
+
+def test_readme_nightly_recipe_over_three_nights_skips_exactly_what_earlier_nights_saw(tmp_path):
+    """The README's nightly command, taken from the README and run through a shell for three nights of folders
+    (each night re-posts some earlier images, byte for byte, beside new ones), with the shipped model and index."""
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Scanning a crawl every night"):]
+    command = re.search(r"```bash\n(imgscan scan .*?)\n```", section, re.S).group(1).strip()
+    assert "--skip-known '/verdicts/*.parquet'" in command
+    crawl, verdicts = tmp_path / "crawl", tmp_path / "verdicts"
+    verdicts.mkdir()
+    nights = ["2026-11-21", "2026-11-22", "2026-11-23"]
+    new_files = {}
+    for n, night in enumerate(nights):
+        folder = write_class_dir(crawl / night, (RED, BLUE, (30, 200, 30))[n], 4, seed0=100 * n)
+        new_files[night] = {p.name for p in folder.iterdir()}
+        for earlier in nights[:n]:  # re-posts: the same bytes under new names
+            for p in sorted((crawl / earlier).iterdir())[:2]:
+                if not p.name.startswith("repost"):
+                    (folder / f"repost_{earlier}_{p.name}").write_bytes(p.read_bytes())
+    for night in nights:
+        line = command.replace("/crawl/", f"{crawl}/").replace("/verdicts/", f"{verdicts}/").replace("2026-11-22", night)
+        r = subprocess.run(["bash", "-c", f"{sys.executable} -m scanner.cli {line.removeprefix('imgscan ')}"],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert r.returncode == 0, (night, r.stderr)
+        names = {p.rsplit("/", 1)[-1] for p in pq.read_table(verdicts / f"{night}.parquet").column("path").to_pylist()}
+        assert names == new_files[night], night  # every re-post of an earlier night skipped, every new file judged

@@ -31,6 +31,19 @@ from PIL import Image, ImageOps
 
 from imgscan_core.errors import UsageError
 
+
+def _register_phone_formats() -> None:
+    """HEIC/HEIF (what phones post) through pillow-heif; AVIF is in Pillow itself (>= 11.3). Both then pass the
+    same header sniff and pixel limits as every format, and decode with Pillow (DALI has no decoder for them)."""
+    try:
+        import pillow_heif
+    except ImportError:  # an install without it: .heic files get "not an image" rows, as before
+        return
+    pillow_heif.register_heif_opener()
+
+
+_register_phone_formats()
+
 DEFAULT_MAX_PIXELS = 100_000_000
 
 # Pillow format names that DALI's decoders take. Everything else goes to Pillow.

@@ -684,3 +684,28 @@ def test_readme_nightly_recipe_over_three_nights_skips_exactly_what_earlier_nigh
         assert r.returncode == 0, (night, r.stderr)
         names = {p.rsplit("/", 1)[-1] for p in pq.read_table(verdicts / f"{night}.parquet").column("path").to_pylist()}
         assert names == new_files[night], night  # every re-post of an earlier night skipped, every new file judged
+
+
+def test_heic_and_avif_are_judged_like_any_image(tmp_path, tiny_model_dir, two_class_index):
+    from PIL import Image
+
+    from conftest import coloured
+
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    import scanner.decode  # noqa: F401  (registers the HEIF opener)
+
+    coloured(RED, size=(64, 48), seed=1).save(crawl / "phone.heic", "HEIF", quality=90)
+    coloured(RED, size=(64, 48), seed=2).save(crawl / "web.avif", "AVIF", quality=90)
+    (crawl / "broken.heic").write_bytes((crawl / "phone.heic").read_bytes()[:60])
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["scan", str(crawl), "--out", str(out), "--index", str(two_class_index), "--model",
+                                 str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = {p.rsplit("/", 1)[-1]: row for p, row in
+            zip(pq.read_table(out).column("path").to_pylist(), pq.read_table(out).to_pylist())}
+    for name in ("phone.heic", "web.avif"):
+        assert rows[name]["error"] is None and rows[name]["label"] == "real", rows[name]["error"]
+        assert (rows[name]["width"], rows[name]["height"]) == (64, 48)
+    assert rows["broken.heic"]["error"].startswith("decode:")
+    assert Image.open(crawl / "phone.heic").format == "HEIF"

@@ -15,7 +15,7 @@ from rich.table import Table
 from imgscan_core.errors import UsageError
 from scanner import __version__
 from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, ModelOpt, PrecisionOpt,
-                                RuntimeOpt, ViewsOpt, err_console, out_console, stop_on_signals)
+                                RuntimeOpt, ViewsOpt, LOG_FORMAT, err_console, out_console, stop_on_signals)
 from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
 MAX_LISTED = 20  # per-file lines of one kind an enroll prints before it only counts them
@@ -84,6 +84,7 @@ def scan(
     skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: replace a finished --out, or drop an unfinished run's rows.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no log lines: only errors.")] = False,
+    log_format: Annotated[str, typer.Option("--log-format", help="text (ISO-timestamped lines when not on a terminal) or json (one JSON object per log line and error, for log shippers).")] = "text",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (out, rows, counts per label, errors, provenance disagreements, elapsed) instead of the table.")] = False,
     model: ModelOpt = None,
     batch_size: BatchOpt = 64,
@@ -125,6 +126,9 @@ def scan(
     from scanner.walk import check_roots
 
     stop_on_signals()
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format {log_format}: expected text or json")
+    LOG_FORMAT["format"] = log_format
     out = out.expanduser()
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: directory {out.parent} does not exist")
@@ -155,12 +159,13 @@ def scan(
                           batch_size=batch_size),
         ray=RayConfig(address=address, workers=workers, gpus_per_worker=gpus_per_worker),
     )
-    with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})", quiet=quiet) as progress:
+    with ScanProgress("scanning" if engine == "local" else f"scanning ({engine})", quiet=quiet,
+                      log_format=log_format) as progress:
         summary = run_scan(config, progress)
     if as_json:
         typer.echo(json.dumps(_summary_json(out, summary)))  # one line: jq, python -c, a log shipper
         return
-    if quiet:
+    if quiet or log_format == "json":
         return
     if summary is None:
         err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")

@@ -87,7 +87,15 @@ def stop_on_signals() -> None:
         signal.signal(signum, on_signal)
 
 
+LOG_FORMAT = {"format": "text"}  # set by a command's --log-format: errors then go out as JSON records too
+
+
 def print_error(message: str) -> None:
+    if LOG_FORMAT["format"] == "json":
+        from scanner.progress import json_line
+
+        json_line("error", message)
+        return
     # Plain text, never markup: paths and names like imgscan[ray] hold square brackets.
     err_console.print(f"[bold red]imgscan: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -14,10 +15,14 @@ stderr_console = Console(stderr=True)
 
 class ScanProgress:
     def __init__(self, description: str = "scanning", log_every_s: float = 30.0, force_plain: bool | None = None,
-                 quiet: bool = False):
-        """quiet: no bar, no log lines (`-q`, and library calls)."""
+                 quiet: bool = False, log_format: str = "text"):
+        """quiet: no bar, no log lines (`-q`, and library calls). log_format "json": no bar, every log line a
+        JSON object (time, level, message, and the counts on progress lines), for log shippers."""
         self.description = description
         self.quiet = quiet
+        self.json = log_format == "json"
+        if self.json:
+            force_plain = True
         if quiet:
             force_plain, log_every_s = True, float("inf")
         self.plain = (not sys.stderr.isatty()) if force_plain is None else force_plain
@@ -53,7 +58,10 @@ class ScanProgress:
         wrapped."""
         if self.quiet:
             return
-        if self._progress is not None:
+        if self.json:
+            level = "warning" if message.startswith("warning:") else "info"
+            json_line(level, message.removeprefix("warning: "))
+        elif self._progress is not None:
             self._progress.console.print(f"imgscan: {message}", highlight=False, markup=False, soft_wrap=True)
         else:
             print(f"{_now()} imgscan: {message}", file=sys.stderr, flush=True)
@@ -79,6 +87,11 @@ class ScanProgress:
             self._update()
         elif time.monotonic() - self._last_log >= self.log_every_s:
             self._last_log = time.monotonic()
+            if self.json:
+                json_line("info", self.description, files=self.already_done + self.done, total=self.total,
+                          rate=round(self.rate, 2), errors=self.errors,
+                          elapsed_s=round(time.monotonic() - self.started, 1))
+                return
             of = f"/{self.total}" if self.total is not None else ""
             print(
                 f"{_now()} imgscan: {self.description} {self.already_done + self.done}{of} files, {self.rate:.1f} img/s, "
@@ -88,6 +101,12 @@ class ScanProgress:
 
     def _update(self) -> None:
         self._progress.update(self._task, completed=self.already_done + self.done, rate=self.rate, errors=self.errors)
+
+
+def json_line(level: str, message: str, **fields) -> None:
+    """One log record as a JSON object on stderr (`--log-format json`)."""
+    record = {"time": _now(), "level": level, "program": "imgscan", "message": message, **fields}
+    print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
 
 
 def _now() -> str:

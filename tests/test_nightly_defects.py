@@ -709,3 +709,20 @@ def test_heic_and_avif_are_judged_like_any_image(tmp_path, tiny_model_dir, two_c
         assert (rows[name]["width"], rows[name]["height"]) == (64, 48)
     assert rows["broken.heic"]["error"].startswith("decode:")
     assert Image.open(crawl / "phone.heic").format == "HEIF"
+
+
+def test_log_format_json_gives_one_json_object_per_line(tmp_path, tiny_model_dir, two_class_index):
+    import json
+
+    crawl = write_class_dir(tmp_path / "crawl", RED, 3)
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--log-format", "json"]
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(tmp_path / "v.parquet"),
+                        *common], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stderr.strip().splitlines()]
+    assert [rec["message"].split(":")[0] for rec in records] == ["start", "done"]
+    assert all(rec["level"] == "info" and rec["time"].endswith("+00:00") for rec in records)
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "w.parquet"), *common], capture_output=True, text=True, timeout=300)
+    [rec] = [json.loads(line) for line in r.stderr.strip().splitlines()]
+    assert r.returncode == 2 and rec["level"] == "error" and "no such file" in rec["message"]

@@ -77,8 +77,8 @@ def _embedder(model: Optional[Path], device: str, precision: str = "auto", runti
 
 @app.command()
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Verdict Parquet file to write. Re-running the same command resumes an interrupted scan.")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)] = None,
     index: IndexOpt = None,
     k: KOpt = 11,
     skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
@@ -93,6 +93,8 @@ def scan(
     runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
     all_files: Annotated[bool, typer.Option("--all-files", rich_help_panel=READ_PANEL, help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
+    files_from: Annotated[Optional[str], typer.Option("--files-from", rich_help_panel=READ_PANEL, help="Also scan the files listed in this file, one path per line ('-': standard input), e.g. a crawler's list.")] = None,
+    null: Annotated[bool, typer.Option("--null", "-0", rich_help_panel=READ_PANEL, help="--files-from entries are separated by NUL bytes (find -print0), not newlines.")] = False,
     include: Annotated[Optional[list[str]], typer.Option("--include", rich_help_panel=READ_PANEL, help="Only files this glob matches, against the path under its root ('2026-11-*/*.jpg') or the name ('*.png'). Repeatable; quote it.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel=READ_PANEL, help="Leave out files this glob matches (as --include). Repeatable; quote it.")] = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=READ_PANEL, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
@@ -123,7 +125,7 @@ def scan(
     from scanner.keys import is_verdict_file, skip_known_files
     from scanner.progress import ScanProgress
     from scanner.scan import run_scan
-    from scanner.walk import check_roots
+    from scanner.walk import check_roots, read_file_list
 
     stop_on_signals()
     if log_format not in ("text", "json"):
@@ -136,6 +138,11 @@ def scan(
         raise UsageError(f"--out {out}: directory {out.parent} is not writable")
     if engine == "local" and (address is not None or workers is not None or gpus_per_worker is not None):
         raise UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+    paths = paths or []
+    if not paths and files_from is None:
+        raise UsageError("nothing to scan: give folders or images, or --files-from LIST")
+    if files_from is not None and engine != "local":
+        raise UsageError("--files-from works with the local engine (list folders as roots for --engine ray)")
     switch_values = [str(p) for p in paths if str(p).lower() in ("true", "false", "yes", "no") and not p.exists()]
     if switch_values:
         raise UsageError(f"{switch_values[0]!r} is not a folder or image: switches such as --overwrite and --all-files "
@@ -147,12 +154,14 @@ def scan(
         verdict_files = [p for p in paths if is_verdict_file(p)]
         known_files += [Path(p) for p in verdict_files if Path(p) not in known_files]
         paths = [p for p in paths if p not in verdict_files]
-        if not paths:
+        if not paths and files_from is None:
             raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
+    roots = check_roots(paths, all_files)
+    listed = read_file_list(_read_list(files_from), null, roots) if files_from is not None else []
     config = ScanConfig(
-        roots=check_roots(paths, all_files), out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
+        roots=roots, out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
         read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files, include=include or [],
-                        exclude=exclude or []),
+                        exclude=exclude or [], listed=listed),
         decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout,
                             provenance=provenance),
         embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,
@@ -171,6 +180,17 @@ def scan(
         err_console.print(f"imgscan: {out} is already complete; nothing to do (pass --overwrite to scan again)")
     else:
         _print_summary(summary)
+
+
+def _read_list(source: str) -> bytes:
+    import sys
+
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--files-from {source}: cannot read ({exc.strerror or exc})") from None
 
 
 def _summary_json(out: Path, summary) -> dict:

@@ -33,6 +33,7 @@ class ReadConfig:
     skip_known: list[Path] = field(default_factory=list)  # earlier verdict files: their shas get no row
     include: list[str] = field(default_factory=list)  # globs: only files one matches (scanner.walk.pattern_match)
     exclude: list[str] = field(default_factory=list)  # globs: files any matches are left out
+    listed: list[bytes] = field(default_factory=list)  # absolute paths from --files-from, scanned after the roots
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from scanner.config import ReadConfig
 from scanner.keys import KeySet, path_key, sha_key
 from scanner.read import ReadResult, read_file
-from scanner.walk import walk_files
+from scanner.walk import files_to_scan
 
 _END = object()
 
@@ -113,7 +113,7 @@ class LocalFeeder:
 
     def _walk(self) -> None:
         try:
-            for raw in walk_files(self.roots, self.read.all_files, self.read.include, self.read.exclude):
+            for raw in files_to_scan(self.roots, self.read):
                 if path_key(raw) in self.done:
                     continue  # finished by an earlier, interrupted run of the same scan
                 if not self._put(self.paths_q, raw):

@@ -7,6 +7,7 @@ fingerprint), what a verdict file records about how it was made (the metadata), 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -23,7 +24,7 @@ from scanner.engines import ScanJob
 from scanner.keys import load_known_shas
 from scanner.model import ModelCard
 from scanner.paths import index_dir_for_reading, model_dir_or_default
-from scanner.walk import walk_files
+from scanner.walk import files_to_scan
 from scanner.writer import ScanOutput, summarize
 
 
@@ -48,6 +49,7 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
         "all_files": config.read.all_files, "include": config.read.include, "exclude": config.read.exclude,
         "skip_known": sorted(str(p) for p in config.read.skip_known),
         "views": views, "index": index_name, "provenance": config.decode.provenance,
+        "listed": hashlib.sha256(b"\0".join(config.read.listed)).hexdigest() if config.read.listed else None,
     }
 
 
@@ -79,7 +81,7 @@ def engine_class(name: str):
 def count_files(roots: list[bytes], read: ReadConfig, stop: threading.Event, on_total) -> None:
     """Background count for the progress bar's total and ETA (a stat-only walk, much cheaper than a scan)."""
     n = 0
-    for _ in walk_files(roots, read.all_files, read.include, read.exclude):
+    for _ in files_to_scan(roots, read):
         if stop.is_set():
             return
         n += 1
@@ -120,7 +122,8 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
     done = output.open(scan_fingerprint(config, card.model_id, view_spec.views, support.name))
     progress.set_already_done(len(done))
-    progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots)}; out {config.out}; model "
+    listed = f" and {len(config.read.listed)} listed files" if config.read.listed else ""
+    progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots) or 'none'}{listed}; out {config.out}; model "
                  f"{card.model_id}; index {index_dir} ({support.name}, {len(support.manifest.counts)} classes, "
                  f"{support.manifest.total} images); engine {config.engine}; runtime {engine.runtime}, precision "
                  f"{engine.precision}; views {view_spec.views}; resuming {len(done)} rows")

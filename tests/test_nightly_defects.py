@@ -726,3 +726,29 @@ def test_log_format_json_gives_one_json_object_per_line(tmp_path, tiny_model_dir
                         str(tmp_path / "w.parquet"), *common], capture_output=True, text=True, timeout=300)
     [rec] = [json.loads(line) for line in r.stderr.strip().splitlines()]
     assert r.returncode == 2 and rec["level"] == "error" and "no such file" in rec["message"]
+
+
+def test_files_from_a_list_or_nul_separated_stdin(tmp_path, tiny_model_dir, two_class_index):
+    site_a = write_class_dir(tmp_path / "siteA", RED, 3)
+    site_b = write_class_dir(tmp_path / "siteB", BLUE, 3, seed0=50)
+    listing = tmp_path / "list.txt"
+    b_files = sorted(str(p) for p in site_b.iterdir())
+    # a repeat, a file under a root given too (one row), a file that vanished (a row saying so)
+    listing.write_text("\n".join(b_files + [b_files[0], str(site_a / "img_0000.jpg"), str(tmp_path / "gone.jpg")]) + "\n")
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu"]
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["scan", str(site_a), "--files-from", str(listing), "--out", str(out), *common])
+    assert r.exit_code == 0, r.output
+    table = pq.read_table(out)
+    paths = table.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 7
+    assert set(paths) == {str(p) for p in site_a.iterdir()} | set(b_files) | {str(tmp_path / "gone.jpg")}
+    assert table.column("error").to_pylist().count(None) == 6
+    out0 = tmp_path / "v0.parquet"
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", "-0", "--files-from", "-", "--out", str(out0),
+                        *common, "-q"], input=b"\0".join(p.encode() for p in b_files) + b"\0",
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(pq.read_table(out0).column("path").to_pylist()) == b_files
+    r = CliRunner().invoke(app, ["scan", "--out", str(tmp_path / "x.parquet"), *common])
+    assert r.exit_code == 2 and "nothing to scan" in r.output

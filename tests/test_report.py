@@ -42,7 +42,13 @@ def test_report_summary_and_html(scanned, tmp_path):
     assert all("/cyan/" in t["path"] for t in top[:3])
     assert top[0]["open_set_score"] >= top[1]["open_set_score"] >= top[-1]["open_set_score"]
     assert len(top[0]["neighbors"]) == 11
+    # by top-level folder of the crawl (the two loose broken files sit at its top level), and a gallery per label
+    assert doc["by_folder"]["red"] == {"rows": 4, "scanned": 4, "is_ai": 0, "errors": 0, "labels": {"real": 4}}
+    assert doc["by_folder"]["cyan"]["labels"] == {"unknown": 3} and doc["by_folder"]["cyan"]["is_ai"] == 3
+    assert doc["by_folder"]["(top level)"]["errors"] == 2
+    assert {k: len(v) for k, v in doc["gallery"].items()} == {"real": 4, "unknown": 3}
     html = (tmp_path / "rep" / "report.html").read_text()
+    assert "By folder" in html and "Gallery per label" in html
     assert html.count("data:image/png;base64,") == 3  # label bars + two histograms
     # thumbnails of the 7 scanned images and of their neighbours (support files resolved through --index)
     assert html.count("data:image/jpeg;base64,") >= 7 + 7 * 6

@@ -54,6 +54,32 @@ def load_verdicts(path: Path) -> tuple[pa.Table, dict]:
     return table, meta
 
 
+GALLERY_PER_LABEL = 8
+
+
+def folder_breakdown(paths: list[str], labels: list, is_ai: list, ok: np.ndarray) -> dict[str, dict]:
+    """Rows per top-level folder below the folder all paths share (a crawl's sites or nights)."""
+    import os
+
+    try:
+        common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    except ValueError:  # relative and absolute paths mixed
+        common = ""
+    out: dict[str, dict] = {}
+    for p, lab, ai_flag, good in zip(paths, labels, is_ai, ok):
+        rel = os.path.relpath(p, common) if common else p
+        top = rel.split(os.sep, 1)[0] if os.sep in rel else "(top level)"
+        d = out.setdefault(top, {"rows": 0, "scanned": 0, "is_ai": 0, "errors": 0, "labels": {}})
+        d["rows"] += 1
+        if good:
+            d["scanned"] += 1
+            d["is_ai"] += int(bool(ai_flag))
+            d["labels"][lab] = d["labels"].get(lab, 0) + 1
+        else:
+            d["errors"] += 1
+    return dict(sorted(out.items()))
+
+
 def summarise(table: pa.Table, top: int = 24) -> dict:
     col = {n: table.column(n).to_pylist() for n in ("path", "label", "closed_set_label", "is_ai", "error")}
     err = col["error"]
@@ -78,6 +104,13 @@ def summarise(table: pa.Table, top: int = 24) -> dict:
             "neighbors": neighbors[i].as_py() or [],
         })
     n_ok = int(ok.sum())
+    by_folder = folder_breakdown(col["path"], col["label"], col["is_ai"], ok)
+    gallery: dict[str, list[str]] = {}
+    for lab in labels:
+        idx = [i for i in range(len(ok)) if ok[i] and col["label"][i] == lab]
+        # the most confident first: the highest ai_score for an AI label, the lowest for `real`
+        idx.sort(key=lambda i: ai[i] if lab == "real" else -ai[i])
+        gallery[lab] = [col["path"][i] for i in idx[:GALLERY_PER_LABEL]]
     disagree = {}
     if "provenance" in table.column_names:  # verdict files written before provenance existed have none
         from scanner.writer import PROVENANCE_AI_PIXELS_REAL, PROVENANCE_CAPTURE_PIXELS_AI, provenance_disagreements
@@ -95,6 +128,8 @@ def summarise(table: pa.Table, top: int = 24) -> dict:
         "errors": dict(errors.most_common()),
         "error_examples": {k: {"path": p, "error": e} for k, (p, e) in examples.items()},
         "most_unknown": most_unknown,
+        "by_folder": by_folder,
+        "gallery": gallery,
         "provenance_disagreements": disagree,
         "models": sorted({m for m in table.column("model").to_pylist() if m}),
         "indexes": sorted({m for m in table.column("index").to_pylist() if m}),
@@ -124,7 +159,7 @@ def run_report(verdicts: Path, out: Path, index: Path | None = None, top: int = 
     thr = s["open_set_threshold"]
     figs = {
         "labels": plots.bar_png(s["labels"] or {"(none)": 0}, fig_dir / "labels.png", "Images per label"),
-        "ai_score": plots.histogram_png(s["_ai"], fig_dir / "ai_score.png", "ai_score (>= 0.5: is_ai)", "ai_score",
+        "ai_score": plots.histogram_png(s["_ai"], fig_dir / "ai_score.png", "ai_score (> 0.5: is_ai)", "ai_score",
                                         threshold=0.5, value_range=(0.0, 1.0)),
         "open_set_score": plots.histogram_png(s["_osc"], fig_dir / "open_set_score.png",
                                               "open_set_score (above the threshold: unknown)", "open_set_score",
@@ -195,6 +230,17 @@ def render_html(doc: dict, figs: dict[str, Path], sources: dict[str, str]) -> st
             f'ai_score {item["ai_score"]:.3f}<br><code>{H.esc(item["path"])}</code></div>'
             f'<div class="meta">nearest support images:</div><div class="nb">{"".join(nb_html)}</div></div>')
     b.append('<div class="thumbs">' + "".join(cards) + "</div>")
+    b.append("<h2>By folder</h2>")
+    b.append(H.table(["folder", "rows", "scanned", "is_ai", "share AI", "errors", "labels"],
+                     [[k, v["rows"], v["scanned"], v["is_ai"], v["is_ai"] / max(v["scanned"], 1), v["errors"],
+                       ", ".join(f"{lab} {n}" for lab, n in sorted(v["labels"].items(), key=lambda kv: -kv[1]))]
+                      for k, v in doc["by_folder"].items()]))
+    b.append("<h2>Gallery per label</h2>")
+    for lab, paths in doc["gallery"].items():
+        b.append(f"<h3>{H.esc(lab)} ({doc['labels'].get(lab, 0)} images; the most confident first)</h3>")
+        b.append('<div class="thumbs">' + "".join(
+            f'<div class="card">{_thumb(p, 96, lab)}<div class="meta"><code>{H.esc(Path(p).name)}</code></div></div>'
+            for p in paths) + "</div>")
     if doc["provenance_disagreements"]:
         b.append("<h2>Provenance that disagrees with the pixels (review these)</h2>")
         b.append(H.table(["case", "files", "first files"],
@@ -230,6 +276,14 @@ def print_tables(doc: dict, console) -> None:
         nbs = ", ".join(f"{n['label']} {n['similarity']:.2f}" for n in item["neighbors"][:3])
         t.add_row(f"{item['open_set_score']:.3f}", item["label"], item["closed_set_label"], item["path"], nbs)
     console.print(t)
+    if len(doc["by_folder"]) > 1:
+        t = Table(title="by folder", show_edge=False)
+        for c in ("folder", "rows", "is_ai", "errors", "labels"):
+            t.add_column(c, justify="right" if c in ("rows", "is_ai", "errors") else "left")
+        for k, v in doc["by_folder"].items():
+            t.add_row(k, str(v["rows"]), str(v["is_ai"]), str(v["errors"]),
+                      ", ".join(f"{lab} {n}" for lab, n in sorted(v["labels"].items(), key=lambda kv: -kv[1])))
+        console.print(t)
     if any(d["count"] for d in doc["provenance_disagreements"].values()):
         t = Table(title="provenance that disagrees with the pixels (review these)", show_edge=False)
         t.add_column("case")

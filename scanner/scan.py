@@ -66,6 +66,17 @@ def scan_metadata(card, support, k: int, precision: str | None, runtime: str, vi
     })}
 
 
+def same_judges(out: Path, model_id: str, index_name: str) -> bool:
+    """Whether a finished verdict file was judged by this model and index generation (its metadata)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = json.loads((pq.ParquetFile(out).schema_arrow.metadata or {}).get(b"imgscan", b"{}"))
+    except (OSError, ValueError):
+        return False
+    return meta.get("model") == model_id and meta.get("index") == index_name
+
+
 def engine_class(name: str):
     if name == "local":
         from scanner.engines.local import LocalEngine
@@ -107,10 +118,14 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     engine_cls = engine_class(config.engine)
     output: ScanOutput = engine_cls.output_class(config.out)
     output.check_target()
+    retry = 0  # rows of a finished output whose error was transient: this run reads those files again
     if output.is_complete():
-        if not config.overwrite:
-            return None
-        output.clear()
+        if config.overwrite:
+            output.clear()
+        else:
+            retry = output.transient_rows()
+            if not retry:
+                return None
     elif config.overwrite:
         output.discard_unfinished()
     known = load_known_shas(config.read.skip_known)
@@ -120,7 +135,14 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     index_dir, support = open_support(config, card)
     view_spec = view_spec_for(card, config.embed.views)
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
-    done = output.open(scan_fingerprint(config, card.model_id, view_spec.views, support.name))
+    if retry and not same_judges(config.out, card.model_id, support.name):
+        progress.log(f"{retry} rows of {config.out} carry a transient error, but the model or index changed since "
+                     "it was written: pass --overwrite to scan again")
+        return None
+    if retry:
+        progress.log(f"{config.out} is complete but {retry} rows carry a transient error: reading those files again")
+    fingerprint = scan_fingerprint(config, card.model_id, view_spec.views, support.name)
+    done = output.open(fingerprint, reopen=True) if retry else output.open(fingerprint)
     progress.set_already_done(len(done))
     listed = f" and {len(config.read.listed)} listed files" if config.read.listed else ""
     progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots) or 'none'}{listed}; out {config.out}; model "

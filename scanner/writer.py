@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from imgscan_core.errors import UsageError
+from scanner.read import TRANSIENT_MARK
 from imgscan_core.files import atomic_path, atomic_write_json
 from imgscan_core.locks import LOCK_FILE, lock_holder, try_lock
 from scanner.keys import KeySet, batch_path_keys
@@ -196,12 +197,25 @@ class ScanOutput:
         """Remove a complete output (--overwrite)."""
         raise NotImplementedError
 
-    def open(self, fingerprint: dict) -> KeySet:
-        """Take the lock, remove leftovers of killed runs, adopt or create the staging; the paths already done.
-        The lock is released again if any of it fails."""
+    def transient_rows(self) -> int:
+        """Rows of the complete output whose error was transient (scanner.read.TRANSIENT_MARK): a re-run of the
+        same scan reads those files again. 0 where the output kind does not support it."""
+        return 0
+
+    def reopen(self, fingerprint: dict) -> None:
+        """Turn a complete output back into an unfinished run of this scan (its rows kept), so that a re-run
+        retries the transient-error rows (the lock held)."""
+        raise NotImplementedError
+
+    def open(self, fingerprint: dict, reopen: bool = False) -> KeySet:
+        """Take the lock, remove leftovers of killed runs, adopt or create the staging; the paths already done
+        (rows with a transient error are not done: the run reads those files again). `reopen`: a complete output
+        is first turned back into an unfinished run (`reopen`). The lock is released again if any of it fails."""
         self.lock()
         try:
             self.remove_leftovers()
+            if reopen:
+                self.reopen(fingerprint)
             return self.adopt(fingerprint)
         except BaseException:
             self.unlock()
@@ -275,7 +289,21 @@ class JournalOutput(ScanOutput):
 
     def adopt(self, fingerprint: dict) -> KeySet:
         adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
-        return KeySet.union([batch_path_keys(b) for b in self._batches()])
+        return KeySet.union([batch_path_keys(b)[~transient_mask(b)] for b in self._batches()])
+
+    def transient_rows(self) -> int:
+        errors = pq.read_table(self.out, columns=["error"]).column("error")
+        return int(pc.sum(pc.ends_with(pc.fill_null(errors, ""), TRANSIENT_MARK)).as_py() or 0)
+
+    def reopen(self, fingerprint: dict) -> None:
+        # The staging (fingerprint + a journal of every finished row) is complete before anything else changes;
+        # the finished file stays until finish() replaces it atomically. Killed in between: the staging is
+        # adopted as an unfinished run.
+        adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
+        with atomic_path(self.staging / "journal-00000.arrows") as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, VERDICT_SCHEMA) as writer:
+                for batch in pq.ParquetFile(self.out).iter_batches(batch_size=65536):
+                    writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=VERDICT_SCHEMA))
 
     def journals(self) -> list[Path]:
         return sorted(self.staging.glob("journal-*.arrows"))
@@ -303,11 +331,42 @@ class JournalOutput(ScanOutput):
 
     def finish(self, run_info: dict | None = None) -> int:
         self.close()
-        rows = write_parquet(self.out, self._batches(), self.metadata)
+        superseded = self._superseded_rows()
+        rows = write_parquet(self.out, self._batches_without(superseded), self.metadata)
         # A kill from here until the staging is gone leaves both: the next run adopts the staging, finds every
         # file done and writes the same rows again.
         self.remove_staging()
         return rows
+
+
+    def _superseded_rows(self) -> np.ndarray:
+        """Global row numbers of journal rows that a later row of the same path replaces (a transient error read
+        again): each file keeps its last row."""
+        keys = [batch_path_keys(b) for b in self._batches()]
+        if not keys:
+            return np.zeros(0, dtype=np.int64)
+        keys = np.concatenate(keys)
+        _, last_from_end = np.unique(keys[::-1], return_index=True)
+        keep = np.zeros(keys.size, dtype=bool)
+        keep[keys.size - 1 - last_from_end] = True
+        return np.flatnonzero(~keep)
+
+    def _batches_without(self, rows: np.ndarray) -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in self._batches():
+            drop = rows[(rows >= start) & (rows < start + batch.num_rows)] - start
+            start += batch.num_rows
+            if drop.size:
+                mask = np.ones(batch.num_rows, dtype=bool)
+                mask[drop] = False
+                batch = batch.filter(pa.array(mask))
+            yield batch
+
+
+def transient_mask(batch: pa.RecordBatch) -> np.ndarray:
+    """Rows whose error is transient (scanner.read.TRANSIENT_MARK)."""
+    errors = pc.fill_null(batch.column("error"), "")
+    return pc.ends_with(errors, TRANSIENT_MARK).to_numpy(zero_copy_only=False).astype(bool)
 
 
 # ----------------------------------------------------------------------------------------- Ray engine
@@ -363,7 +422,9 @@ class PartsOutput(ScanOutput):
             stale.unlink(missing_ok=True)  # a part that was being written when an earlier run died
         shutil.rmtree(self.staging / WORKERS_DIR, ignore_errors=True)  # actors of an earlier run
 
-    def open(self, fingerprint: dict) -> KeySet:
+    def open(self, fingerprint: dict, reopen: bool = False) -> KeySet:
+        if reopen:
+            raise UsageError("retrying transient errors of a finished output needs the local engine")
         d = self.staging
         ours = d.is_dir() and (d / PARTS_RUN_FILE).is_file()
         if not ours and d.exists() and (not d.is_dir() or any(p.name != LOCK_FILE for p in d.iterdir())):

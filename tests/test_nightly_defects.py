@@ -752,3 +752,31 @@ def test_files_from_a_list_or_nul_separated_stdin(tmp_path, tiny_model_dir, two_
     assert sorted(pq.read_table(out0).column("path").to_pylist()) == b_files
     r = CliRunner().invoke(app, ["scan", "--out", str(tmp_path / "x.parquet"), *common])
     assert r.exit_code == 2 and "nothing to scan" in r.output
+
+
+def test_a_rerun_reads_again_the_files_whose_error_was_transient(tmp_path, tiny_model_dir, two_class_index):
+    """A file that failed with EIO (here /proc/self/mem behind a link: EIO even for root) is marked transient;
+    once it is readable, the same command on the finished output reads it again: one row per file, the new
+    verdict in place of the error."""
+    crawl = write_class_dir(tmp_path / "crawl", RED, 5)
+    flaky = crawl / "flaky.jpg"
+    flaky.symlink_to("/proc/self/mem")
+    out = tmp_path / "v.parquet"
+    command = ["scan", str(crawl), "--out", str(out), "--index", str(two_class_index), "--model", str(tiny_model_dir),
+               "--device", "cpu"]
+    r = CliRunner().invoke(app, command)
+    assert r.exit_code == 0, r.output
+    rows = {p.rsplit("/", 1)[-1]: e for p, e in zip(pq.read_table(out).column("path").to_pylist(),
+                                                     pq.read_table(out).column("error").to_pylist())}
+    assert rows["flaky.jpg"] == "read: Input/output error (transient: the next run tries it again)"
+    flaky.unlink()
+    flaky.write_bytes((crawl / "img_0000.jpg").read_bytes())
+    r = CliRunner().invoke(app, command)
+    assert r.exit_code == 0, r.output
+    assert "1 rows carry a transient error: reading those files again" in r.output
+    table = pq.read_table(out)
+    paths = table.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 6 and table.column("error").null_count == 6
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("v.")) == ["v.parquet"]
+    r = CliRunner().invoke(app, command)
+    assert "already complete" in r.output  # nothing transient left: left alone

@@ -780,3 +780,28 @@ def test_a_rerun_reads_again_the_files_whose_error_was_transient(tmp_path, tiny_
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("v.")) == ["v.parquet"]
     r = CliRunner().invoke(app, command)
     assert "already complete" in r.output  # nothing transient left: left alone
+
+
+def test_every_readme_imgscan_bash_example_runs(tmp_path):
+    """The README's bash blocks of imgscan commands, run as written in a folder holding ./crawl and ./samples,
+    with the shipped model and (seeded) default index. (The install and test blocks are what CI itself runs;
+    the nightly block has its own three-night test.)"""
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S)
+              if b.strip().startswith("imgscan") and "/crawl/" not in b]
+    assert len(blocks) >= 2
+    write_class_dir(tmp_path / "crawl", RED, 4)
+    write_class_dir(tmp_path / "samples", BLUE, 3, seed0=70)
+    for block in blocks:
+        for line in block.strip().splitlines():
+            command = line.split("#")[0].strip()
+            r = subprocess.run(["bash", "-c", f"{sys.executable} -m scanner.cli {command.removeprefix('imgscan ')}"],
+                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            assert r.returncode == 0, (command, r.stderr[-2000:])
+            if " --out verdicts.parquet" in command:
+                assert pq.read_table(tmp_path / "verdicts.parquet").num_rows == 4
+                (tmp_path / "verdicts.parquet").unlink()

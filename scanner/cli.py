@@ -15,7 +15,8 @@ from rich.table import Table
 from imgscan_core.errors import UsageError
 from scanner import __version__
 from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, ModelOpt, PrecisionOpt,
-                                RuntimeOpt, ViewsOpt, LOG_FORMAT, err_console, out_console, stop_on_signals)
+                                RuntimeOpt, ViewsOpt, LOG_FORMAT, YesOpt, confirm_on_terminal, err_console, out_console,
+                                stop_on_signals)
 from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
 MAX_LISTED = 20  # per-file lines of one kind an enroll prints before it only counts them
@@ -313,23 +314,19 @@ def index_show(
 def index_remove(
     label: Annotated[str, typer.Argument(help="Class to remove, with all its support images.", show_default=False)],
     index: IndexOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, remove asks first).")] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Remove a class from the index (the HNSW graph is rebuilt, the threshold recalibrated).
 
     \b
     On a terminal it asks first; scripts (no terminal) and --yes do not.
     """
-    import sys
-
     from indexes import SupportIndex
     from scanner.enroll import remove_label
 
     index_dir = index_dir_for_writing(index, _model_sha(None))
-    if not yes and sys.stdin.isatty():
-        n = SupportIndex.open(index_dir).manifest.counts.get(label)
-        if n is not None and not typer.confirm(f"Remove the {n} support images of {label!r} from {index_dir}?"):
-            raise typer.Exit(1)
+    n = SupportIndex.open(index_dir).manifest.counts.get(label, 0)
+    confirm_on_terminal(f"Remove the {n} support images of {label!r} from {index_dir}?", yes)
     removed, m = remove_label(index_dir, label)
     err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
 
@@ -357,7 +354,7 @@ def index_history(index: IndexOpt = None) -> None:
 def index_rollback(
     generation: Annotated[int, typer.Argument(help="A kept generation (see `imgscan index history`).", show_default=False)],
     index: IndexOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, rollback asks first).")] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Make a kept generation current again. It becomes a new generation, so nothing is lost: the one rolled
     back from stays in the history.
@@ -367,13 +364,10 @@ def index_rollback(
       imgscan index history --index ./my-index
       imgscan index rollback 41 --index ./my-index
     """
-    import sys
-
     from indexes.support_index import rollback
 
     index_dir = index_dir_for_writing(index, _model_sha(None))
-    if not yes and sys.stdin.isatty() and not typer.confirm(f"Make generation {generation} of {index_dir} current?"):
-        raise typer.Exit(1)
+    confirm_on_terminal(f"Make generation {generation} of {index_dir} current?", yes)
     m = rollback(index_dir, generation)
     err_console.print(f"generation {m.generation} restores generation {generation}: {m.total} images in "
                       f"{len(m.counts)} classes", highlight=False)

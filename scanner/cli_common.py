@@ -70,6 +70,16 @@ PrecisionOpt = Annotated[str, typer.Option(
 KOpt = Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")]
 
 
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, this command asks first).")]
+
+
+def confirm_on_terminal(question: str, yes: bool) -> None:
+    """Ask before changing something a user may want back, but only a person at a terminal: scripts and cron
+    (no terminal) and --yes go ahead. A "no" ends the command with status 1."""
+    if not yes and sys.stdin.isatty() and not typer.confirm(question):
+        raise typer.Exit(1)
+
+
 def invocation(default_prog: str = "imgscan") -> str:
     """The command line as typed (for model cards and reports); `python -m train` spelled out when used."""
     if not sys.argv:

@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from typer import _click as typer_click  # the click that typer vendors: its UsageError is what parsing raises
-from typer.core import TyperOption
+from typer.core import TyperGroup, TyperOption
+
+from imgscan_core.errors import ImgscanError, Interrupted
+from scanner.paths import INDEX_ENV, MODEL_ENV
 
 _display_type_rich = TyperOption.display_type_rich
 
@@ -29,12 +34,7 @@ def _no_type_for_switches(self, ctx):
 
 
 TyperOption.display_type_rich = _no_type_for_switches
-from typer.core import TyperGroup
-from rich.console import Console
-from rich.markup import escape
 
-from imgscan_core.errors import ImgscanError, Interrupted
-from scanner.paths import INDEX_ENV, MODEL_ENV
 
 class PipeAwareConsole(Console):
     """rich ends the process with status 1 on a closed pipe; let the command boundary decide instead."""

@@ -122,6 +122,13 @@ class DecodedBatch:
     errors: list[str | None]  # per item
     view_counts: list[int] | None = None  # rows of `pixels` per item whose error is None; None: one each
 
+    def view_starts(self) -> np.ndarray | None:
+        """The first row of `pixels` of each decoded item; None when every item has one row."""
+        counts = self.view_counts
+        if counts is None or len(counts) == self.pixels.shape[0]:
+            return None
+        return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
 
 @dataclass
 class Sniffed:

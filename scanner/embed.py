@@ -187,12 +187,12 @@ class Embedder:
         """One embedding per decoded item: the mean of its views' embeddings, re-normalised (views of one photo
         agree on its traces; averaging them steadies the vote more than any single crop)."""
         emb = self.embed(decoded.pixels)
-        counts = decoded.view_counts
-        if counts is None or emb.shape[0] == len(counts):
+        starts = decoded.view_starts()
+        if starts is None:
             return emb  # one view per item
+        counts = decoded.view_counts
         if sum(counts) != emb.shape[0]:
             raise ValueError(f"decoder returned {emb.shape[0]} views for view counts summing to {sum(counts)}")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         mean = np.add.reduceat(emb, starts, axis=0) / np.asarray(counts, dtype=np.float32)[:, None]
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 

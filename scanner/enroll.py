@@ -57,7 +57,7 @@ def embed_files(roots: list[bytes], embedder: Embedder, batch_size: int, progres
             else:
                 found.failed.append((display_path(r.path)[0], r.error or decoded.errors[i]))
         found.embeddings.append(emb)
-        found.hashes.append(first_view_hashes(decoded.pixels, decoded.view_counts))
+        found.hashes.append(first_view_hashes(decoded))
         if progress is not None:
             progress.advance(len(reads), len(reads) - len(ok))
     return found

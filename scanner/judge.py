@@ -97,7 +97,7 @@ class BatchJudge(BatchEmbedder):
         neighbors = self.index.search(embeddings, self.k)
         verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index))
         ok = batch.ok_rows()
-        hashes = first_view_hashes(batch.decoded.pixels, batch.decoded.view_counts)
+        hashes = first_view_hashes(batch.decoded)
         matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
         verdicts = apply_matches(verdicts, matches, self.index.table.label)
         return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id)

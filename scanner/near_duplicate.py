@@ -20,7 +20,6 @@ LOW = 8
 # (docs/evaluation.md): every re-posted copy (0.75x + JPEG q75, or JPEG q90) within 4 bits of its original;
 # distinct images within 4 bits: 4 pairs of 2,572, three of them content-matched real/enhanced pairs.
 NEAR_DUPLICATE_BITS = 4
-NO_HASH = np.uint64(0xFFFFFFFFFFFFFFFF)  # support items enrolled before hashes existed: never match
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -63,15 +62,7 @@ def perceptual_hashes(views) -> np.ndarray:
     return (bits.astype(np.uint64) * _BIT_WEIGHTS).sum(axis=1, dtype=np.uint64)
 
 
-def first_view_hashes(pixels, view_counts: list[int] | None) -> np.ndarray:
-    """The hash of each decoded item's first (centre) view."""
-    n_views = pixels.shape[0]
-    if view_counts is None or len(view_counts) == n_views:
-        return perceptual_hashes(pixels)
-    starts = np.concatenate([[0], np.cumsum(view_counts)[:-1]]).astype(np.int64)
-    return perceptual_hashes(pixels[starts])
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bits that differ between uint64 hashes (broadcasting)."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
+def first_view_hashes(decoded) -> np.ndarray:
+    """The hash of each decoded item's first (centre) view (a scanner.decode.DecodedBatch)."""
+    starts = decoded.view_starts()
+    return perceptual_hashes(decoded.pixels if starts is None else decoded.pixels[starts])

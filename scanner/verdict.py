@@ -61,15 +61,22 @@ class Verdicts:
     ai_evidence: np.ndarray  # float32 [n]
 
 
+def _weights(labels: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which neighbours are real entries, not padding; their weights max(similarity, 0), 0 for padding)."""
+    valid = labels != ""
+    return valid, np.where(valid, np.maximum(sims, 0.0), 0.0)
+
+
+def _evidence(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (weights * np.where(labels == REAL_LABEL, -1.0, 1.0)).sum(axis=1) / labels.shape[1]
+
+
 def ai_evidence(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> np.ndarray:
     labels = np.asarray(neighbor_labels, dtype=object)
     sims = np.asarray(neighbor_sims, dtype=np.float64)
     if labels.ndim < 2 or labels.shape[1] == 0:
         return np.zeros(labels.shape[0] if labels.ndim else 0, dtype=np.float64)
-    valid = labels != ""
-    w = np.where(valid, np.maximum(sims, 0.0), 0.0)
-    sign = np.where(labels == REAL_LABEL, -1.0, 1.0)
-    return (w * sign).sum(axis=1) / labels.shape[1]
+    return _evidence(labels, _weights(labels, sims)[1])
 
 
 def calibrated_ai_score(evidence: np.ndarray, calibration: AiScoreCalibration) -> np.ndarray:
@@ -91,15 +98,14 @@ def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, rule: Verdict
         return Verdicts(np.full(n, UNKNOWN_LABEL, dtype=object), np.full(n, UNKNOWN_LABEL, dtype=object),
                         np.zeros(n, dtype=bool), np.full(n, 0.5, dtype=np.float32), np.full(n, 2.0, dtype=np.float32),
                         np.zeros(n, dtype=np.float32))
-    valid = labels != ""
-    evidence = ai_evidence(labels, sims)
+    valid, weights = _weights(labels, sims)
+    evidence = _evidence(labels, weights)
     # decided on the float32 value the row stores, so `is_ai == (ai_score > 0.5)` holds in the output too
     ai = calibrated_ai_score(evidence, rule.ai_calibration).astype(np.float32)
     is_ai = ai > 0.5
     # Vectorised over rows: classes become integer codes once, votes are a [n, classes] matrix.
     classes, codes = np.unique(labels.astype(str), return_inverse=True)
     codes = codes.reshape(labels.shape)
-    weights = np.where(valid, np.maximum(sims, 0.0), 0.0)
     rows = np.repeat(np.arange(n), labels.shape[1]).reshape(labels.shape)
     votes = np.zeros((n, len(classes)), dtype=np.float64)
     np.add.at(votes, (rows[valid], codes[valid]), weights[valid])

@@ -38,10 +38,10 @@ import pyarrow.parquet as pq
 import xxhash
 
 from imgscan_core.errors import UsageError
-from scanner.read import TRANSIENT_MARK
 from imgscan_core.files import atomic_path, atomic_write_json
 from imgscan_core.locks import LOCK_FILE, lock_holder, try_lock
 from scanner.keys import KeySet, batch_path_keys
+from scanner.read import TRANSIENT_MARK
 from scanner.schema import VERDICT_SCHEMA
 
 ROW_GROUP_ROWS = 65536
@@ -292,8 +292,7 @@ class JournalOutput(ScanOutput):
         return KeySet.union([batch_path_keys(b)[~transient_mask(b)] for b in self._batches()])
 
     def transient_rows(self) -> int:
-        errors = pq.read_table(self.out, columns=["error"]).column("error")
-        return int(pc.sum(pc.ends_with(pc.fill_null(errors, ""), TRANSIENT_MARK)).as_py() or 0)
+        return int(transient_mask(pq.read_table(self.out, columns=["error"])).sum())
 
     def reopen(self, fingerprint: dict) -> None:
         # The staging (fingerprint + a journal of every finished row) is complete before anything else changes;
@@ -363,9 +362,9 @@ class JournalOutput(ScanOutput):
             yield batch
 
 
-def transient_mask(batch: pa.RecordBatch) -> np.ndarray:
+def transient_mask(rows: pa.RecordBatch | pa.Table) -> np.ndarray:
     """Rows whose error is transient (scanner.read.TRANSIENT_MARK)."""
-    errors = pc.fill_null(batch.column("error"), "")
+    errors = pc.fill_null(rows.column("error"), "")
     return pc.ends_with(errors, TRANSIENT_MARK).to_numpy(zero_copy_only=False).astype(bool)
 
 

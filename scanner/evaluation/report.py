@@ -105,9 +105,11 @@ def summarise(table: pa.Table, top: int = 24) -> dict:
         })
     n_ok = int(ok.sum())
     by_folder = folder_breakdown(col["path"], col["label"], col["is_ai"], ok)
+    rows_of: dict[str, list[int]] = {}
+    for i in np.flatnonzero(ok):
+        rows_of.setdefault(col["label"][i], []).append(int(i))
     gallery: dict[str, list[str]] = {}
-    for lab in labels:
-        idx = [i for i in range(len(ok)) if ok[i] and col["label"][i] == lab]
+    for lab, idx in rows_of.items():
         # the most confident first: the highest ai_score for an AI label, the lowest for `real`
         idx.sort(key=lambda i: ai[i] if lab == "real" else -ai[i])
         gallery[lab] = [col["path"][i] for i in idx[:GALLERY_PER_LABEL]]

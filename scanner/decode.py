@@ -260,12 +260,16 @@ class DaliImageDecoder:
             pipe.build()
         return pipe
 
+    def build(self) -> None:
+        """Build the pipeline now rather than on the first batch (the isolated child does, before saying ready)."""
+        if self._pipe is None:
+            self._pipe = self._build()
+
     def run(self, datas: list[bytes]):
         """Decode a list of encoded images; returns (uint8 [n, views, S, S, 3], numpy int64 [n, 3] shapes): a
         numpy array on CPU, a torch CUDA tensor on the GPU. Raises if any item fails (the caller then decodes the
         items one by one elsewhere)."""
-        if self._pipe is None:
-            self._pipe = self._build()
+        self.build()
         try:
             self._pipe.feed_input("raw", [np.frombuffer(d, dtype=np.uint8) for d in datas])
             shapes, *views = self._pipe.run()

@@ -66,17 +66,6 @@ def scan_metadata(card, support, k: int, precision: str | None, runtime: str, vi
     })}
 
 
-def same_judges(out: Path, model_id: str, index_name: str) -> bool:
-    """Whether a finished verdict file was judged by this model and index generation (its metadata)."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = json.loads((pq.ParquetFile(out).schema_arrow.metadata or {}).get(b"imgscan", b"{}"))
-    except (OSError, ValueError):
-        return False
-    return meta.get("model") == model_id and meta.get("index") == index_name
-
-
 def engine_class(name: str):
     if name == "local":
         from scanner.engines.local import LocalEngine
@@ -135,7 +124,8 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     index_dir, support = open_support(config, card)
     view_spec = view_spec_for(card, config.embed.views)
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
-    if retry and not same_judges(config.out, card.model_id, support.name):
+    judged_by = output.judged_by() if retry else {}
+    if retry and (judged_by.get("model"), judged_by.get("index")) != (card.model_id, support.name):
         progress.log(f"{retry} rows of {config.out} carry a transient error, but the model or index changed since "
                      "it was written: pass --overwrite to scan again")
         return None

@@ -199,8 +199,15 @@ class ScanOutput:
 
     def transient_rows(self) -> int:
         """Rows of the complete output whose error was transient (scanner.read.TRANSIENT_MARK): a re-run of the
-        same scan reads those files again. 0 where the output kind does not support it."""
-        return 0
+        same scan reads those files again."""
+        return sum(int(transient_mask(pq.read_table(f, columns=["error"])).sum()) for f in self.result_files())
+
+    def judged_by(self) -> dict:
+        """The `imgscan` metadata (model, index generation, ...) of the complete output; {} when unreadable."""
+        try:
+            return json.loads((pq.ParquetFile(self.result_files()[0]).schema_arrow.metadata or {}).get(b"imgscan", b"{}"))
+        except (OSError, ValueError, IndexError, pa.ArrowException):
+            return {}
 
     def reopen(self, fingerprint: dict) -> None:
         """Turn a complete output back into an unfinished run of this scan (its rows kept), so that a re-run
@@ -290,9 +297,6 @@ class JournalOutput(ScanOutput):
     def adopt(self, fingerprint: dict) -> KeySet:
         adopt_staging(self.staging, JOURNAL_RUN_FILE, fingerprint)
         return KeySet.union([batch_path_keys(b)[~transient_mask(b)] for b in self._batches()])
-
-    def transient_rows(self) -> int:
-        return int(transient_mask(pq.read_table(self.out, columns=["error"])).sum())
 
     def reopen(self, fingerprint: dict) -> None:
         # The staging (fingerprint + a journal of every finished row) is complete before anything else changes;
@@ -422,15 +426,28 @@ class PartsOutput(ScanOutput):
         shutil.rmtree(self.staging / WORKERS_DIR, ignore_errors=True)  # actors of an earlier run
 
     def open(self, fingerprint: dict, reopen: bool = False) -> KeySet:
-        if reopen:
-            raise UsageError("retrying transient errors of a finished output needs the local engine")
         d = self.staging
         ours = d.is_dir() and (d / PARTS_RUN_FILE).is_file()
         if not ours and d.exists() and (not d.is_dir() or any(p.name != LOCK_FILE for p in d.iterdir())):
             raise UsageError(f"--out {d}: exists and is not an imgscan parts directory; choose another --out")
-        return super().open(fingerprint)
+        return super().open(fingerprint, reopen)
+
+    def reopen(self, fingerprint: dict) -> None:
+        # A parts directory becomes an unfinished run by losing its manifest (adopt then drops the transient
+        # rows). A single file is first copied back into parts under a new staging; it stays in place until
+        # finish() replaces it atomically, and a kill in between leaves an unfinished run to adopt.
+        if self.single_file is None:
+            (self.staging / PARTS_MANIFEST_FILE).unlink(missing_ok=True)
+            return
+        adopt_staging(self.staging, PARTS_RUN_FILE, {**fingerprint, "layout": PARTS_LAYOUT})
+        batches = [pa.RecordBatch.from_arrays(b.columns, schema=VERDICT_SCHEMA)
+                   for b in pq.ParquetFile(self.single_file).iter_batches(batch_size=ROW_GROUP_ROWS)]
+        if batches:
+            self.write_part(part_name(batches), batches)
 
     def adopt(self, fingerprint: dict) -> KeySet:
+        """The path keys already done. Rows whose error was transient are taken out of their parts here, so
+        that the files are read again and only their new rows remain (a kill in between only means more work)."""
         d = self.staging
         if adopt_staging(d, PARTS_RUN_FILE, {**fingerprint, "layout": PARTS_LAYOUT}):
             self._drop_leftovers()
@@ -438,10 +455,18 @@ class PartsOutput(ScanOutput):
         keys = []
         for f in self.parts():
             try:
-                table = pq.read_table(f, columns=["path", "path_bytes"])
+                table = pq.read_table(f, columns=["path", "path_bytes", "error"])
             except (OSError, pa.ArrowException):
                 f.unlink(missing_ok=True)  # unreadable (atomic renames make this unexpected; never trust it): redo
                 continue
+            transient = transient_mask(table)
+            if transient.any():
+                kept = pq.read_table(f).filter(pa.array(~transient))
+                if kept.num_rows:
+                    self.write_part(f.name, kept.to_batches())
+                else:
+                    f.unlink()
+                table = table.filter(pa.array(~transient))
             keys.extend(batch_path_keys(b) for b in table.to_batches())
         return KeySet.union(keys)
 

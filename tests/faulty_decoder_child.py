@@ -1,5 +1,6 @@
 """A decoder child for tests: the real child loop, with Pillow's decode patched to abort the process on one
-marked image and to hang on another. Started by IsolatedImageDecoder(child_command=...) in the tests."""
+marked image, to hang on another and to be slow (SLOW_S, SLOWISH_S seconds) on others; FAULTY_CHILD_SLOW_START=S makes
+its start-up S seconds longer. Started by IsolatedImageDecoder(child_command=...) in the tests."""
 
 import os
 import sys
@@ -9,6 +10,8 @@ import scanner.decode as decode
 import scanner.decode_isolated as isolated
 
 _real_pillow_decode = decode.pillow_decode
+SLOW_S = 2.5
+SLOWISH_S = 0.9
 
 
 def _faulty_pillow_decode(data, spec):
@@ -16,10 +19,15 @@ def _faulty_pillow_decode(data, spec):
         os.abort()  # what a C decoder's assert() would do to the whole process
     if b"HANG-ME" in data:
         time.sleep(3600)
+    if b"SLOW-ME" in data:
+        time.sleep(SLOW_S)
+    if b"SLOWISH" in data:
+        time.sleep(SLOWISH_S)
     return _real_pillow_decode(data, spec)
 
 
 decode.pillow_decode = _faulty_pillow_decode
 
 if __name__ == "__main__":
+    time.sleep(float(os.environ.get("FAULTY_CHILD_SLOW_START", "0")))
     isolated.child_main(sys.argv[1:])

@@ -47,3 +47,30 @@ def test_abort_and_hang_cost_one_row_each():
     assert batch.errors[3].startswith("decode: timed out after 2 s")
     assert batch.pixels.shape == (3, 32, 32, 3) and batch.sizes[1] is None and batch.sizes[4] == (48, 40)
     assert after.errors == [None]
+
+
+def test_decode_timeout_is_per_image_and_start_up_is_not_charged(monkeypatch):
+    """A batch of five with one image slower than the timeout: that image alone is cut, even though the batch as
+    a whole is well within five timeouts; two images under the timeout each but over it together both decode; a
+    child slower to start than one timeout still decodes every image."""
+    monkeypatch.setenv("FAULTY_CHILD_SLOW_START", "2")
+    datas = [_gif_with(b"SLOWISH 1"), encode(coloured(RED, seed=1)), _gif_with(b"SLOW-ME"), encode(coloured(BLUE, seed=2)),
+             _gif_with(b"SLOWISH 2")]
+    decoder = IsolatedImageDecoder(ViewSpec(32), 8, timeout_s=1.5, startup_s=20.0,
+                                   child_command=[sys.executable, str(HERE / "faulty_decoder_child.py")])
+    try:
+        batch = decoder.decode(datas)
+    finally:
+        decoder.close()
+    assert batch.errors == [None, None, "decode: timed out after 1.5 s", None, None]
+    assert batch.pixels.shape == (4, 32, 32, 3)
+
+
+def test_a_decoder_that_cannot_start_fails_the_batch_in_one_line_each():
+    decoder = IsolatedImageDecoder(ViewSpec(32), 8, timeout_s=1.0, startup_s=5.0,
+                                   child_command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    try:
+        batch = decoder.decode([encode(coloured(RED, seed=1)), encode(coloured(BLUE, seed=2))])
+    finally:
+        decoder.close()
+    assert batch.errors == ["decode: decoder exited (status 3)"] * 2 and batch.pixels.shape[0] == 0

@@ -112,9 +112,10 @@ def test_ray_engine_agrees_with_local_engine(tmp_path, tiny_model_dir, two_class
     assert kept == {k for k, r in local_rows.items() if r["sha"] is None} and kept
     assert f"{len(local_rows) - len(kept)} files skipped" in result.output
 
-    # A finished --out is left alone.
+    # A finished --out is left alone but for the files whose error was transient (unreadable.jpg: EIO), read again.
     result = runner.invoke(app, ["scan", str(crawl), "--out", str(ray_out), *common, "--engine", "ray", "--workers", "1"])
-    assert result.exit_code == 0 and "already complete" in result.output
+    assert result.exit_code == 0 and "1 rows carry a transient error: reading those files again" in result.output
+    assert "1 files in" in result.output and pq.read_table(ray_out).num_rows == len(ray_rows)
 
 
 def test_ray_engine_uses_the_same_views_as_the_local_engine(tmp_path, tiny_model_dir, two_class_index, local_ray):
@@ -276,3 +277,33 @@ def test_sigterm_then_resume_by_parts(tmp_path, tiny_model_dir, two_class_index)
     assert f"{kept} rows kept from an interrupted run" in result.stderr
     paths = pq.read_table(out).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == 2200
+
+
+@pytest.mark.parametrize("layout", ["directory", "file"])
+def test_ray_rerun_reads_again_the_files_whose_error_was_transient(tmp_path, tiny_model_dir, two_class_index, local_ray,
+                                                                   layout):
+    """As with the local engine: a finished Ray output (parts directory or single file) whose rows include a
+    transient read error (EIO, /proc/self/mem behind a link) is reopened by the same command once the file is
+    readable; the file is read again and keeps only its new row, one row per file."""
+    crawl = write_class_dir(tmp_path / "crawl", RED, 6, seed0=40)
+    flaky = crawl / "flaky.jpg"
+    flaky.symlink_to("/proc/self/mem")
+    out = tmp_path / ("verdicts" if layout == "directory" else "verdicts.parquet")
+    opts = ray_config([os.fsencode(crawl)], out, tiny_model_dir, two_class_index, device="cpu", batch_size=4,
+                      workers=1, part_rows=3, isolate_decode=False)
+    first = run_scan(opts)
+    assert first.rows == 7
+    errors = {Path(r["path"]).name: r["error"] for r in pq.read_table(out).to_pylist()}
+    assert errors["flaky.jpg"] == "read: Input/output error (transient: the next run tries it again)"
+    flaky.unlink()
+    flaky.write_bytes((crawl / "img_0040.jpg").read_bytes())
+    second = run_scan(opts)
+    assert second is not None and second.scanned_this_run == 1 and second.rows == 7
+    table = pq.read_table(out)
+    paths = table.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 7 and table.column("error").null_count == 7
+    if layout == "directory":
+        assert json.loads((out / MANIFEST_FILE).read_text())["rows"] == 7
+    else:
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("verdicts")) == ["verdicts.parquet"]
+    assert run_scan(opts) is None  # nothing transient left: left alone

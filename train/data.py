@@ -97,6 +97,9 @@ class AugmentConfig:
     """Training augmentations (all on by default). They model what happens to images on the web, so the
     embedding does not key on one compression level or resolution:
       - downscale by a factor in [0.5, 1] (probability p_downscale), bilinear with antialias;
+      - upscale by a factor in [1, 2] (p_upscale, off by default; `imgscan train --aug-camera P`), bicubic: the
+        soft pixels of a full-resolution camera photo, so that softness alone does not read as "generated";
+      - Gaussian sensor-like noise, sigma in [1, 4] grey levels (p_noise, off by default; `--aug-camera P`);
       - Gaussian blur, radius in [0.1, 1.0] px (p_blur);
       - JPEG re-compression at quality 60..95 (p_jpeg);
       - random crop to image_size (images smaller than that are first upscaled, shorter side = image_size);
@@ -106,6 +109,10 @@ class AugmentConfig:
     enabled: bool = True
     p_downscale: float = 0.5
     downscale_range: tuple[float, float] = (0.5, 1.0)
+    p_upscale: float = 0.0
+    upscale_range: tuple[float, float] = (1.0, 2.0)
+    p_noise: float = 0.0
+    noise_sigma_range: tuple[float, float] = (1.0, 4.0)
     p_blur: float = 0.2
     blur_radius_range: tuple[float, float] = (0.1, 1.0)
     p_jpeg: float = 0.5
@@ -128,6 +135,16 @@ def augment(img, size: int, cfg: AugmentConfig, rng):
         f = rng.uniform(*cfg.downscale_range)
         w, h = img.size
         img = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=None)
+    elif cfg.enabled and rng.random() < cfg.p_upscale:
+        f = rng.uniform(*cfg.upscale_range)
+        w, h = img.size
+        img = img.resize((round(w * f), round(h * f)), Image.BICUBIC)
+    if cfg.enabled and rng.random() < cfg.p_noise:
+        import numpy as np
+
+        sigma = rng.uniform(*cfg.noise_sigma_range)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, (img.size[1], img.size[0], 3))
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8), "RGB")
     if cfg.enabled and rng.random() < cfg.p_blur:
         img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*cfg.blur_radius_range)))
     if cfg.enabled and rng.random() < cfg.p_jpeg:

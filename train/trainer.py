@@ -91,6 +91,7 @@ class TrainConfig:
     freeze_blocks: int = 0
     workers: int | None = None
     augment: bool = True
+    aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
     knn_k: int = 11
     embedding_dim: int = EMBEDDING_DIM
     work_dir: str | None = None
@@ -282,7 +283,7 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
         [{"params": backbone_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}],
         weight_decay=cfg.weight_decay,
     )
-    train_ds = TrainImages(split.train, split.classes, cfg.image_size, AugmentConfig(enabled=cfg.augment))
+    train_ds = TrainImages(split.train, split.classes, cfg.image_size, augment_config(cfg))
     sampler = PKBatchSampler(train_ds.labels, cfg.batch_size // cfg.images_per_class, cfg.images_per_class,
                              cfg.batches_per_epoch, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=workers,
@@ -367,6 +368,10 @@ class Validation:
         record["n_support"] = len(idx)
         record["eval_seconds"] = round(time.time() - t_eval, 1)
         return record
+
+
+def augment_config(cfg: "TrainConfig") -> AugmentConfig:
+    return AugmentConfig(enabled=cfg.augment, p_upscale=cfg.aug_camera, p_noise=cfg.aug_camera)
 
 
 def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
@@ -483,7 +488,7 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
             "holdout_classes": split.holdout,
             "holdout_sources": list(cfg.holdout_sources),
             "classes_trained": split.classes,
-            "augmentations": dataclasses.asdict(AugmentConfig(enabled=cfg.augment)),
+            "augmentations": dataclasses.asdict(augment_config(cfg)),
             "epochs_log": [{k: v for k, v in r.items() if k != "per_class_acc"} for r in history],
             "final_val": last,
             "train_wall_seconds": round(wall, 1),

@@ -66,6 +66,23 @@ def test_augment_always_returns_the_crop_size(enabled):
         assert out.size == (48, 48) and out.mode == "RGB"
 
 
+def test_camera_augmentations_soften_and_add_noise():
+    """--aug-camera: an upscaled copy is softer (smaller neighbour differences) and noise makes a flat image
+    vary; both keep the crop size."""
+    import numpy as np
+
+    rng = random.Random(1)
+    flat = Image.new("RGB", (64, 64), (120, 120, 120))
+    noisy = augment(flat, 48, AugmentConfig(p_downscale=0, p_blur=0, p_jpeg=0, p_flip=0, p_noise=1.0), rng)
+    assert noisy.size == (48, 48) and np.asarray(noisy, dtype=np.float32).std() > 0.5
+    checker = Image.fromarray((np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    up = augment(checker, 48, AugmentConfig(p_downscale=0, p_blur=0, p_jpeg=0, p_flip=0, p_upscale=1.0,
+                                            upscale_range=(1.5, 2.0)), rng)
+    def grad(im):
+        return np.abs(np.diff(np.asarray(im, dtype=np.float32)[..., 0], axis=1)).mean()
+    assert up.size == (48, 48) and grad(up) < 0.8 * grad(checker.crop((0, 0, 48, 48)))
+
+
 def test_scan_preprocess_is_the_native_centre_view():
     """Validation sees what a scan of an exported model sees: the centre S x S at native pixels, not shrunk."""
     import numpy as np

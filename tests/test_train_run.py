@@ -107,6 +107,8 @@ def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):
     [
         (["--loss", "triplet"], "--loss"),
         (["--batch-size", "7"], "multiple"),
+        (["--batch-size", "16", "--real-per-batch", "6"], "multiple"),
+        (["--batch-size", "16", "--real-per-batch", "12"], "--real-per-batch 12"),
         (["--holdout", "nope"], "unknown class"),
         (["--holdout", "real,"], "comma-separated"),
         (["--val-fold", "9"], "folds"),

@@ -48,3 +48,18 @@ def test_default_epoch_covers_about_the_dataset_and_is_deterministic():
 def test_k_must_allow_positives():
     with pytest.raises(ValueError):
         PKBatchSampler(LABELS, classes_per_batch=2, images_per_class=1)
+
+
+def test_a_fixed_class_is_in_every_batch_with_its_own_count():
+    """--real-per-batch: the real class (here 0) fills 6 slots of every batch, the other classes P x K."""
+    labels = [0] * 40 + [1] * 5 + [2] * 6 + [3] * 3
+    sampler = PKBatchSampler(labels, classes_per_batch=2, images_per_class=2, batches_per_epoch=30, seed=3,
+                             fixed_class=0, fixed_images=6)
+    others = Counter()
+    for batch in sampler:
+        per_class = Counter(labels[i] for i in batch)
+        assert len(batch) == 10 and per_class[0] == 6 and len({i for i in batch if labels[i] == 0}) == 6
+        rest = {c: n for c, n in per_class.items() if c != 0}
+        assert len(rest) == 2 and set(rest.values()) == {2}
+        others.update(rest)
+    assert set(others) == {1, 2, 3}

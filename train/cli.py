@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
         holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", rich_help_panel=DATA_PANEL, help="Comma-separated manifest `source` values never trained on (an unseen real source for eval).")] = None,
         val_fold: Annotated[Optional[int], typer.Option("--val-fold", rich_help_panel=DATA_PANEL, help="Fold used for validation and kept out of training.")] = None,
         no_augment: Annotated[bool, typer.Option("--no-augment", rich_help_panel=DATA_PANEL, help="Centre crops only, no augmentation.")] = False,
+        real_per_batch: Annotated[int, typer.Option("--real-per-batch", min=0, rich_help_panel=RUN_PANEL, help="Real photos in every batch (the class with the most variety); the rest stays P x K over the other classes. 0: real is one of the P classes drawn.")] = 0,
         aug_camera: Annotated[float, typer.Option("--aug-camera", min=0.0, max=1.0, rich_help_panel=DATA_PANEL, help="Probability of each camera-like augmentation, for every class alike: upscale 1-2x (soft full-resolution pixels) and sensor noise (sigma 1-4). 0: off.")] = 0.0,
         image_size: Annotated[int, typer.Option("--image-size", rich_help_panel=DATA_PANEL, help="Side of the random training crops, in pixels.")] = 128,
         backbone: Annotated[str, typer.Option("--backbone", rich_help_panel=MODEL_PANEL, help="Any timm model name.")] = "tf_efficientnet_lite0",
@@ -97,10 +98,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--device {device}: choose auto, cpu or cuda")
         if init_weights is not None and pretrained:
             raise UsageError("--init-weights and --pretrained are exclusive: pick one initialisation")
-        if batch_size < 2 or images_per_class < 2 or batch_size % images_per_class:
-            raise UsageError(
-                f"--batch-size {batch_size} must be a multiple of --images-per-class {images_per_class} (both >= 2)"
-            )
+        if batch_size < 2 or images_per_class < 2:
+            raise UsageError(f"--batch-size {batch_size} and --images-per-class {images_per_class} must be >= 2")
         if image_size < 16 or export_size < 16:
             raise UsageError("--image-size and --export-size must be at least 16")
         for d in data:
@@ -120,7 +119,7 @@ def register(app: typer.Typer) -> None:
             export_size=export_size, scan_views=scan_views, loss=loss, temperature=temperature,
             init_weights=str(init_weights) if init_weights else None, pretrained=pretrained, val_fold=val_fold,
             device=device, resume=resume, seed=seed, lr=lr, freeze_blocks=freeze_blocks, workers=workers,
-            augment=not no_augment, aug_camera=aug_camera, batches_per_epoch=batches_per_epoch,
+            augment=not no_augment, aug_camera=aug_camera, real_per_batch=real_per_batch, batches_per_epoch=batches_per_epoch,
             eval_every=eval_every, support_per_class=support_per_class,
             work_dir=str(work_dir) if work_dir else None, name=name, model_version=model_version,
             command=invocation(),

@@ -5,6 +5,11 @@ unbalanced (1,360 real photos, 20 images for each GAN). Each batch therefore dra
 and K images from each: every image in a batch has K-1 positives, and rare generators are seen as often as
 the real class. A class with fewer than K images is drawn with replacement (its duplicates are still valid
 positives; augmentation makes the two copies differ).
+
+Uniform classes undersample the one class whose variety is largest: real photos (every camera, subject and
+processing) get about 4 of 32 slots in 8 of 14 batches, so over a CPU schedule each real photo is seen about
+once while each GAN image is seen dozens of times. `fixed_class` / `fixed_images` put that class in every batch
+with more images (`imgscan train --real-per-batch N`); the other slots stay P x K over the remaining classes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class PKBatchSampler:
         images_per_class: int,
         batches_per_epoch: int | None = None,
         seed: int = 0,
+        fixed_class: int | None = None,
+        fixed_images: int = 0,
     ):
         if images_per_class < 2:
             raise ValueError("images_per_class must be >= 2 so that every image has a positive")
@@ -37,10 +44,14 @@ class PKBatchSampler:
         self.classes = sorted(self.by_class)
         if not self.classes:
             raise ValueError("no images to sample from")
+        self.fixed_class = fixed_class if fixed_images and fixed_class in self.by_class else None
+        self.fixed_images = fixed_images if self.fixed_class is not None else 0
+        if self.fixed_class is not None:
+            self.classes = [c for c in self.classes if c != self.fixed_class]
         # With fewer classes than P, use them all: a smaller batch beats repeating classes.
         self.classes_per_batch = min(classes_per_batch, len(self.classes))
         self.images_per_class = images_per_class
-        batch = self.classes_per_batch * images_per_class
+        batch = self.classes_per_batch * images_per_class + self.fixed_images
         self.batches_per_epoch = batches_per_epoch or max(1, -(-len(labels) // batch))
         self.seed = seed
         self.epoch = 0
@@ -55,6 +66,10 @@ class PKBatchSampler:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         for _ in range(self.batches_per_epoch):
             batch: list[int] = []
+            if self.fixed_class is not None:
+                pool = self.by_class[self.fixed_class]
+                batch.extend(rng.sample(pool, self.fixed_images) if len(pool) >= self.fixed_images
+                             else rng.choices(pool, k=self.fixed_images))
             for c in rng.sample(self.classes, self.classes_per_batch):
                 pool = self.by_class[c]
                 if len(pool) >= self.images_per_class:

@@ -27,6 +27,7 @@ import torch
 
 from imgscan_core.errors import UsageError
 from imgscan_core.files import atomic_path
+from imgscan_core.labels import REAL_LABEL
 from scanner.decode import ViewSpec
 from scanner.embed import resolve_device
 from scanner.model import ModelCard, load_model, save_model_dir
@@ -46,7 +47,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
-RESUME_MUST_MATCH = ("data", "holdout_sources", "backbone", "input_filter", "loss", "image_size", "holdout", "val_fold", "batch_size",
+RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
@@ -91,6 +92,7 @@ class TrainConfig:
     freeze_blocks: int = 0
     workers: int | None = None
     augment: bool = True
+    real_per_batch: int = 0  # real photos in every batch (0: real is one class among the P drawn); sampling
     aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
     knn_k: int = 11
     embedding_dim: int = EMBEDDING_DIM
@@ -226,8 +228,12 @@ def check_config(cfg: TrainConfig) -> None:
                              ("--images-per-class", cfg.images_per_class, 2)):
         if value < low:
             raise UsageError(f"{name} must be at least {low} (got {value})")
-    if cfg.batch_size % cfg.images_per_class:
-        raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of --images-per-class {cfg.images_per_class}")
+    if (cfg.batch_size - cfg.real_per_batch) % cfg.images_per_class:
+        raise UsageError(f"--batch-size {cfg.batch_size} minus --real-per-batch {cfg.real_per_batch} must be a "
+                         f"multiple of --images-per-class {cfg.images_per_class}")
+    if cfg.real_per_batch and not 2 <= cfg.real_per_batch <= cfg.batch_size - 2 * cfg.images_per_class:
+        raise UsageError(f"--real-per-batch {cfg.real_per_batch}: 0, or 2 to --batch-size minus two classes' "
+                         f"images ({cfg.batch_size - 2 * cfg.images_per_class})")
     try:
         ViewSpec(cfg.export_size, "native", cfg.scan_views)
     except ValueError as exc:
@@ -284,8 +290,9 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
         weight_decay=cfg.weight_decay,
     )
     train_ds = TrainImages(split.train, split.classes, cfg.image_size, augment_config(cfg))
-    sampler = PKBatchSampler(train_ds.labels, cfg.batch_size // cfg.images_per_class, cfg.images_per_class,
-                             cfg.batches_per_epoch, seed=cfg.seed)
+    sampler = PKBatchSampler(train_ds.labels, (cfg.batch_size - cfg.real_per_batch) // cfg.images_per_class,
+                             cfg.images_per_class, cfg.batches_per_epoch, seed=cfg.seed,
+                             fixed_class=train_ds.class_to_idx.get(REAL_LABEL), fixed_images=cfg.real_per_batch)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=collate_train, persistent_workers=workers > 0)
     total_steps = cfg.epochs * len(sampler)

@@ -1,0 +1,93 @@
+"""What moving the `is_ai` threshold would buy: the proxies' figures at several ai_score thresholds.
+
+    python benchmarks/operating_points.py runs/proxies/default
+
+reads the predictions.parquet files that `benchmarks/embedder_proxies.py --out DIR` left in DIR (kit-unknown,
+kit-enrolled, unseen-source) and prints, per threshold: P1 kit detection accuracy, balanced accuracy, AI recall
+and real photos called AI; P2 the unseen real source's photos called AI; P3 the held-out generators' detection
+accuracy once enrolled; P4 the re-posted kit detection accuracy and unseen real photos called AI. The product
+decides at 0.5 (scanner/verdict.py); this shows why another operating point is not a substitute for a better
+embedding. Nothing is re-embedded: it re-thresholds the stored ai_score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+PHOTOS = HERE.parent.parent / "shared" / "data" / "photos"
+HELD_SOURCE = "camera:drewnoakes"
+HELD_GENERATORS = ("glid-3", "gaugan")
+
+
+def _queries(path: Path):
+    t = pq.read_table(path, columns=["method", "role", "path", "class", "true_label", "is_ai_true", "label",
+                                     "ai_score"]).to_pandas()
+    return t[(t.role == "query") & t.label.notna()]
+
+
+def detection(t, tau: float) -> dict:
+    """Mean over enrolled generators of real-vs-generator accuracy (as `imgscan eval`), and its parts."""
+    ai = t.ai_score.to_numpy() > tau
+    cls, truth = t["class"].to_numpy(), t.is_ai_true.to_numpy()
+    enrolled = t.true_label.to_numpy() != "unknown"
+    real = cls == "real"
+    acc, bal, rec = [], [], []
+    for g in sorted(set(cls[truth])):
+        if not enrolled[cls == g].all():
+            continue
+        m = (cls == g) | real
+        acc.append(np.mean(ai[m] == truth[m]))
+        rec.append(np.mean(ai[cls == g]))
+        bal.append((rec[-1] + np.mean(~ai[real])) / 2)
+    return {"det_acc": float(np.mean(acc)), "bal_acc": float(np.mean(bal)), "ai_recall": float(np.mean(rec)),
+            "real_called_ai": float(np.mean(ai[real]))}
+
+
+def held_source_called_ai(t, tau: float, sources: dict[str, str]) -> float:
+    rel = t.path.str.split("/photos/").str[-1]
+    held = rel.map(lambda r: sources.get(r) == HELD_SOURCE).fillna(False).to_numpy() & (t["class"] == "real").to_numpy()
+    return float(np.mean(t.ai_score.to_numpy()[held] > tau))
+
+
+def table(run: Path, thresholds: list[float], photos: Path = PHOTOS) -> list[dict]:
+    with open(photos / "manifest.csv", newline="") as f:
+        sources = {r["path"]: r["source"] for r in csv.DictReader(f)}
+    kit_open, kit_enrolled = _queries(run / "kit-unknown" / "predictions.parquet"), _queries(run / "kit-enrolled" / "predictions.parquet")
+    unseen = _queries(run / "unseen-source" / "predictions.parquet")
+    degraded = next(m for m in kit_open.method.unique() if m != "imgscan")
+    rows = []
+    for tau in thresholds:
+        p1 = detection(kit_open[kit_open.method == "imgscan"], tau)
+        enrolled = kit_enrolled[kit_enrolled.method == "imgscan"]
+        ai, cls, truth = enrolled.ai_score.to_numpy() > tau, enrolled["class"].to_numpy(), enrolled.is_ai_true.to_numpy()
+        p3 = [float(np.mean(ai[(cls == g) | (cls == "real")] == truth[(cls == g) | (cls == "real")])) for g in HELD_GENERATORS]
+        rows.append({"threshold": tau, **{f"p1_{k}": v for k, v in p1.items()},
+                     "p2_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == "imgscan"], tau, sources),
+                     "p3_det_acc_enrolled": float(np.mean(p3)),
+                     "p3_recall_enrolled": float(np.mean([np.mean(ai[cls == g]) for g in HELD_GENERATORS])),
+                     "p4_det_acc": detection(kit_open[kit_open.method == degraded], tau)["det_acc"],
+                     "p4_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == degraded], tau, sources)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="an embedder_proxies.py --out directory")
+    ap.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9")
+    args = ap.parse_args()
+    rows = table(args.run, [float(x) for x in args.thresholds.split(",")])
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---:|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()

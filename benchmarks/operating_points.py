@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
+from scanner.evaluation import metrics as M
+
 HERE = Path(__file__).resolve().parent
 PHOTOS = HERE.parent.parent / "shared" / "data" / "photos"
 HELD_SOURCE = "camera:drewnoakes"
@@ -31,27 +34,28 @@ def _queries(path: Path):
     return t[(t.role == "query") & t.label.notna()]
 
 
+def pair_scores(ai: np.ndarray, cls: np.ndarray, truth: np.ndarray, generator: str) -> tuple[float, float]:
+    """Real vs one generator, over the queries of those two classes, as `imgscan eval` detection counts them:
+    (accuracy, balanced accuracy)."""
+    m = (cls == generator) | (cls == REAL_LABEL)
+    return M.accuracy(truth[m], ai[m]), M.balanced_accuracy_binary(truth[m], ai[m])
+
+
 def detection(t, tau: float) -> dict:
     """Mean over enrolled generators of real-vs-generator accuracy (as `imgscan eval`), and its parts."""
     ai = t.ai_score.to_numpy() > tau
     cls, truth = t["class"].to_numpy(), t.is_ai_true.to_numpy()
-    enrolled = t.true_label.to_numpy() != "unknown"
-    real = cls == "real"
-    acc, bal, rec = [], [], []
-    for g in sorted(set(cls[truth])):
-        if not enrolled[cls == g].all():
-            continue
-        m = (cls == g) | real
-        acc.append(np.mean(ai[m] == truth[m]))
-        rec.append(np.mean(ai[cls == g]))
-        bal.append((rec[-1] + np.mean(~ai[real])) / 2)
-    return {"det_acc": float(np.mean(acc)), "bal_acc": float(np.mean(bal)), "ai_recall": float(np.mean(rec)),
-            "real_called_ai": float(np.mean(ai[real]))}
+    enrolled = t.true_label.to_numpy() != UNKNOWN_LABEL
+    generators = [g for g in sorted(set(cls[truth])) if enrolled[cls == g].all()]
+    acc, bal = zip(*(pair_scores(ai, cls, truth, g) for g in generators))
+    return {"det_acc": float(np.mean(acc)), "bal_acc": float(np.mean(bal)),
+            "ai_recall": float(np.mean([np.mean(ai[cls == g]) for g in generators])),
+            "real_called_ai": float(np.mean(ai[cls == REAL_LABEL]))}
 
 
 def held_source_called_ai(t, tau: float, sources: dict[str, str]) -> float:
     rel = t.path.str.split("/photos/").str[-1]
-    held = rel.map(lambda r: sources.get(r) == HELD_SOURCE).fillna(False).to_numpy() & (t["class"] == "real").to_numpy()
+    held = rel.map(lambda r: sources.get(r) == HELD_SOURCE).fillna(False).to_numpy() & (t["class"] == REAL_LABEL).to_numpy()
     return float(np.mean(t.ai_score.to_numpy()[held] > tau))
 
 
@@ -66,7 +70,7 @@ def table(run: Path, thresholds: list[float], photos: Path = PHOTOS) -> list[dic
         p1 = detection(kit_open[kit_open.method == "imgscan"], tau)
         enrolled = kit_enrolled[kit_enrolled.method == "imgscan"]
         ai, cls, truth = enrolled.ai_score.to_numpy() > tau, enrolled["class"].to_numpy(), enrolled.is_ai_true.to_numpy()
-        p3 = [float(np.mean(ai[(cls == g) | (cls == "real")] == truth[(cls == g) | (cls == "real")])) for g in HELD_GENERATORS]
+        p3 = [pair_scores(ai, cls, truth, g)[0] for g in HELD_GENERATORS]
         rows.append({"threshold": tau, **{f"p1_{k}": v for k, v in p1.items()},
                      "p2_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == "imgscan"], tau, sources),
                      "p3_det_acc_enrolled": float(np.mean(p3)),

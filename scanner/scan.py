@@ -124,12 +124,12 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     index_dir, support = open_support(config, card)
     view_spec = view_spec_for(card, config.embed.views)
     output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
-    judged_by = output.judged_by() if retry else {}
-    if retry and (judged_by.get("model"), judged_by.get("index")) != (card.model_id, support.name):
-        progress.log(f"{retry} rows of {config.out} carry a transient error, but the model or index changed since "
-                     "it was written: pass --overwrite to scan again")
-        return None
     if retry:
+        judged_by = output.judged_by()
+        if (judged_by.get("model"), judged_by.get("index")) != (card.model_id, support.name):
+            progress.log(f"{retry} rows of {config.out} carry a transient error, but the model or index changed "
+                         "since it was written: pass --overwrite to scan again")
+            return None
         progress.log(f"{config.out} is complete but {retry} rows carry a transient error: reading those files again")
     fingerprint = scan_fingerprint(config, card.model_id, view_spec.views, support.name)
     done = output.open(fingerprint, reopen=True) if retry else output.open(fingerprint)

@@ -440,10 +440,10 @@ class PartsOutput(ScanOutput):
             (self.staging / PARTS_MANIFEST_FILE).unlink(missing_ok=True)
             return
         adopt_staging(self.staging, PARTS_RUN_FILE, {**fingerprint, "layout": PARTS_LAYOUT})
-        batches = [pa.RecordBatch.from_arrays(b.columns, schema=VERDICT_SCHEMA)
-                   for b in pq.ParquetFile(self.single_file).iter_batches(batch_size=ROW_GROUP_ROWS)]
-        if batches:
-            self.write_part(part_name(batches), batches)
+        # One part per row group: memory stays at one row group however large the finished file is.
+        for batch in pq.ParquetFile(self.single_file).iter_batches(batch_size=ROW_GROUP_ROWS):
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=VERDICT_SCHEMA)
+            self.write_part(part_name([batch]), [batch])
 
     def adopt(self, fingerprint: dict) -> KeySet:
         """The path keys already done. Rows whose error was transient are taken out of their parts here, so

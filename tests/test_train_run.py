@@ -109,6 +109,7 @@ def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):
         (["--batch-size", "7"], "multiple"),
         (["--batch-size", "16", "--real-per-batch", "6"], "multiple"),
         (["--batch-size", "16", "--real-per-batch", "12"], "--real-per-batch 12"),
+        (["--batch-size", "16", "--real-per-batch", "4", "--holdout", "real"], "no `real` class"),
         (["--holdout", "nope"], "unknown class"),
         (["--holdout", "real,"], "comma-separated"),
         (["--val-fold", "9"], "folds"),

@@ -272,7 +272,7 @@ class Run:
 
 def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     """Model, loss, optimiser, schedule and loader, in the order that fixes the random state (seeded first)."""
-    real_label = split.classes.index("real") if "real" in split.classes else None
+    real_label = split.classes.index(REAL_LABEL) if REAL_LABEL in split.classes else None
     _seed_everything(cfg.seed)
     model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim,
                                  cfg.input_filter, img_size=cfg.export_size)
@@ -398,6 +398,8 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     if isinstance(cfg.data, (str, os.PathLike)):
         cfg.data = [str(cfg.data)]
     split = make_split(load_samples(cfg.data), cfg.val_fold, cfg.holdout, cfg.holdout_sources)
+    if cfg.real_per_batch and REAL_LABEL not in split.classes:
+        raise UsageError(f"--real-per-batch {cfg.real_per_batch}: the training data has no `{REAL_LABEL}` class")
     run, init = build_run(cfg, split, device, workers)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)}
     if cfg.resume:

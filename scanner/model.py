@@ -140,6 +140,11 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{Path(model_dir) / WEIGHTS_FILE}: not a loadable TorchScript embedder ({first})") from None
     module.eval()
+    # Nothing downstream trains. Weights that still ask for gradients (those a training run left unfrozen) make the
+    # TorchScript executor build a differentiable plan on a first call with grad mode on, which a later call under
+    # torch.inference_mode() then fails on ("Inference tensors cannot be saved for backward").
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
     return card, module
 
 

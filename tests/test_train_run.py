@@ -102,6 +102,29 @@ def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):
     assert card.loss.startswith(loss)
 
 
+def test_two_branch_model_trains_exports_and_resumes_only_as_two_branch(app, tiny_data, tmp_path):
+    args = [*TINY]
+    args[args.index("--epochs") + 1] = "1"
+    out = tmp_path / "m"
+    args += ["--freeze-blocks", "2"]  # frozen and trained weights side by side, as in the shipped recipe
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--residual-branch", "16", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    card, module = load_model(out)
+    assert "residual branch of width 16" in card.backbone and card.training["settings"]["residual_branch"] == 16
+    with torch.no_grad():
+        emb = module(torch.randint(0, 256, (3, 3, 48, 48), dtype=torch.uint8))
+    assert emb.shape == (3, 128) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    # Called with grad mode on first (torch.onnx.export does), then under inference_mode (the scan does).
+    _, module = load_model(out)
+    pixels = torch.randint(0, 256, (1, 3, 48, 48), dtype=torch.uint8)
+    module(pixels), module(pixels)
+    with torch.inference_mode():
+        assert module(pixels).shape == (1, 128)
+    args[args.index("--epochs") + 1] = "2"
+    resumed = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), *args, "--resume"])
+    assert isinstance(resumed.exception, UsageError) and "residual_branch" in str(resumed.exception)
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -115,6 +138,7 @@ def test_other_losses_train_one_epoch(app, tiny_data, tmp_path, loss):
         (["--val-fold", "9"], "folds"),
         (["--pretrained", "--init-weights", "x.pt"], "exclusive"),
         (["--backbone", "no_such_net"], "timm"),
+        (["--residual-branch", "12"], "multiple of 8"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(app, tiny_data, tmp_path, extra, message):

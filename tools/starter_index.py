@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgscan_core.labels import REAL_LABEL
 from indexes import SupportIndex
 from scanner.embed import Embedder
 from scanner.enroll import embed_files, enroll_embeddings
@@ -42,7 +43,7 @@ def _relative(path: Path, roots: list[Path]) -> str:
 
 
 def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, exclude_fold: int | None, seed: int,
-          exclude_sources: list[str] | None = None) -> dict[str, int]:
+          exclude_sources: list[str] | None = None, real_per_class: int | None = None) -> dict[str, int]:
     datas = [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
     samples = load_samples(datas)
     by_label: dict[str, list] = defaultdict(list)
@@ -57,7 +58,7 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
     for label in sorted(by_label):
         chosen = sorted(by_label[label], key=lambda s: str(s.path))
         random.Random(f"{seed}:{label}").shuffle(chosen)
-        chosen = chosen[:per_class]
+        chosen = chosen[:real_per_class if label == REAL_LABEL and real_per_class else per_class]
         rel = {str(s.path): _relative(s.path, roots) for s in chosen}
         found = embed_files([os.fsencode(p) for p in rel], embedder, batch_size=32)
         result = enroll_embeddings(out, label, np.concatenate(found.embeddings), found.shas,
@@ -81,12 +82,14 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-class", type=int, default=150)
+    ap.add_argument("--real-per-class", type=int, default=None,
+                    help="support images of `real` (default: --per-class); real photos are the most varied class")
     ap.add_argument("--exclude-fold", type=int, default=4)
     ap.add_argument("--exclude-sources", default="", help="comma-separated manifest sources never enrolled")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     build(args.data, args.model, args.out, args.per_class, args.exclude_fold, args.seed,
-          [x for x in args.exclude_sources.split(",") if x])
+          [x for x in args.exclude_sources.split(",") if x], args.real_per_class)
 
 
 if __name__ == "__main__":

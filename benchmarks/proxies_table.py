@@ -13,7 +13,9 @@ COLUMNS = [
     ("P1 kit det acc", lambda d: d["p1_kit"]["det_acc"]),
     ("P1 kit real called AI", lambda d: d["p1_kit"]["real_called_ai"]),
     ("P1 closed F1", lambda d: d["p1_kit"]["closed_f1"]),
+    ("P2 unseen source", lambda d: d["p2_unseen_source"].get("source", "camera:drewnoakes")),
     ("P2 unseen-source real called AI", lambda d: d["p2_unseen_source"]["real_called_ai"]),
+    ("P2 photos fold 4 called AI, per source (* never trained on)", lambda d: _fold4(d, "imgscan")),
     ("P2 native full size called AI (unseen source / all)", lambda d: _native(d, "p2_native_full_size")),
     ("P3 held-out gens det acc, enrolled", lambda d: d["p3_unseen_generators"]["mean_det_acc_enrolled"]),
     ("P3 held-out gens F1, enrolled (glid-3, gaugan)",
@@ -24,14 +26,25 @@ COLUMNS = [
     ("P4 re-posted open-set AUROC", lambda d: d["p4_reposted"]["open_set_auroc"]),
     ("P4 re-posted unseen-source real called AI", lambda d: d["p4_reposted"]["unseen_real_called_ai"]),
     ("P4 re-posted native called AI (unseen source / all)", lambda d: _native(d, "p4_native_reposted")),
+    ("P4 re-posted photos fold 4 called AI, per source", lambda d: _fold4(d, "reposted")),
 ]
+
+
+def _fold4(d: dict, method: str) -> str:
+    part = d.get("p2_photos_fold4", {}).get(method)
+    held = d["p2_unseen_source"].get("source", "camera:drewnoakes")
+    return ", ".join(f"{src}{'*' if src == held else ''} {v['real_called_ai']:.3f} ({v['n_real']})"
+                     for src, v in part.items()) if part else "-"
 
 
 def _native(d: dict, key: str) -> str:
     part = d.get(key)
     if not part:
         return "-"
-    src = next((v for k, v in part.items() if k.startswith("drewnoakes")), None)
+    # SOURCES.csv names the origin repository (drewnoakes/..., google/dreambooth); the manifest's source ends with
+    # the same word (camera:drewnoakes, dreambooth)
+    word = d["p2_unseen_source"].get("source", "camera:drewnoakes").split(":")[-1]
+    src = next((v for k, v in part.items() if word in k), None)
     a = part["all"]
     return (f"{src['called_ai']}/{src['n'] - src['errors']} / " if src else "") + f"{a['called_ai']}/{a['n'] - a['errors']}"
 

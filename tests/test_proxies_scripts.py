@@ -1,0 +1,58 @@
+"""The proxies' per-source figures: fold-4 real crops called AI per photos source, and how the table names them."""
+
+import csv
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conftest import load_script
+
+
+def _photos(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = [("images/real/a.jpg", "camera:x", "4"), ("images/real/b.jpg", "camera:x", "4"),
+            ("images/real/c.jpg", "camera:x", "1"), ("images/real/d.jpg", "shop", "4")]
+    with open(photos / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "is_ai", "source", "group", "fold", "upscaled"])
+        for path, source, fold in rows:
+            w.writerow([path, "real", 0, source, path, fold, 0])
+    return photos
+
+
+def test_photos_fold4_counts_real_fold4_queries_per_source_and_method(tmp_path):
+    proxies = load_script("benchmarks/embedder_proxies.py")
+    photos = _photos(tmp_path)
+    base = f"{photos}/images/real/"
+    rows = [  # method, path, role, class, is_ai
+        ("imgscan", base + "a.jpg", "query", "real", True),
+        ("imgscan", base + "b.jpg", "query", "real", False),
+        ("imgscan", base + "c.jpg", "query", "real", True),  # fold 1: not counted
+        ("imgscan", base + "d.jpg", "support", "real", True),  # support: not counted
+        ("imgscan", "/kit/images/real/k.jpg", "query", "real", True),  # not a photos crop
+        ("imgscan@deg", base + "a.jpg", "query", "real", False),
+        ("imgscan@deg", base + "b.jpg", "query", "real", False),
+        ("imgscan@deg", base + "d.jpg", "query", "real", None),  # an error row: not judged
+    ]
+    table = pa.table({k: [r[i] for r in rows] for i, k in enumerate(["method", "path", "role", "class", "is_ai"])})
+    pq.write_table(table, tmp_path / "predictions.parquet")
+
+    got = proxies._photos_fold4(tmp_path / "predictions.parquet", photos, "imgscan@deg")
+    assert got == {"imgscan": {"camera:x": {"n_real": 2, "real_called_ai": 0.5}},
+                   "reposted": {"camera:x": {"n_real": 2, "real_called_ai": 0.0}}}
+
+
+def test_table_marks_the_unseen_source_and_finds_its_originals():
+    table = load_script("benchmarks/proxies_table.py")
+    doc = {"p2_unseen_source": {"source": "dreambooth"},
+           "p2_photos_fold4": {"imgscan": {"camera:drewnoakes": {"n_real": 114, "real_called_ai": 0.0263},
+                                           "dreambooth": {"n_real": 98, "real_called_ai": 0.0}}},
+           "p2_native_full_size": {"drewnoakes/metadata-extractor-images": {"n": 19, "called_ai": 1, "errors": 0},
+                                   "google/dreambooth": {"n": 14, "called_ai": 2, "errors": 0},
+                                   "all": {"n": 33, "called_ai": 3, "errors": 0}}}
+    assert table._fold4(doc, "imgscan") == "camera:drewnoakes 0.026 (114), dreambooth* 0.000 (98)"
+    assert table._native(doc, "p2_native_full_size") == "2/14 / 3/33"
+    older = {**doc, "p2_unseen_source": {}}  # results written before the source was recorded: the camera source
+    assert table._native(older, "p2_native_full_size") == "1/19 / 3/33"
+    assert table._fold4(older, "reposted") == "-"

@@ -23,7 +23,7 @@ INPUT_FILTERS = ("none", "npr")
 # NPR residuals of normalised pixels are small (mostly within +-0.1); this gain brings them near the range the
 # ImageNet-initialised stem was trained on.
 NPR_GAIN = 4.0
-# Channels of the residual branch's stages (`--residual-branch W` sets the last; the others are W/8, W/4, W/2).
+# Stages of the residual branch: W/8, W/4, W/2 and W channels for `--residual-branch W`.
 RESIDUAL_STAGES = 4
 
 
@@ -61,7 +61,6 @@ class ResidualBranch(nn.Module):
             layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
                        nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        self.width = width
         self.gain = NPR_GAIN
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,7 @@ class Embedder(nn.Module):
         # the branch is an Identity (no weights), so one-branch checkpoints and exports are unchanged.
         self.use_residual = residual_width > 0
         self.residual = ResidualBranch(residual_width) if residual_width > 0 else nn.Identity()
-        feature_dim += max(residual_width, 0)
+        feature_dim += residual_width if self.use_residual else 0
         # SupCon (Khosla et al.) trains through a projection MLP; here its output *is* the scan-time embedding,
         # because k-NN over the support set runs in exactly this space.
         self.head = nn.Sequential(

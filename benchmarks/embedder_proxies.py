@@ -37,6 +37,24 @@ DEGRADE = "jpeg75,scale0.75"
 PRECISION = "fp32"  # --precision: every eval and scan of one run uses it
 
 
+def held_source(result: dict) -> str:
+    """The photos source a proxies result held out (results written before it was recorded held this one)."""
+    return result.get("p2_unseen_source", {}).get("source", HELD_SOURCE)
+
+
+def photos_manifest(photos: Path) -> dict[str, dict]:
+    """The photos set's manifest rows by relative path (`photos_relative` of a predictions path)."""
+    import csv
+
+    with open(photos / "manifest.csv", newline="") as f:
+        return {r["path"]: r for r in csv.DictReader(f)}
+
+
+def photos_relative(path: str) -> str | None:
+    """A predictions row's path relative to the photos set, or None for an image from elsewhere (the kit)."""
+    return path.split("/photos/")[-1] if "/photos/" in path else None
+
+
 def _eval(data, out: Path, model: Path, cache: Path, runtime: str, **kw) -> dict:
     from rich.console import Console
 
@@ -88,26 +106,21 @@ def _photos_fold4(predictions: Path, photos: Path, degraded_method: str) -> dict
     model trained on (folds 0-3), these are photos from cameras or shoots it never saw, of a collection it knows;
     for the held source, the same photos as a subset of P2, so that two models holding out different sources
     can be compared on one set."""
-    import csv
-
     import pyarrow.parquet as pq
 
-    with open(photos / "manifest.csv", newline="") as f:
-        meta = {r["path"]: r for r in csv.DictReader(f)}
-    rows = pq.read_table(predictions, columns=["method", "path", "role", "class", "is_ai"]).to_pylist()
-    result: dict[str, dict] = {}
-    for method, name in (("imgscan", "imgscan"), (degraded_method, "reposted")):
-        counts: dict[str, list[int]] = {}
-        for r in rows:
-            m = meta.get(r["path"].split("/photos/")[-1]) if "/photos/" in r["path"] else None
-            if (r["method"] != method or r["role"] != "query" or r["class"] != "real" or m is None
-                    or m["fold"] != "4" or r["is_ai"] is None):
-                continue
-            c = counts.setdefault(m["source"], [0, 0])
-            c[0] += 1
-            c[1] += bool(r["is_ai"])
-        result[name] = {src: {"n_real": n, "real_called_ai": round(k / n, 4)} for src, (n, k) in sorted(counts.items())}
-    return result
+    meta = photos_manifest(photos)
+    names = {"imgscan": "imgscan", degraded_method: "reposted"}
+    counts: dict[str, dict[str, list[int]]] = {name: {} for name in names.values()}
+    for r in pq.read_table(predictions, columns=["method", "path", "role", "class", "is_ai"]).to_pylist():
+        m = meta.get(photos_relative(r["path"]))
+        if (r["method"] not in names or r["role"] != "query" or r["class"] != "real" or m is None
+                or m["fold"] != "4" or r["is_ai"] is None):
+            continue
+        c = counts[names[r["method"]]].setdefault(m["source"], [0, 0])
+        c[0] += 1
+        c[1] += bool(r["is_ai"])
+    return {name: {src: {"n_real": n, "real_called_ai": round(k / n, 4)} for src, (n, k) in sorted(per.items())}
+            for name, per in counts.items()}
 
 
 def _degraded_folder(folder: Path, dest: Path) -> Path:

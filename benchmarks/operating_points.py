@@ -13,7 +13,6 @@ embedding. Nothing is re-embedded: it re-thresholds the stored ai_score.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -22,10 +21,10 @@ import pyarrow.parquet as pq
 
 from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
 from scanner.evaluation import metrics as M
+from embedder_proxies import held_source as result_held_source, photos_manifest, photos_relative
 
 HERE = Path(__file__).resolve().parent
 PHOTOS = HERE.parent.parent / "shared" / "data" / "photos"
-HELD_SOURCE = "camera:drewnoakes"
 HELD_GENERATORS = ("glid-3", "gaugan")
 
 
@@ -54,20 +53,17 @@ def detection(t, tau: float) -> dict:
             "real_called_ai": float(np.mean(ai[cls == REAL_LABEL]))}
 
 
-def held_source_called_ai(t, tau: float, sources: dict[str, str], held_source: str = HELD_SOURCE) -> float:
-    rel = t.path.str.split("/photos/").str[-1]
-    held = rel.map(lambda r: sources.get(r) == held_source).fillna(False).to_numpy() & (t["class"] == REAL_LABEL).to_numpy()
+def held_source_called_ai(t, tau: float, sources: dict[str, str], held_source: str) -> float:
+    held = t.path.map(lambda p: sources.get(photos_relative(p)) == held_source).to_numpy() & (t["class"] == REAL_LABEL).to_numpy()
     return float(np.mean(t.ai_score.to_numpy()[held] > tau))
 
 
 def table(run: Path, thresholds: list[float], photos: Path = PHOTOS) -> list[dict]:
-    with open(photos / "manifest.csv", newline="") as f:
-        sources = {r["path"]: r["source"] for r in csv.DictReader(f)}
+    sources = {path: r["source"] for path, r in photos_manifest(photos).items()}
     kit_open, kit_enrolled = _queries(run / "kit-unknown" / "predictions.parquet"), _queries(run / "kit-enrolled" / "predictions.parquet")
     unseen = _queries(run / "unseen-source" / "predictions.parquet")
     proxies = run / "proxies.json"
-    held_source = (json.loads(proxies.read_text()).get("p2_unseen_source", {}).get("source", HELD_SOURCE)
-                   if proxies.is_file() else HELD_SOURCE)
+    held_source = result_held_source(json.loads(proxies.read_text()) if proxies.is_file() else {})
     degraded = next(m for m in kit_open.method.unique() if m != "imgscan")
     rows = []
     for tau in thresholds:

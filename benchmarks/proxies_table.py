@@ -9,11 +9,13 @@ import json
 import sys
 from pathlib import Path
 
+from embedder_proxies import held_source
+
 COLUMNS = [
     ("P1 kit det acc", lambda d: d["p1_kit"]["det_acc"]),
     ("P1 kit real called AI", lambda d: d["p1_kit"]["real_called_ai"]),
     ("P1 closed F1", lambda d: d["p1_kit"]["closed_f1"]),
-    ("P2 unseen source", lambda d: d["p2_unseen_source"].get("source", "camera:drewnoakes")),
+    ("P2 unseen source", held_source),
     ("P2 unseen-source real called AI", lambda d: d["p2_unseen_source"]["real_called_ai"]),
     ("P2 photos fold 4 called AI, per source (* never trained on)", lambda d: _fold4(d, "imgscan")),
     ("P2 native full size called AI (unseen source / all)", lambda d: _native(d, "p2_native_full_size")),
@@ -32,7 +34,7 @@ COLUMNS = [
 
 def _fold4(d: dict, method: str) -> str:
     part = d.get("p2_photos_fold4", {}).get(method)
-    held = d["p2_unseen_source"].get("source", "camera:drewnoakes")
+    held = held_source(d)
     return ", ".join(f"{src}{'*' if src == held else ''} {v['real_called_ai']:.3f} ({v['n_real']})"
                      for src, v in part.items()) if part else "-"
 
@@ -43,7 +45,7 @@ def _native(d: dict, key: str) -> str:
         return "-"
     # SOURCES.csv names the origin repository (drewnoakes/..., google/dreambooth); the manifest's source ends with
     # the same word (camera:drewnoakes, dreambooth)
-    word = d["p2_unseen_source"].get("source", "camera:drewnoakes").split(":")[-1]
+    word = held_source(d).split(":")[-1]
     src = next((v for k, v in part.items() if word in k), None)
     a = part["all"]
     return (f"{src['called_ai']}/{src['n'] - src['errors']} / " if src else "") + f"{a['called_ai']}/{a['n'] - a['errors']}"

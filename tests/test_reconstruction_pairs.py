@@ -1,0 +1,64 @@
+"""tools/reconstruction_pairs.py: content-matched AI images from real photos, as one more training DATA."""
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import load_script
+from train.data import load_samples, make_split
+
+
+def _data(tmp_path):
+    data = tmp_path / "data"
+    (data / "images" / "real").mkdir(parents=True)
+    (data / "images" / "gan").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    # (name, label, source, group, fold, size): 100x90 is not a multiple of the autoencoder's 8
+    for name, label, source, group, fold, size in [
+        ("a", "real", "cam", "g1", 0, (100, 90)), ("b", "real", "cam", "g1", 0, (96, 96)),
+        ("c", "real", "cam", "g2", 1, (120, 104)), ("d", "real", "cam", "g3", 4, (96, 96)),
+        ("e", "real", "unseen", "g4", 1, (96, 96)), ("f", "gan", "cam", "g5", 0, (96, 96)),
+    ]:
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(data / "images" / label / f"{name}.jpg", quality=95)
+        rows.append([f"images/{label}/{name}.jpg", label, int(label != "real"), source, group, fold, 0])
+    with open(data / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "is_ai", "source", "group", "fold", "upscaled"])
+        w.writerows(rows)
+    return data
+
+
+def test_reconstructions_keep_the_originals_size_group_and_fold_and_train_as_one_more_class(tmp_path):
+    tool = load_script("tools/reconstruction_pairs.py")
+    data, out = _data(tmp_path), tmp_path / "recon"
+    assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen",
+                      "--steps", "3", "--batch", "2", "--crop", "64", "--threads", "1"]) == 0
+
+    with open(out / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    # only the real photos outside fold 4 and the excluded source, each once
+    assert sorted((r["group"], r["fold"]) for r in rows) == [("g1", "0"), ("g1", "0"), ("g2", "1")]
+    assert {r["label"] for r in rows} == {"ae-recon"} and {r["is_ai"] for r in rows} == {"1"}
+    assert {r["source"] for r in rows} == {"reconstruction:cam"}
+    sizes = sorted(Image.open(out / r["path"]).size for r in rows)
+    assert sizes == [(96, 96), (100, 90), (120, 104)]  # the original's size, padding cropped back off
+    card = json.loads((out / "autoencoder.json").read_text())
+    assert card["images"] == 3 and card["steps"] == 3 and len(card["loss_curve"]) == 1
+
+    # one more DATA for the trainer: its folds are the originals', so a pair never straddles the split
+    split = make_split(load_samples([data, out]), val_fold=1, holdout=[])
+    assert "ae-recon" in split.classes
+    assert sorted(s.path.name for s in split.val if s.label == "ae-recon") == ["1-c.jpg"]
+
+
+def test_reconstruction_is_the_whole_image_through_the_decoder(tmp_path):
+    tool = load_script("tools/reconstruction_pairs.py")
+    model = tool.Autoencoder().eval()
+    img = np.random.default_rng(1).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    rec = tool.reconstruct(model, img)
+    assert rec.shape == img.shape and rec.dtype == np.uint8
+    assert not np.array_equal(rec, img)  # an untrained decoder does not pass the pixels through

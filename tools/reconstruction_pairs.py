@@ -10,7 +10,7 @@ theirs (nearest up-sampling, 3x3 convolutions), with an L1 loss on pixels and on
 the reconstruction is not merely blurred).
 
     python tools/reconstruction_pairs.py ../shared/data/kit ../shared/data/photos --out /tmp/recon \
-        --exclude-fold 4 --exclude-sources camera:drewnoakes
+        --exclude-fold 4 --exclude-sources camera:drewnoakes --steps 4000
 
 writes OUT/manifest.csv (the kit's columns: label `ae-recon`, is_ai 1, source `reconstruction:<source>`, the
 original's group and fold, so a pair never straddles folds) and OUT/images/ae-recon/*.jpg (JPEG q95 4:2:0 like
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import random
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-fold", type=int, action="append", default=[],
                     help="fold(s) neither trained on nor reconstructed (the validation fold)")
     ap.add_argument("--exclude-sources", default="", help="comma-separated sources left out (the unseen source)")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--quality", type=int, default=95)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for (path, source, group, fold), img in zip(originals, images):
         rec = reconstruct(model, img)
         psnrs.append(_psnr(rec, img))
-        name = f"{fold}-{path.stem}.jpg"  # the original's name can repeat across data sets
+        # the original's name can repeat across data sets; its full path cannot
+        name = f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.jpg"
         Image.fromarray(rec).save(out_dir / name, quality=args.quality, subsampling="4:2:0")
         rows.append({"path": f"images/{RECON_LABEL}/{name}", "label": RECON_LABEL, "is_ai": 1,
                      "source": f"reconstruction:{source}", "group": group, "fold": fold, "upscaled": 0})

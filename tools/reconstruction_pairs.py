@@ -7,7 +7,7 @@ trained on the pair can only tell them apart by the trace (the "content-matched 
 No pretrained autoencoder can be obtained here, so this script trains a small one on the same real photos: an
 f=8 encoder to a 16-channel latent (the latent shape of current LDM autoencoders), and a decoder built like
 theirs (nearest up-sampling, 3x3 convolutions), with an L1 loss on pixels and on their finite differences (so
-the reconstruction is not merely blurred).
+the reconstruction is less blurred than with L1 on the pixels alone).
 
     python tools/reconstruction_pairs.py ../shared/data/kit ../shared/data/photos --out /tmp/recon \
         --exclude-fold 4 --exclude-sources camera:drewnoakes --steps 4000

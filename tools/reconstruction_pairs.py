@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from imgscan_core.labels import REAL_LABEL
 from scanner.dataset import load_dataset
+from train.data import open_rgb
 
 RECON_LABEL = "ae-recon"
 DOWNSAMPLE = 8  # three stride-2 stages
@@ -68,13 +69,6 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x * 2 - 1)) * 0.5 + 0.5
 
 
-def _load(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def _loss(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
     dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
@@ -98,7 +92,7 @@ def train_autoencoder(images: list[np.ndarray], steps: int, batch: int, crop: in
             patch = img[y0:y0 + crop, x0:x0 + crop]
             if rng.random() < 0.5:
                 patch = patch[:, ::-1]
-            xs.append(np.ascontiguousarray(patch))
+            xs.append(patch)
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255
         loss = _loss(model(x), x)
         opt.zero_grad()
@@ -153,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 originals.append((Path(path), str(source), str(group), int(fold)))
     if not originals:
         raise SystemExit("no real photos left after the exclusions")
-    images = [_load(p) for p, *_ in originals]
+    images = [np.asarray(open_rgb(p)) for p, *_ in originals]
     small = [i for i, im in enumerate(images) if min(im.shape[:2]) < args.crop]
     if small:
         raise SystemExit(f"{len(small)} photo(s) smaller than --crop {args.crop}, e.g. {originals[small[0]][0]}")

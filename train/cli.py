@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=RUN_PANEL, help="Images per batch; a multiple of --images-per-class.")] = 32,
         images_per_class: Annotated[int, typer.Option("--images-per-class", rich_help_panel=RUN_PANEL, help="K images per class in a batch (P = batch size / K classes).")] = 4,
         lr: Annotated[float, typer.Option("--lr", rich_help_panel=RUN_PANEL, help="AdamW learning rate of the backbone; the head gets 5x.")] = 3e-4,
+        ema: Annotated[float, typer.Option("--ema", min=0.0, max=0.99999, rich_help_panel=RUN_PANEL, help="Validate and export a moving average of the weights with this decay per step (e.g. 0.999: about the last 1,000 steps) instead of the last step's; 0: off. Training itself is unchanged.")] = 0.0,
         seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN_PANEL, help="Seed for sampling, augmentation and initialisation of the head.")] = 0,
         device: DeviceOpt = "auto",
         resume: Annotated[bool, typer.Option("--resume", rich_help_panel=RUN_PANEL, help="Continue from WORK/checkpoint.pt (same settings).")] = False,
@@ -121,7 +122,7 @@ def register(app: typer.Typer) -> None:
             init_weights=str(init_weights) if init_weights else None, pretrained=pretrained, val_fold=val_fold,
             device=device, resume=resume, seed=seed, lr=lr, freeze_blocks=freeze_blocks, workers=workers,
             augment=not no_augment, aug_camera=aug_camera, real_per_batch=real_per_batch, batches_per_epoch=batches_per_epoch,
-            eval_every=eval_every, support_per_class=support_per_class,
+            eval_every=eval_every, support_per_class=support_per_class, ema=ema,
             work_dir=str(work_dir) if work_dir else None, name=name, model_version=model_version,
             command=invocation(),
         )

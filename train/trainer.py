@@ -39,6 +39,7 @@ from train.data import (
     load_samples,
     make_split,
 )
+from train.ema import WeightAverage
 from train.losses import build_loss
 from train.model import EMBEDDING_DIM, build_embedder, has_fixed_input_size, script_embedder
 from train.sampling import PKBatchSampler
@@ -48,7 +49,7 @@ LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
 RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
-                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed")
+                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
     "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
@@ -95,6 +96,7 @@ class TrainConfig:
     augment: bool = True
     real_per_batch: int = 0  # real photos in every batch (0: real is one class among the P drawn); sampling
     aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
+    ema: float = 0.0  # decay of the weight average that is validated and exported (train.ema); 0: the last weights
     knn_k: int = 11
     embedding_dim: int = EMBEDDING_DIM
     work_dir: str | None = None
@@ -257,9 +259,14 @@ class Run:
     loader: torch.utils.data.DataLoader
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None on CPU
+    ema: WeightAverage | None = None
     history: list = field(default_factory=list)
     start_epoch: int = 0
     prior_seconds: float = 0.0
+
+    def final_model(self) -> torch.nn.Module:
+        """The weights that are validated and exported: the moving average with --ema, else the last ones."""
+        return self.ema.module if self.ema is not None else self.model
 
     def checkpoint(self, epoch: int, settings: dict, seconds: float) -> dict:
         return {
@@ -267,7 +274,7 @@ class Run:
             "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "py_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
-            "seconds": seconds,
+            "seconds": seconds, **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
 
@@ -303,7 +310,8 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     use_amp = device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return Run(model, loss_fn, optimizer, scheduler, scaler, sampler, loader, device, amp_dtype), init
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    return Run(model, loss_fn, optimizer, scheduler, scaler, sampler, loader, device, amp_dtype, ema), init
 
 
 def resume_run(run: Run, ckpt_path: Path, settings: dict, log) -> None:
@@ -321,6 +329,8 @@ def resume_run(run: Run, ckpt_path: Path, settings: dict, log) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"])
     random.setstate(ckpt["py_rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     run.start_epoch, run.history, run.prior_seconds = ckpt["epoch"], list(ckpt["history"]), float(ckpt["seconds"])
@@ -346,6 +356,8 @@ def train_epoch(run: Run, epoch: int, epochs: int, show_progress: bool) -> dict:
             run.scaler.step(run.optimizer)
             run.scaler.update()
             run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update(run.model)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
             loss_sum += loss.item()
@@ -370,8 +382,9 @@ class Validation:
     def run(self, run: Run, k: int, final: bool) -> dict:
         t_eval = time.time()
         idx = list(range(len(self.support_labels))) if final else self.small_support
-        sup = embed_images(run.model, self.support_images[idx], run.device)
-        qry = embed_images(run.model, self.val_images, run.device)
+        model = run.final_model()
+        sup = embed_images(model, self.support_images[idx], run.device)
+        qry = embed_images(model, self.val_images, run.device)
         preds = knn_predict(sup, [self.support_labels[i] for i in idx], qry, k)
         record = knn_metrics(preds, self.val_labels, self.holdout)
         record["n_support"] = len(idx)
@@ -432,7 +445,7 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
         _atomic_torch_save(run.checkpoint(epoch + 1, settings, run.prior_seconds + (time.time() - t_run)), ckpt_path)
     wall = run.prior_seconds + (time.time() - t_run)
     val_images = validation.val_images if validation is not None else None
-    return export(cfg, run.model, init, split, run.history, wall, time.time() - t_start, device, val_images, out,
+    return export(cfg, run.final_model(), init, split, run.history, wall, time.time() - t_start, device, val_images, out,
                   log_path, log)
 
 
@@ -512,7 +525,9 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
         },
         notes=(f"Trained on {cfg.image_size}px random crops, exported for {cfg.export_size}px scan input. "
                f"k-NN (k={cfg.knn_k}) validation: support = training folds of all classes (held-out classes "
-               f"enrolled, never trained on), queries = fold {cfg.val_fold}."),
+               f"enrolled, never trained on), queries = fold {cfg.val_fold}."
+               + (f" Exported weights: moving average of the weights over the steps (decay {cfg.ema}, "
+                  "train.ema), not the last step's." if cfg.ema else "")),
     )
     card = save_model_dir(scripted, card, out)
     if log_path.exists() and log_path.parent.resolve() != out.resolve():

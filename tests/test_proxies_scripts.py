@@ -56,3 +56,31 @@ def test_table_marks_the_unseen_source_and_finds_its_originals():
     older = {**doc, "p2_unseen_source": {}}  # results written before the source was recorded: the camera source
     assert table._native(older, "p2_native_full_size") == "1/19 / 3/33"
     assert table._fold4(older, "reposted") == "-"
+
+
+def test_pixel_detail_is_zero_on_flat_images_and_grows_with_texture():
+    import numpy as np
+
+    detail = load_script("benchmarks/detail_breakdown.py")
+    flat = np.full((16, 16, 3), 128, np.uint8)
+    assert detail.pixel_detail(flat) == 0.0
+    # A one-pixel checkerboard of 0 / 100 grey: every interior |Laplacian| is 4 * 100.
+    board = (np.indices((16, 16)).sum(axis=0) % 2 * 100).astype(np.uint8)[..., None].repeat(3, axis=2)
+    assert detail.pixel_detail(board) == np.float32(400.0)
+    ramp = np.tile(np.arange(16, dtype=np.uint8) * 10, (16, 1))[..., None].repeat(3, axis=2)
+    assert abs(detail.pixel_detail(ramp)) < 1e-4  # a linear gradient has no second derivative: no pixel-level detail
+
+
+def test_detail_table_bins_and_floors():
+    import numpy as np
+
+    detail = load_script("benchmarks/detail_breakdown.py")
+    g = {"unseen real": (np.array([1.0, 1.5, 3.0, 20.0]), np.array([True, False, True, False])),
+         "kit AI": (np.array([1.0, 30.0]), np.array([True, True]))}
+    rows = {r["detail"]: r for r in detail.table(g)}
+    assert rows["0-2"]["unseen real n"] == 2 and rows["0-2"]["unseen real called AI"] == 0.5
+    assert rows["2-4"]["unseen real called AI"] == 1.0 and rows["16-inf"]["unseen real called AI"] == 0.0
+    assert rows["all"]["unseen real called AI"] == 0.5
+    # Not judging below 2 removes the accusation at detail 1.0, and misses the kit AI image at detail 1.0.
+    assert rows["not judged below 2"]["unseen real called AI"] == 0.25 and rows["not judged below 2"]["unseen real n"] == 2
+    assert rows["not judged below 2"]["kit AI called AI"] == 0.5

@@ -2,8 +2,8 @@
 
     python benchmarks/detail_breakdown.py runs/proxies/default [runs/proxies/other ...]
 
-Pixel detail = mean |4-neighbour Laplacian| of the image's luma (ITU-R 601, grey levels), over the whole 256 x 256
-crop the proxies judge as one view. A flat crop (night sky, fog, a wall) has detail < 2-4; a textured one 10-60.
+Pixel detail (scanner/detail.py) = mean |4-neighbour Laplacian| of the image's luma (ITU-R 601, grey levels),
+over the whole 256 x 256 crop the proxies judge as one view. A flat crop (night sky, fog, a wall) has detail < 2-4; a textured one 10-60.
 For each embedder_proxies.py --out DIR it reads the stored verdicts (nothing is re-embedded) and prints:
 
 - per detail bin: the unseen real source's crops (P2) and how many of them are called AI; the kit's fold-4
@@ -23,25 +23,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
+from scanner.detail import view_detail
 from embedder_proxies import SHARED, held_source as result_held_source, photos_manifest, photos_relative
 
 BINS = (0.0, 2.0, 4.0, 8.0, 16.0, float("inf"))
 FLOORS = (2.0, 3.0, 4.0)
 
 
-def pixel_detail(rgb: np.ndarray) -> float:
-    """Mean absolute 4-neighbour Laplacian of the luma of an HxWx3 uint8 image (0 for a flat image)."""
-    luma = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if min(luma.shape) < 3:
-        return 0.0
-    c = luma[1:-1, 1:-1]
-    lap = 4 * c - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
-    return float(np.abs(lap).mean())
-
-
 def file_detail(path: str) -> float:
+    """The detail of a 256 x 256 crop judged as one view (the proxies' images): its pixels as they are."""
     with Image.open(path) as im:
-        return pixel_detail(np.asarray(im.convert("RGB")))
+        return float(view_detail(np.asarray(im.convert("RGB"))[None])[0])
 
 
 def _queries(path: Path):

@@ -14,9 +14,10 @@ from rich.table import Table
 
 from imgscan_core.errors import UsageError
 from scanner import __version__
-from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, ModelOpt, PrecisionOpt,
+from scanner.cli_common import (BatchOpt, CommandBoundary, DeviceOpt, IndexOpt, KOpt, MinDetailOpt, ModelOpt, PrecisionOpt,
                                 RuntimeOpt, ViewsOpt, LOG_FORMAT, YesOpt, confirm_on_terminal, err_console, out_console,
                                 stop_on_signals)
+from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.paths import index_dir_for_reading, index_dir_for_writing, model_dir_or_default
 
 MAX_LISTED = 20  # per-file lines of one kind an enroll prints before it only counts them
@@ -82,6 +83,7 @@ def scan(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)] = None,
     index: IndexOpt = None,
     k: KOpt = 11,
+    min_detail: MinDetailOpt = DEFAULT_MIN_DETAIL,
     skip_known: Annotated[Optional[list[str]], typer.Option("--skip-known", help="Earlier verdict files, or a quoted pattern ('/verdicts/*.parquet'; none matching: nothing to skip): images whose sha is in them are skipped (no row). Repeatable; an unquoted pattern works too.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: replace a finished --out, or drop an unfinished run's rows.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no log lines: only errors.")] = False,
@@ -160,7 +162,7 @@ def scan(
     roots = check_roots(paths, all_files)
     listed = read_file_list(_read_list(files_from), null, roots) if files_from is not None else []
     config = ScanConfig(
-        roots=roots, out=out, index_dir=index, k=k, overwrite=overwrite, engine=engine,
+        roots=roots, out=out, index_dir=index, k=k, min_detail=min_detail, overwrite=overwrite, engine=engine,
         read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files, include=include or [],
                         exclude=exclude or [], listed=listed),
         decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout,

@@ -68,6 +68,11 @@ PrecisionOpt = Annotated[str, typer.Option(
     "--precision", rich_help_panel=MODEL_PANEL,
     help="auto (fp16 on CUDA; on CPU bf16 where the CPU has native bf16, else fp32), fp32, fp16 (CUDA) or bf16 (CPU).")]
 KOpt = Annotated[int, typer.Option("--k", min=1, max=256, help="Neighbours that vote.")]
+MinDetailOpt = Annotated[float, typer.Option(
+    "--min-detail", min=0.0,
+    help="Never call an image AI when its views hold less pixel detail than this (mean |Laplacian| of luma: flat "
+         "sky, fog, a wall score below 2; photos 10-60): there the model's 'AI' is a guess that falls on real photos. "
+         "Its ai_score is capped at 0.5; the `detail` column shows the value. 0: judge every image.")]
 
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (on a terminal, this command asks first).")]

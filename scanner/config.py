@@ -16,6 +16,7 @@ from pathlib import Path
 
 from scanner.decode import DEFAULT_MAX_PIXELS
 from scanner.decode_isolated import DEFAULT_TIMEOUT_S
+from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.read import DEFAULT_MAX_BYTES
 
 ENGINES = ("local", "ray")
@@ -71,6 +72,7 @@ class ScanConfig:
     out: Path
     index_dir: Path | None = None  # None: --index's default (scanner.paths.index_dir_for_reading)
     k: int = 11
+    min_detail: float = DEFAULT_MIN_DETAIL  # images with less pixel detail are never accused (scanner/verdict.py)
     overwrite: bool = False
     engine: str = "local"
     queue_batches: int = 4  # bounded prefetch between the local engine's threads, in batches

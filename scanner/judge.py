@@ -17,6 +17,7 @@ import pyarrow as pa
 from scanner.config import DecodeConfig, ReadConfig
 from scanner.decode import DecodedBatch, ImageDecoder, ViewSpec
 from scanner.decode_isolated import IsolatedImageDecoder
+from scanner.detail import DEFAULT_MIN_DETAIL, item_detail
 from scanner.embed import Embedder
 from scanner.feed import LocalFeeder
 from scanner.near_duplicate import first_view_hashes
@@ -88,25 +89,28 @@ class BatchJudge(BatchEmbedder):
     """Read files -> verdict rows: embeddings searched in the support index, the k neighbours' votes decided
     by scanner.verdict."""
 
-    def __init__(self, embedder: Embedder, index, k: int, decode: DecodeConfig, batch_size: int):
+    def __init__(self, embedder: Embedder, index, k: int, decode: DecodeConfig, batch_size: int,
+                 min_detail: float = DEFAULT_MIN_DETAIL):
         super().__init__(embedder, decode, batch_size)
-        self.index, self.k = index, k
+        self.index, self.k, self.min_detail = index, k, min_detail
 
     def judge(self, batch: DecodedReads) -> pa.RecordBatch:
         embeddings = self.embed(batch)
+        detail = item_detail(batch.decoded)
         neighbors = self.index.search(embeddings, self.k)
-        verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index))
+        verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index, self.min_detail), detail)
         ok = batch.ok_rows()
         hashes = first_view_hashes(batch.decoded)
         matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
         verdicts = apply_matches(verdicts, matches, self.index.table.label)
-        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id)
+        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id, detail)
 
     def __call__(self, reads: list[ReadResult]) -> pa.RecordBatch:
         return self.judge(self.decode(reads))
 
 
-def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, index, model_id: str) -> pa.RecordBatch:
+def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, index, model_id: str,
+                 detail: np.ndarray) -> pa.RecordBatch:
     """One VERDICT_SCHEMA row per read file: the verdict where it was judged, else its `error`."""
     reads, decoded = batch.reads, batch.decoded
     n = len(reads)
@@ -129,6 +133,7 @@ def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, ind
             col["match"][i] = {"kind": matches.kinds[row], "support_id": index.table.support_id[matches.rows[row]],
                                "similarity": float(matches.similarity[row])}
         col["ai_score"][i] = float(verdicts.ai_score[row])
+        col["detail"][i] = float(detail[row])
         col["open_set_score"][i] = float(verdicts.open_set_score[row])
         col["open_set_threshold"][i] = float(index.threshold)
         col["neighbors"][i] = [

@@ -46,6 +46,7 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
     The index generation is part of it: rows judged before and after an enroll are never mixed in one file."""
     return {
         "roots": [os.fsdecode(os.path.abspath(r)) for r in config.roots], "model": model_id, "k": config.k,
+        "min_detail": config.min_detail,
         "all_files": config.read.all_files, "include": config.read.include, "exclude": config.read.exclude,
         "skip_known": sorted(str(p) for p in config.read.skip_known),
         "views": views, "index": index_name, "provenance": config.decode.provenance,
@@ -53,15 +54,16 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
     }
 
 
-def scan_metadata(card, support, k: int, precision: str | None, runtime: str, view_spec: ViewSpec) -> dict[str, str]:
-    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, the embedder's
-    runtime and precision, and how images became model input (resize rule, views)."""
+def scan_metadata(card, support, k: int, precision: str | None, runtime: str, view_spec: ViewSpec,
+                  min_detail: float) -> dict[str, str]:
+    """The `imgscan` key-value metadata of a verdict file: model card, index, threshold, k, the pixel-detail
+    floor, the embedder's runtime and precision, and how images became model input (resize rule, views)."""
     from scanner import __version__
 
     return {"imgscan": json.dumps({
         "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
         "index": support.name, "index_counts": support.manifest.counts,
-        "open_set_threshold": support.threshold, "k": k, "precision": precision, "runtime": runtime,
+        "open_set_threshold": support.threshold, "k": k, "min_detail": min_detail, "precision": precision, "runtime": runtime,
         "resize": view_spec.resize, "views": view_spec.views,
     })}
 
@@ -123,7 +125,7 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     card = engine.card
     index_dir, support = open_support(config, card)
     view_spec = view_spec_for(card, config.embed.views)
-    output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec)
+    output.metadata = scan_metadata(card, support, config.k, engine.precision, engine.runtime, view_spec, config.min_detail)
     if retry:
         judged_by = output.judged_by()
         if (judged_by.get("model"), judged_by.get("index")) != (card.model_id, support.name):

@@ -27,6 +27,7 @@ VERDICT_SCHEMA = pa.schema(
         ("closed_set_label", pa.string()),  # the label before open-set rejection
         ("is_ai", pa.bool_()),  # label != "real", by construction (scanner/verdict.py)
         ("ai_score", pa.float32()),  # calibrated P(AI) on the index judged with; is_ai == (ai_score > 0.5)
+        ("detail", pa.float32()),  # pixel detail of its views (scanner/detail.py); below the scan's min_detail, never AI
         ("open_set_score", pa.float32()),  # higher = farther from every enrolled class
         ("open_set_threshold", pa.float32()),  # the index's threshold this row was judged with
         ("neighbors", pa.list_(NEIGHBOR_TYPE)),  # k nearest support items, nearest first

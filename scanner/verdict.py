@@ -10,6 +10,11 @@ Ray engine, so they cannot drift). First real vs AI, then, for AI only, which ge
 - ai_score                the index's calibration of ai_evidence (`AiScoreCalibration` in the manifest): a
                           probability of "AI-generated", fitted at enrollment leave-one-out on the support set
                           with real and AI weighted equally (isotonic). Old uncalibrated indexes: (e + 1) / 2.
+- pixel detail floor      an image whose views hold almost no pixel-level detail (scanner/detail.py: detail <
+                          min_detail, default 2.0; `--min-detail 0` turns it off) is never accused: its ai_score is
+                          capped at 0.5. The embedder reads generator traces from neighbouring pixels; on flat
+                          views (night sky, fog, a wall) its "AI" is a guess that falls on real photos far more
+                          often than on textured ones. The image's detail is written beside the verdict.
 - is_ai                   ai_score > 0.5 (no evidence either way, 0.5, accuses nobody)
 - closed_set_label        `real` when not is_ai; else the generated class with the largest sum of weights among
                           the neighbours (ties: the class holding the nearest neighbour); `unknown` when no
@@ -36,6 +41,7 @@ import numpy as np
 
 from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
 from indexes.manifest import AiScoreCalibration, OpenSetCalibration
+from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.near_duplicate import NEAR_DUPLICATE_BITS
 
 
@@ -45,10 +51,11 @@ class VerdictRule:
 
     threshold: float = 2.0
     ai_calibration: AiScoreCalibration = field(default_factory=AiScoreCalibration)
+    min_detail: float = DEFAULT_MIN_DETAIL  # applies where decide() is given the images' pixel detail
 
     @classmethod
-    def of(cls, index) -> "VerdictRule":
-        return cls(float(index.manifest.open_set.threshold), index.manifest.ai_score)
+    def of(cls, index, min_detail: float = DEFAULT_MIN_DETAIL) -> "VerdictRule":
+        return cls(float(index.manifest.open_set.threshold), index.manifest.ai_score, float(min_detail))
 
 
 @dataclass
@@ -86,8 +93,11 @@ def calibrated_ai_score(evidence: np.ndarray, calibration: AiScoreCalibration) -
     return np.clip((e + 1.0) / 2.0, 0.0, 1.0)
 
 
-def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, rule: VerdictRule = VerdictRule()) -> Verdicts:
-    """neighbor_labels: str array [n, k] sorted nearest first; neighbor_sims: float [n, k] cosine similarity.
+def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, rule: VerdictRule = VerdictRule(),
+           detail: np.ndarray | None = None) -> Verdicts:
+    """neighbor_labels: str array [n, k] sorted nearest first; neighbor_sims: float [n, k] cosine similarity;
+    detail: float [n], each image's pixel detail (scanner/detail.py), or None where it is not known (support items
+    at calibration): then no floor applies.
 
     Rows may be padded with label "" (fewer than k neighbours): padding carries no weight and no vote.
     """
@@ -102,6 +112,8 @@ def decide(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, rule: Verdict
     evidence = _evidence(labels, weights)
     # decided on the float32 value the row stores, so `is_ai == (ai_score > 0.5)` holds in the output too
     ai = calibrated_ai_score(evidence, rule.ai_calibration).astype(np.float32)
+    if detail is not None and rule.min_detail > 0:
+        ai = np.where(np.asarray(detail) < rule.min_detail, np.minimum(ai, np.float32(0.5)), ai).astype(np.float32)
     is_ai = ai > 0.5
     # Vectorised over rows: classes become integer codes once, votes are a [n, classes] matrix.
     classes, codes = np.unique(labels.astype(str), return_inverse=True)

@@ -58,19 +58,6 @@ def test_table_marks_the_unseen_source_and_finds_its_originals():
     assert table._fold4(older, "reposted") == "-"
 
 
-def test_pixel_detail_is_zero_on_flat_images_and_grows_with_texture():
-    import numpy as np
-
-    detail = load_script("benchmarks/detail_breakdown.py")
-    flat = np.full((16, 16, 3), 128, np.uint8)
-    assert detail.pixel_detail(flat) == 0.0
-    # A one-pixel checkerboard of 0 / 100 grey: every interior |Laplacian| is 4 * 100.
-    board = (np.indices((16, 16)).sum(axis=0) % 2 * 100).astype(np.uint8)[..., None].repeat(3, axis=2)
-    assert detail.pixel_detail(board) == np.float32(400.0)
-    ramp = np.tile(np.arange(16, dtype=np.uint8) * 10, (16, 1))[..., None].repeat(3, axis=2)
-    assert abs(detail.pixel_detail(ramp)) < 1e-4  # a linear gradient has no second derivative: no pixel-level detail
-
-
 def test_detail_table_bins_and_floors():
     import numpy as np
 

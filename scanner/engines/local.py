@@ -25,7 +25,8 @@ class LocalEngine:
     def run(self, job: ScanJob, output: JournalOutput, progress) -> EngineResult:
         config = job.config
         result = EngineResult()
-        with BatchJudge(self.embedder, job.support, config.k, config.decode, config.embed.batch_size) as judge:
+        with BatchJudge(self.embedder, job.support, config.k, config.decode, config.embed.batch_size,
+                        config.min_detail) as judge:
             feeder = LocalFeeder(config.roots, config.read, config.embed.batch_size, judge.decode, done=job.done,
                                  known=job.known, queue_batches=config.queue_batches)
             for decoded in feeder:

@@ -94,7 +94,7 @@ class VerdictWorker:
     as the local engine does), then turns bundles of read results into parts with a BatchJudge."""
 
     def __init__(self, model_dir: str, index_dir: str, device: str, k: int, batch_size: int, decode: DecodeConfig,
-                 output: PartsOutput, precision: str, runtime: str, views: int):
+                 output: PartsOutput, precision: str, runtime: str, views: int, min_detail: float):
         import socket
 
         import ray
@@ -108,7 +108,7 @@ class VerdictWorker:
         embedder = Embedder(model_dir, device=device, precision=precision, runtime=runtime, views=views)
         index = SupportIndex.open(index_dir)
         index.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
-        self.judge = BatchJudge(embedder, index, k, decode, batch_size)
+        self.judge = BatchJudge(embedder, index, k, decode, batch_size, min_detail)
         self.batch_size, self.output = batch_size, output
         self.node = ray.get_runtime_context().get_node_id()
         self.device = embedder.device
@@ -256,7 +256,7 @@ class RayEngine:
             num_cpus=rc.cpus_per_worker,
             fn_constructor_kwargs={
                 "model_dir": str(job.model_dir.resolve()), "index_dir": str(job.index_dir.resolve()),
-                "device": config.embed.device, "k": config.k, "batch_size": config.embed.batch_size,
+                "device": config.embed.device, "k": config.k, "min_detail": config.min_detail, "batch_size": config.embed.batch_size,
                 "decode": config.decode, "output": output, "precision": config.embed.precision,
                 "runtime": config.embed.runtime, "views": job.view_spec.views,
             },

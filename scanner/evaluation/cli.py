@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 
 from imgscan_core.errors import UsageError
-from scanner.cli_common import (BatchOpt, DeviceOpt, KOpt, ModelOpt, PrecisionOpt, RuntimeOpt, ViewsOpt, err_console,
+from scanner.cli_common import (BatchOpt, DeviceOpt, KOpt, MinDetailOpt, ModelOpt, PrecisionOpt, RuntimeOpt, ViewsOpt, err_console,
                                 invocation)
+from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.paths import model_dir_or_default
 
 EVAL_HELP = """Measure detection, attribution and open-set rejection on a labelled data set, with baselines.
@@ -120,7 +121,7 @@ def _methods(ds, feats, embedder, embed_s: float, degradation, ce, baselines: bo
         methods.append(Method(f"{MAIN_METHOD}@{degradation.name}", degraded.embeddings, "cosine", embedder.model_id,
                               embedder.card.weights_sha256,
                               f"queries downscaled and re-compressed ({degradation.name}), support enrolled clean",
-                              seconds, support_features=feats.embeddings))
+                              seconds, support_features=feats.embeddings, detail=degraded.detail))
     if ce is not None:
         ce_feats, seconds = _embed(ds, ce, batch_size, f"embedding ce ({ce.model_id})")
         feats.ok &= ce_feats.ok
@@ -148,7 +149,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
              cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
-             runtime: str = "auto") -> dict:
+             runtime: str = "auto", min_detail: float = DEFAULT_MIN_DETAIL) -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -195,7 +196,8 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
         with ScanProgress("judging splits") as progress:
             progress.set_total(len(shot_values) * len(fold_list) * len(methods))
             result = run_protocol(ds, feats, methods, shot_values, unknown_list, fold_list, seed, k, Path(work),
-                                  on_step=lambda *a: progress.advance(1), holdout_sources=held_sources)
+                                  on_step=lambda *a: progress.advance(1), holdout_sources=held_sources,
+                                  min_detail=min_detail)
     info = {
         "command": command,
         "data": {"source": ds.source, "n_images": len(ds), "decoded": len(ds) - len(feats.errors),
@@ -203,7 +205,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
                  "errors": len(feats.errors)},
         "protocol": {"shots": shot_values, "unknown": unknown_list, "holdout_sources": held_sources,
                      "views": embedder.view_spec.views, "resize": embedder.view_spec.resize,
-                     "folds": fold_list, "seed": seed, "k": k,
+                     "folds": fold_list, "seed": seed, "k": k, "min_detail": min_detail,
                      "degrade_queries": degradation.name if degradation else None,
                      "support_cap": "min(shots, floor(class size / 2))", "split_by": "group"},
         "embedding_throughput_img_s": round(len(ds) / max(embed_s, 1e-9), 2),
@@ -233,6 +235,7 @@ def register(app: typer.Typer) -> None:
         no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the spectral and metadata baselines.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the group draw.")] = 0,
         k: KOpt = 11,
+        min_detail: MinDetailOpt = DEFAULT_MIN_DETAIL,
         batch_size: BatchOpt = 32,
         device: DeviceOpt = "auto",
         no_umap: Annotated[bool, typer.Option("--no-umap", help="Lay out embeddings with PCA instead of UMAP.")] = False,
@@ -245,7 +248,7 @@ def register(app: typer.Typer) -> None:
                  folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
                  use_umap=not no_umap, command=invocation(), cache=cache, degrade_queries=degrade_queries,
-                 precision=precision, runtime=runtime)
+                 precision=precision, runtime=runtime, min_detail=min_detail)
 
     @app.command("report", no_args_is_help=True)
     def report_command(

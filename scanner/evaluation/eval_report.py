@@ -33,7 +33,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("class", pa.string()), ("true_label", pa.string()), ("is_ai_true", pa.bool_()), ("group", pa.string()),
     ("role", pa.string()), ("label", pa.string()), ("closed_set_label", pa.string()), ("is_ai", pa.bool_()),
     ("ai_score", pa.float32()), ("open_set_score", pa.float32()), ("open_set_threshold", pa.float32()),
-    ("neighbors", pa.list_(NEIGHBOR_TYPE)), ("error", pa.string()),
+    ("detail", pa.float32()), ("neighbors", pa.list_(NEIGHBOR_TYPE)), ("error", pa.string()),
 ])
 
 
@@ -64,6 +64,7 @@ def sweep_table(result: EvalResult) -> dict[str, list[dict]]:
 def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: int) -> pa.Table:
     cols = {name: [] for name in PREDICTION_SCHEMA.names}
     for m in result.methods:
+        detail = m.detail if m.detail is not None else feats.detail
         for f in result.folds:
             j = result.judged[(m.name, shots, f)]
             at = {int(q): r for r, q in enumerate(j.query_idx)}
@@ -81,7 +82,8 @@ def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: in
                                     "duplicate" if ds.paths[i] in feats.duplicates else "error")
                 cols["error"].append(feats.errors.get(ds.paths[i]))
                 if r is None:
-                    for name in ("label", "closed_set_label", "is_ai", "ai_score", "open_set_score", "open_set_threshold", "neighbors"):
+                    for name in ("label", "closed_set_label", "is_ai", "ai_score", "open_set_score", "open_set_threshold",
+                                 "detail", "neighbors"):
                         cols[name].append(None)
                     continue
                 cols["label"].append(j.label[r])
@@ -90,6 +92,7 @@ def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: in
                 cols["ai_score"].append(float(j.ai_score[r]))
                 cols["open_set_score"].append(float(j.open_set_score[r]))
                 cols["open_set_threshold"].append(j.threshold)
+                cols["detail"].append(None if detail is None else float(detail[i]))
                 cols["neighbors"].append([
                     {"label": lab, "support_id": sid, "similarity": float(s)}
                     for lab, sid, s in zip(j.neighbor_labels[r], j.neighbor_ids[r], j.neighbor_sims[r])

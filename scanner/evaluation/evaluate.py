@@ -5,6 +5,7 @@ judges images with - and the metrics of `metrics.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -16,6 +17,7 @@ import numpy as np
 from scanner.evaluation import metrics as M
 from scanner.dataset import Dataset
 from scanner.evaluation.protocol import QUERY, SUPPORT, Split, check_split, make_split
+from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.verdict import REAL_LABEL, UNKNOWN_LABEL, VerdictRule, calibrate, decide
 
 MAIN_METHOD = "imgscan"
@@ -32,6 +34,8 @@ class Method:
     feature_seconds: float = 0.0
     # Where support rows come from, when not `features`: degraded queries are judged against clean enrollments.
     support_features: np.ndarray | None = None
+    # Pixel detail of the images this method judges (scanner/detail.py), when not the clean images' (degraded copies)
+    detail: np.ndarray | None = None
 
     def support(self, idx: np.ndarray) -> np.ndarray:
         return (self.features if self.support_features is None else self.support_features)[idx]
@@ -65,6 +69,7 @@ class Features:
     errors: dict[str, str]
     embeddings: np.ndarray
     duplicates: dict[str, str] = field(default_factory=dict)  # path -> path of the first byte-identical file
+    detail: np.ndarray | None = None  # float32 [n], pixel detail of each image's views; None: not measured (no floor)
 
 
 def drop_duplicates(ds: Dataset, feats: Features) -> None:
@@ -79,16 +84,16 @@ def drop_duplicates(ds: Dataset, feats: Features) -> None:
             feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
-def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[str, np.ndarray]:
+def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[str, tuple[np.ndarray, float]]:
     if cache is None or not cache.is_file():
         return {}
     try:
         with np.load(cache, allow_pickle=False) as z:
             # bf16 and fp32 (torch or OpenVINO) embeddings of one model differ slightly: a cache serves one kind
             cached = str(z["precision"]) if "precision" in z.files else "fp32"  # older caches: fp32 torch
-            if str(z["model_sha256"]) != model_sha256 or cached != numerics:
-                return {}
-            return dict(zip(z["sha"].tolist(), z["embedding"]))
+            if str(z["model_sha256"]) != model_sha256 or cached != numerics or "detail" not in z.files:
+                return {}  # another model or numerics, or written before pixel detail was kept: embed again
+            return dict(zip(z["sha"].tolist(), zip(z["embedding"], z["detail"].tolist())))
     except (OSError, KeyError, ValueError):
         return {}  # unreadable or foreign cache: embed again and overwrite it
 
@@ -96,16 +101,18 @@ def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[st
 def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, cache: Path | None = None) -> Features:
     """Embed every image through `scanner.judge.embedded_batches` (scan's own read/decode/embed stages).
 
-    `cache`: an .npz of embeddings keyed by the file's xxh3-128 and tied to the model's weights sha256 and to
-    the embedder's runtime and precision; files whose bytes are in it are not decoded or embedded again, and the
-    cache is rewritten with this run's."""
+    `cache`: an .npz of embeddings (and pixel details) keyed by the file's xxh3-128 and tied to the model's
+    weights sha256 and to the embedder's runtime and precision; files whose bytes are in it are not decoded or
+    embedded again, and the cache is rewritten with this run's."""
     import xxhash
 
     from scanner.config import ReadConfig
+    from scanner.detail import item_detail
     from scanner.judge import embedded_batches
 
     emb = np.zeros((len(ds), embedder.dim), dtype=np.float32)
     ok = np.zeros(len(ds), dtype=bool)
+    detail = np.full(len(ds), np.nan, dtype=np.float32)
     sha = np.empty(len(ds), dtype=object)
     errors: dict[str, str] = {}
     numerics = embedder.precision if embedder.runtime == "torch" else f"{embedder.runtime}-{embedder.precision}"
@@ -119,7 +126,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
             except OSError:
                 h = None
             if h in cached:
-                emb[i], ok[i], sha[i] = cached[h], True, h
+                (emb[i], detail[i]), ok[i], sha[i] = cached[h], True, h
             else:
                 todo.append(i)
         if progress is not None:
@@ -127,12 +134,12 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
     pos = {os.fsencode(ds.paths[i]): i for i in todo}
     if todo:
         for reads, decoded, e in embedded_batches(list(pos), embedder, ReadConfig(readers=2), batch_size=batch_size):
-            row = 0
+            row, d = 0, item_detail(decoded)
             for i, r in enumerate(reads):
                 j = pos[r.path]
                 err = r.error or decoded.errors[i]
                 if err is None:
-                    emb[j], ok[j], sha[j] = e[row], True, r.sha
+                    emb[j], detail[j], ok[j], sha[j] = e[row], d[row], True, r.sha
                     row += 1
                 else:
                     errors[ds.paths[j]] = err
@@ -143,8 +150,8 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
 
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics),
-                     sha=np.array(sha[ok].tolist(), dtype=str), embedding=emb[ok])
-    feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb)
+                     sha=np.array(sha[ok].tolist(), dtype=str), embedding=emb[ok], detail=detail[ok])
+    feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb, detail=detail)
     drop_duplicates(ds, feats)
     return feats
 
@@ -182,12 +189,16 @@ def _judge_euclidean(method: Method, ds: Dataset, feats: Features, split: Split,
     return q, sup_labels[idx], sup_ids[idx], sims, VerdictRule(open_set.threshold, ai_cal)
 
 
-def judge(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path) -> Judged:
+def judge(method: Method, ds: Dataset, feats: Features, split: Split, k: int, workdir: Path,
+          min_detail: float = DEFAULT_MIN_DETAIL) -> Judged:
+    """The queries of one split judged as `scan` judges images, pixel-detail floor included (every method gets it,
+    from the images it sees, so that they are compared on the same rule)."""
     if method.kind == "cosine":
         q, labs, ids, sims, rule = _judge_cosine(method, ds, feats, split, k, workdir)
     else:
         q, labs, ids, sims, rule = _judge_euclidean(method, ds, feats, split, k)
-    v = decide(labs, sims, rule)
+    detail = method.detail if method.detail is not None else feats.detail
+    v = decide(labs, sims, dataclasses.replace(rule, min_detail=min_detail), None if detail is None else detail[q])
     j = Judged(method=method.name, split=split, query_idx=q, label=v.label, closed_set_label=v.closed_set_label,
                is_ai=v.is_ai, ai_score=v.ai_score, open_set_score=v.open_set_score, threshold=rule.threshold,
                neighbor_labels=labs,
@@ -316,7 +327,7 @@ class EvalResult:
 
 def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: list[int], unknown: list[str],
                  folds: list[int | None], seed: int, k: int, workdir: Path, on_step=None,
-                 holdout_sources: list[str] | None = None) -> EvalResult:
+                 holdout_sources: list[str] | None = None, min_detail: float = DEFAULT_MIN_DETAIL) -> EvalResult:
     judged = {}
     seconds = {m.name: 0.0 for m in methods}
     for n in shots:
@@ -325,7 +336,7 @@ def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: lis
             check_split(ds, split)
             for m in methods:
                 t0 = time.monotonic()
-                judged[(m.name, n, f)] = judge(m, ds, feats, split, k, workdir)
+                judged[(m.name, n, f)] = judge(m, ds, feats, split, k, workdir, min_detail)
                 seconds[m.name] += time.monotonic() - t0
                 if on_step is not None:
                     on_step(m.name, n, f)

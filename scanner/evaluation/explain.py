@@ -182,12 +182,15 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         support = SupportIndex.open(index)
         support.check_model(embedder.model_id, embedder.card.weights_sha256, embedder.dim)
     if support is not None:
+        from scanner.detail import view_detail
         from scanner.verdict import VerdictRule, decide
 
         nb = support.search(embed(pixels[None]), 11)
-        v = decide(nb.labels, nb.sims, VerdictRule.of(support))
+        detail = view_detail(pixels[None])
+        v = decide(nb.labels, nb.sims, VerdictRule.of(support), detail)
         verdict = {"label": str(v.label[0]), "closed_set_label": str(v.closed_set_label[0]),
-                   "ai_score": float(v.ai_score[0]), "open_set_score": float(v.open_set_score[0])}
+                   "ai_score": float(v.ai_score[0]), "open_set_score": float(v.open_set_score[0]),
+                   "detail": float(detail[0])}
     heat, n_views = importance_map(pixels, embed, views=views, seed=seed)
 
     plt = pyplot()
@@ -208,7 +211,8 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
     title = f"{Path(image).name} ({w}x{h}) - {embedder.model_id} - {n_views} views"
     if verdict:
         title += (f"\nverdict: {verdict['label']} (closest class {verdict['closed_set_label']}), "
-                  f"ai_score {verdict['ai_score']:.3f}, open_set_score {verdict['open_set_score']:.3f}")
+                  f"ai_score {verdict['ai_score']:.3f}, open_set_score {verdict['open_set_score']:.3f}, "
+                  f"pixel detail {verdict['detail']:.1f}")
     fig.suptitle(title, fontsize=10)
     save_figure(fig, out)
     result = {"image": str(image), "out": str(out), "views": n_views, "model": embedder.model_id, "verdict": verdict,

@@ -62,6 +62,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         decode_ips, sample = _bench_decode(embedder, roots, batch_size)
         provenance_ips = _bench_provenance(root)
         embed_ips = _bench_embed(embedder, sample, batch_size, repeats)
+        detail_ips = _bench_detail(sample, batch_size, repeats)
         index = _synthetic_index(tmp / "index", embedder, support)
         query_ips = _bench_query(embedder, index, sample, batch_size, k)
         end_to_end_ips = _bench_scan(embedder, index, roots, tmp / "verdicts.parquet", batch_size, k)
@@ -72,6 +73,7 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         "decode_ips": round(decode_ips, 1),
         "provenance_ips": round(provenance_ips, 1),
         "embed_ips": round(embed_ips, 1),
+        "detail_ips": round(detail_ips, 1),
         "query_ips": round(query_ips, 1),
         "end_to_end_ips": round(end_to_end_ips, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -120,6 +122,16 @@ def _bench_embed(embedder, sample, batch_size: int, repeats: int) -> float:
         embedder.embed_batch(sample)
     if embedder.device == "cuda":
         torch.cuda.synchronize()
+    return repeats * batch_size / (time.perf_counter() - start)
+
+
+def _bench_detail(sample, batch_size: int, repeats: int) -> float:
+    """Pixel detail (scanner/detail.py) of a decoded batch, as the verdict stage measures it; files per second."""
+    from scanner.detail import item_detail
+
+    start = time.perf_counter()
+    for _ in range(repeats):
+        item_detail(sample)
     return repeats * batch_size / (time.perf_counter() - start)
 
 

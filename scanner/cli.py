@@ -389,7 +389,8 @@ def bench(
     views: ViewsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
-    """Measure throughput: decode_ips, provenance_ips, embed_ips, query_ips, end_to_end_ips (a real scan), peak_rss_mb.
+    """Measure throughput: decode_ips, provenance_ips, embed_ips, detail_ips (pixel detail for the verdict), query_ips,
+    end_to_end_ips (a real scan), peak_rss_mb.
 
     \b
     Example (record the machine and the command with the figures):

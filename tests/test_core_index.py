@@ -216,7 +216,7 @@ def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
     settings = ["runtime", "precision", "device", "views", "batch_size", "cpus", "threads"]
-    measured = ["decode_ips", "provenance_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
+    measured = ["decode_ips", "provenance_ips", "embed_ips", "detail_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
     assert list(figures) == settings + measured
     assert figures["runtime"] == "openvino" and figures["precision"] in ("fp32", "bf16")  # what `auto` chose here
     assert figures["device"] == "cpu" and figures["batch_size"] == 8 and figures["cpus"] >= 1 and figures["threads"] >= 1

@@ -66,14 +66,18 @@ def test_npr_embedder_scripts_and_differs_from_the_plain_one():
 
 
 def test_residual_branch_reads_only_the_npr_residual_and_scripts():
-    from train.model import ResidualBranch, build_embedder, script_embedder
+    from train.model import NPR_GAIN, ResidualBranch, build_embedder, npr_residual, script_embedder
 
     torch.manual_seed(0)
     branch = ResidualBranch(16).eval()
     x = torch.rand(2, 3, 32, 32)
     content = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16), scale_factor=2.0, mode="nearest")
+
+    def feed(image):  # what the Embedder gives the branch: the residual, computed once for both consumers
+        return branch(npr_residual(image) * NPR_GAIN)
+
     with torch.no_grad():
-        a, b, c = branch(x), branch(x + content), branch(torch.rand(2, 3, 32, 32))
+        a, b, c = feed(x), feed(x + content), feed(torch.rand(2, 3, 32, 32))
     assert a.shape == (2, 16)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # 2x-upsampled content is invisible to it
     assert not torch.allclose(a, c, atol=1e-3)
@@ -83,7 +87,9 @@ def test_residual_branch_reads_only_the_npr_residual_and_scripts():
     assert any(k.startswith("residual.") for k in two.state_dict())
     assert not any(k.startswith("residual.") for k in one.state_dict())  # one-branch checkpoints unchanged
     pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    both, _ = build_embedder("resnet10t", embedding_dim=16, residual_width=16, input_filter="npr")
     with torch.no_grad():
         torch.testing.assert_close(script_embedder(two)(pixels), two.eval()(pixels), atol=1e-5, rtol=0)
+        torch.testing.assert_close(script_embedder(both)(pixels), both.eval()(pixels), atol=1e-5, rtol=0)
     with pytest.raises(UsageError, match="residual-branch 12"):
         build_embedder("resnet10t", residual_width=12)

@@ -61,10 +61,10 @@ class ResidualBranch(nn.Module):
             layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
                        nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        self.gain = NPR_GAIN
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convs(npr_residual(x) * self.gain).mean(dim=(2, 3))
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        """residual: the normalised image's npr_residual times NPR_GAIN (the Embedder computes it once)."""
+        return self.convs(residual).mean(dim=(2, 3))
 
 
 class Embedder(nn.Module):
@@ -99,9 +99,11 @@ class Embedder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.float() - self.pixel_mean) / self.pixel_std
-        features = self.backbone(npr_residual(x) * self.npr_gain if self.use_npr else x)
+        # One residual for both consumers (the NPR input filter and the residual branch), when either is on.
+        residual = npr_residual(x) * self.npr_gain if self.use_npr or self.use_residual else x
+        features = self.backbone(residual if self.use_npr else x)
         if self.use_residual:
-            features = torch.cat([features, self.residual(x)], dim=1)
+            features = torch.cat([features, self.residual(residual)], dim=1)
         return F.normalize(self.head(features), p=2.0, dim=1)
 
     def freeze_stages(self, n: int) -> None:

@@ -103,6 +103,9 @@ class AugmentConfig:
       - Gaussian blur, radius in [0.1, 1.0] px (p_blur);
       - JPEG re-compression at quality 60..95 (p_jpeg);
       - random crop to image_size (images smaller than that are first upscaled, shorter side = image_size);
+        with min_crop_detail > 0 (`--min-crop-detail D`), up to CROP_TRIES positions are drawn and the first whose
+        pixel detail (scanner/detail.py) reaches D is kept, else the most detailed: a flat crop (sky, a wall)
+        holds no generator trace, and the verdict does not judge such views either (scanner/verdict.py);
       - horizontal flip (p = 0.5).
     """
 
@@ -118,6 +121,7 @@ class AugmentConfig:
     p_jpeg: float = 0.5
     jpeg_quality_range: tuple[int, int] = (60, 95)
     p_flip: float = 0.5
+    min_crop_detail: float = 0.0
 
 
 def open_rgb(path: Path):
@@ -159,13 +163,36 @@ def augment(img, size: int, cfg: AugmentConfig, rng):
         img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
         w, h = img.size
     if cfg.enabled:
-        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        img = _random_crop(img, size, cfg.min_crop_detail, rng)
     else:
         x, y = (w - size) // 2, (h - size) // 2
-    img = img.crop((x, y, x + size, y + size))
+        img = img.crop((x, y, x + size, y + size))
     if cfg.enabled and rng.random() < cfg.p_flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return img
+
+
+CROP_TRIES = 4
+
+
+def _random_crop(img, size: int, min_detail: float, rng):
+    w, h = img.size
+    best, best_detail = None, -1.0
+    for _ in range(CROP_TRIES if min_detail > 0 else 1):
+        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        crop = img.crop((x, y, x + size, y + size))
+        if min_detail <= 0:
+            return crop
+        import numpy as np
+
+        from scanner.detail import view_detail
+
+        detail = float(view_detail(np.asarray(crop)[None])[0])
+        if detail >= min_detail:
+            return crop
+        if detail > best_detail:
+            best, best_detail = crop, detail
+    return best
 
 
 def scan_preprocess(img, size: int):

@@ -49,7 +49,7 @@ LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
 RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
-                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema")
+                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
     "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
@@ -96,6 +96,7 @@ class TrainConfig:
     augment: bool = True
     real_per_batch: int = 0  # real photos in every batch (0: real is one class among the P drawn); sampling
     aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
+    min_crop_detail: float = 0.0  # redraw training crops flatter than this pixel detail (train.data.augment); 0: off
     ema: float = 0.0  # decay of the weight average that is validated and exported (train.ema); 0: the last weights
     knn_k: int = 11
     embedding_dim: int = EMBEDDING_DIM
@@ -393,7 +394,8 @@ class Validation:
 
 
 def augment_config(cfg: "TrainConfig") -> AugmentConfig:
-    return AugmentConfig(enabled=cfg.augment, p_upscale=cfg.aug_camera, p_noise=cfg.aug_camera)
+    return AugmentConfig(enabled=cfg.augment, p_upscale=cfg.aug_camera, p_noise=cfg.aug_camera,
+                         min_crop_detail=cfg.min_crop_detail)
 
 
 def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:

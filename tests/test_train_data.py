@@ -83,6 +83,25 @@ def test_camera_augmentations_soften_and_add_noise():
     assert up.size == (48, 48) and grad(up) < 0.8 * grad(checker.crop((0, 0, 48, 48)))
 
 
+def test_min_crop_detail_redraws_flat_crops():
+    import numpy as np
+
+    from scanner.detail import view_detail
+
+    half = np.full((256, 256, 3), 120, np.uint8)  # left half flat, right half noise
+    half[:, 128:] = np.random.default_rng(0).integers(0, 256, (256, 128, 3))
+    img, flat = Image.fromarray(half), Image.fromarray(np.full((256, 256, 3), 90, np.uint8))
+    plain = AugmentConfig(p_downscale=0, p_blur=0, p_jpeg=0)
+    redraw = AugmentConfig(p_downscale=0, p_blur=0, p_jpeg=0, min_crop_detail=2.0)
+    rng = random.Random(0)
+
+    def flat_share(cfg):
+        return np.mean([view_detail(np.asarray(augment(img, 64, cfg, rng))[None])[0] < 2 for _ in range(200)])
+
+    assert flat_share(plain) > 0.25 and flat_share(redraw) < 0.05  # 4 draws: (1/2)^4 of flat-only draws at most
+    assert augment(flat, 64, redraw, rng).size == (64, 64)  # nothing textured to find: still a crop
+
+
 def test_scan_preprocess_is_the_native_centre_view():
     """Validation sees what a scan of an exported model sees: the centre S x S at native pixels, not shrunk."""
     import numpy as np

@@ -24,20 +24,22 @@ DEFAULT_MIN_DETAIL = 2.0
 CHUNK = 32  # views per step: bounds the float temporaries (a 5-view batch of 64 would need ~0.4 GB at once)
 
 
+def _abs_laplacian(luma):
+    """|4-neighbour Laplacian| of luma [n, H, W] over the interior pixels (numpy array or torch tensor alike)."""
+    c = luma[:, 1:-1, 1:-1]
+    return abs(4 * c - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1] - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:])
+
+
 def _detail_chunk(pixels):
     import numpy as np
 
     if isinstance(pixels, np.ndarray):
         luma = pixels[..., :3].astype(np.float32) @ np.asarray(LUMA, dtype=np.float32)
-        c = luma[:, 1:-1, 1:-1]
-        lap = 4 * c - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1] - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
-        return np.abs(lap).mean(axis=(1, 2))
+        return _abs_laplacian(luma).mean(axis=(1, 2))
     import torch
 
     luma = pixels[..., :3].float() @ torch.tensor(LUMA, dtype=torch.float32, device=pixels.device)
-    c = luma[:, 1:-1, 1:-1]
-    lap = 4 * c - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1] - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
-    return lap.abs().mean(dim=(1, 2)).cpu().numpy()
+    return _abs_laplacian(luma).mean(dim=(1, 2)).cpu().numpy()
 
 
 def view_detail(pixels):

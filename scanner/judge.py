@@ -44,6 +44,7 @@ class DecodedReads:
     reads: list[ReadResult]
     decoded: DecodedBatch
     provenance: list[list[dict] | None] | None = None  # per read file; None when not read (--no-provenance)
+    detail: np.ndarray | None = None  # pixel detail per decoded file (scanner/detail.py); set by BatchJudge.decode
 
     def ok_rows(self) -> list[int]:
         """Items whose read and decode succeeded, in order: the rows of the batch's embeddings."""
@@ -94,16 +95,21 @@ class BatchJudge(BatchEmbedder):
         super().__init__(embedder, decode, batch_size)
         self.index, self.k, self.min_detail = index, k, min_detail
 
+    def decode(self, reads: list[ReadResult]) -> DecodedReads:
+        batch = super().decode(reads)
+        # Measured beside decoding (the local engine's feeder thread), not on the thread that embeds and judges.
+        batch.detail = item_detail(batch.decoded)
+        return batch
+
     def judge(self, batch: DecodedReads) -> pa.RecordBatch:
         embeddings = self.embed(batch)
-        detail = item_detail(batch.decoded)
         neighbors = self.index.search(embeddings, self.k)
-        verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index, self.min_detail), detail)
+        verdicts = decide(neighbors.labels, neighbors.sims, VerdictRule.of(self.index, self.min_detail), batch.detail)
         ok = batch.ok_rows()
         hashes = first_view_hashes(batch.decoded)
         matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
         verdicts = apply_matches(verdicts, matches, self.index.table.label)
-        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id, detail)
+        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id, batch.detail)
 
     def __call__(self, reads: list[ReadResult]) -> pa.RecordBatch:
         return self.judge(self.decode(reads))

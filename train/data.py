@@ -177,16 +177,17 @@ CROP_TRIES = 4
 
 def _random_crop(img, size: int, min_detail: float, rng):
     w, h = img.size
+    if min_detail <= 0:
+        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        return img.crop((x, y, x + size, y + size))
+    import numpy as np
+
+    from scanner.detail import view_detail
+
     best, best_detail = None, -1.0
-    for _ in range(CROP_TRIES if min_detail > 0 else 1):
+    for _ in range(CROP_TRIES):
         x, y = rng.randint(0, w - size), rng.randint(0, h - size)
         crop = img.crop((x, y, x + size, y + size))
-        if min_detail <= 0:
-            return crop
-        import numpy as np
-
-        from scanner.detail import view_detail
-
         detail = float(view_detail(np.asarray(crop)[None])[0])
         if detail >= min_detail:
             return crop

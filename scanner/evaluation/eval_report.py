@@ -64,7 +64,7 @@ def sweep_table(result: EvalResult) -> dict[str, list[dict]]:
 def _prediction_rows(result: EvalResult, ds: Dataset, feats: Features, shots: int) -> pa.Table:
     cols = {name: [] for name in PREDICTION_SCHEMA.names}
     for m in result.methods:
-        detail = m.detail if m.detail is not None else feats.detail
+        detail = m.judged_detail(feats)
         for f in result.folds:
             j = result.judged[(m.name, shots, f)]
             at = {int(q): r for r, q in enumerate(j.query_idx)}

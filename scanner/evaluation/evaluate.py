@@ -40,6 +40,10 @@ class Method:
     def support(self, idx: np.ndarray) -> np.ndarray:
         return (self.features if self.support_features is None else self.support_features)[idx]
 
+    def judged_detail(self, feats: "Features") -> np.ndarray | None:
+        """Pixel detail of the images this method judges: its own (degraded copies), else the clean images'."""
+        return self.detail if self.detail is not None else feats.detail
+
 
 @dataclass
 class Judged:
@@ -197,7 +201,7 @@ def judge(method: Method, ds: Dataset, feats: Features, split: Split, k: int, wo
         q, labs, ids, sims, rule = _judge_cosine(method, ds, feats, split, k, workdir)
     else:
         q, labs, ids, sims, rule = _judge_euclidean(method, ds, feats, split, k)
-    detail = method.detail if method.detail is not None else feats.detail
+    detail = method.judged_detail(feats)
     v = decide(labs, sims, dataclasses.replace(rule, min_detail=min_detail), None if detail is None else detail[q])
     j = Judged(method=method.name, split=split, query_idx=q, label=v.label, closed_set_label=v.closed_set_label,
                is_ai=v.is_ai, ai_score=v.ai_score, open_set_score=v.open_set_score, threshold=rule.threshold,

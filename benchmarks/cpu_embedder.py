@@ -20,6 +20,7 @@ Variants (the names are what `--variants` takes):
   ov_bf16          OpenVINO, inference precision bf16
   ort_fp32         ONNX Runtime (if installed), exported ONNX graph
   imgscan_default  scanner.embed.Embedder with its defaults (--runtime auto, --precision auto): what a scan runs
+                   per view (the view and its mirror image where the card says `mirror`: two forwards)
   imgscan_int8     the same with --precision int8 (the model's NNCF int8 IR; `imgscan quantize` makes it)
 """
 
@@ -78,7 +79,7 @@ def _runner(variant: str, model_dir: Path, batch: np.ndarray):
         embedder = Embedder(model_dir, device="cpu", precision="int8" if variant == "imgscan_int8" else "auto")
 
         def run():
-            return embedder.embed(batch)
+            return embedder.embed_views(batch)  # with the view's mirror image too, where the card asks for it
         return run
 
     if variant == "b0_nchw_fp32":
@@ -180,11 +181,16 @@ def measure(variant: str, model_dir: Path, batch_size: int, size: int, warmup: i
     if variant != "b0_nchw_fp32":
         from scanner.model import load_model
 
-        _, ref = load_model(model_dir, device="cpu")
-        with torch.inference_mode():
-            ref_out = ref(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+        card, ref = load_model(model_dir, device="cpu")
+        flips = (False, True) if variant.startswith("imgscan_") and card.preprocessing.get("mirror") else (False,)
+        b = 0
+        for flip in flips:  # the imgscan_ variants average each view with its mirror image when the card says so
+            x = torch.from_numpy(batch[:, :, ::-1].copy() if flip else batch).permute(0, 3, 1, 2).contiguous()
+            with torch.inference_mode():
+                ref_out = ref(x).numpy()
+            b = b + ref_out / np.linalg.norm(ref_out, axis=1, keepdims=True)
         a = out / np.linalg.norm(out, axis=1, keepdims=True)
-        b = ref_out / np.linalg.norm(ref_out, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
         result["cos_min"] = round(float((a * b).sum(axis=1).min()), 6)
     return result
 

@@ -68,7 +68,8 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, bat
         end_to_end_ips = _bench_scan(embedder, index, roots, tmp / "verdicts.parquet", batch_size, k)
     return {
         "runtime": embedder.runtime, "precision": embedder.precision, "device": embedder.device,
-        "views": embedder.view_spec.views, "batch_size": batch_size, "cpus": usable_cpus(),
+        "views": embedder.view_spec.views, "mirror": embedder.view_spec.mirror, "batch_size": batch_size,
+        "cpus": usable_cpus(),
         "threads": embedder.threads,
         "decode_ips": round(decode_ips, 1),
         "provenance_ips": round(provenance_ips, 1),

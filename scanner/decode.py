@@ -10,6 +10,10 @@ size becomes model input, used by scan, enroll, eval, the Ray engine, bench and 
   four quarter points, then the edge midpoints). An image that is not at least 1.5 S on a side after the resize
   rule gets the centre view alone (its crops would mostly repeat the same pixels), so a kit-sized image costs one
   embedding whatever `views` says. The embedder averages a file's view embeddings (`Embedder.embed_batch`).
+- `mirror: true` (models since 0.4.1): each view is embedded a second time flipped left to right and the two
+  embeddings are averaged with the others. A camera's or generator's traces survive a mirror, a single crop's
+  accidents do not all survive it: the average holds the traces and steadies the vote, at twice the embedding
+  cost (docs/benchmarks.md). The decoder never produces the mirrored copy; the embedder flips the pixels it has.
 
 DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where there is none). Pillow serves
 only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of
@@ -63,6 +67,7 @@ class ViewSpec:
     size: int
     resize: str = "native"
     views: int = 1
+    mirror: bool = False
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -90,13 +95,24 @@ class ViewSpec:
         return self.views if 2 * max(new_w, new_h) >= 3 * self.size else 1
 
     def to_card(self) -> dict:
-        return {"resize": self.resize, "crop": "views", "views": self.views, "interpolation": "bilinear_antialias"}
+        card = {"resize": self.resize, "crop": "views", "views": self.views, "interpolation": "bilinear_antialias"}
+        if self.mirror:  # absent means False: cards written before mirroring existed read the same
+            card["mirror"] = True
+        return card
 
     @classmethod
     def from_card(cls, size: int, preprocessing: dict | None, views: int | None = None) -> "ViewSpec":
         pre = preprocessing or {}
         resize = pre.get("resize", "shorter_side")
-        return cls(size=size, resize=resize, views=int(views if views is not None else pre.get("views", 1)))
+        mirror = pre.get("mirror", False)
+        if not isinstance(mirror, bool):
+            raise ValueError(f"mirror {mirror!r}: expected true or false")
+        return cls(size=size, resize=resize, views=int(views if views is not None else pre.get("views", 1)),
+                   mirror=mirror)
+
+    def describe(self) -> str:
+        """For logs and reports: '5 views, mirrored'."""
+        return f"{self.views} view{'s' if self.views != 1 else ''}" + (", mirrored" if self.mirror else "")
 
 
 def view_spec_for(card, views: int | None = None) -> ViewSpec:

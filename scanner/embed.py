@@ -81,6 +81,13 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def mirrored(pixels_nhwc):
+    """uint8 [n, H, W, 3] flipped left to right, contiguous (numpy on CPU, torch on CUDA)."""
+    if isinstance(pixels_nhwc, np.ndarray):
+        return np.ascontiguousarray(pixels_nhwc[:, :, ::-1])
+    return pixels_nhwc.flip(2)
+
+
 def probe_batch(size: int, n: int = 2, seed: int = 0) -> np.ndarray:
     """Fixed photo-like uint8 NHWC images (smooth colour fields plus noise): the load-time probe of a model and
     the ONNX export check."""
@@ -184,9 +191,10 @@ class Embedder:
         return self.card.model_id
 
     def embed_batch(self, decoded: DecodedBatch) -> np.ndarray:
-        """One embedding per decoded item: the mean of its views' embeddings, re-normalised (views of one photo
-        agree on its traces; averaging them steadies the vote more than any single crop)."""
-        emb = self.embed(decoded.pixels)
+        """One embedding per decoded item: the mean of its views' embeddings (and of their mirror images when the
+        ViewSpec says `mirror`), re-normalised (views of one photo agree on its traces; averaging them steadies the
+        vote more than any single crop)."""
+        emb = self.embed_views(decoded.pixels)
         starts = decoded.view_starts()
         if starts is None:
             return emb  # one view per item
@@ -194,6 +202,14 @@ class Embedder:
         if sum(counts) != emb.shape[0]:
             raise ValueError(f"decoder returned {emb.shape[0]} views for view counts summing to {sum(counts)}")
         mean = np.add.reduceat(emb, starts, axis=0) / np.asarray(counts, dtype=np.float32)[:, None]
+        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+
+    def embed_views(self, pixels_nhwc) -> np.ndarray:
+        """One embedding per view: `embed`, averaged with the view's mirror image when the ViewSpec says so."""
+        emb = self.embed(pixels_nhwc)
+        if not self.view_spec.mirror or emb.shape[0] == 0:
+            return emb
+        mean = emb + self.embed(mirrored(pixels_nhwc))
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def embed(self, pixels_nhwc) -> np.ndarray:

@@ -64,7 +64,7 @@ def scan_metadata(card, support, k: int, precision: str | None, runtime: str, vi
         "version": __version__, "model": card.model_id, "model_card": json.loads(card.to_json()),
         "index": support.name, "index_counts": support.manifest.counts,
         "open_set_threshold": support.threshold, "k": k, "min_detail": min_detail, "precision": precision, "runtime": runtime,
-        "resize": view_spec.resize, "views": view_spec.views,
+        "resize": view_spec.resize, "views": view_spec.views, "mirror": view_spec.mirror,
     })}
 
 
@@ -140,7 +140,7 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots) or 'none'}{listed}; out {config.out}; model "
                  f"{card.model_id}; index {index_dir} ({support.name}, {len(support.manifest.counts)} classes, "
                  f"{support.manifest.total} images); engine {config.engine}; runtime {engine.runtime}, precision "
-                 f"{engine.precision}; views {view_spec.views}; resuming {len(done)} rows")
+                 f"{engine.precision}; {view_spec.describe()}; resuming {len(done)} rows")
     if len(support.manifest.counts) == 1:
         progress.log(f"warning: the index holds one class ({next(iter(support.manifest.counts))}): every image "
                      "will be labelled that class or unknown; enroll real photos and generators to compare")

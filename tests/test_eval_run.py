@@ -153,6 +153,10 @@ def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path, monkeypatch):
                      use_umap=False, baselines=False, cache=cache)  # from the cache: same embeddings, same metrics
     assert [p.endswith(b"broken.jpg") for p in seen] == [True]  # only the file that failed is tried again
     assert again["main"] == one["main"] and again["data"] == one["data"]
+    seen.clear()  # another view rule gives the same weights other embeddings: the cache does not serve it
+    run_eval(eval_data, tmp_path / "r3", model=tiny_model_dir, shots="2", query_folds="1", device="cpu",
+             use_umap=False, baselines=False, cache=cache, views=2)
+    assert len(seen) == one["data"]["n_images"]
     assert one["protocol"]["folds"] == [1]
     assert one["main"]["imgscan"]["metrics"]["n_queries"] < 56
 

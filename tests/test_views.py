@@ -99,6 +99,13 @@ def test_view_spec_from_card_and_its_limits():
     assert ViewSpec.from_card(256, {"resize": "native", "views": 3}) == ViewSpec(256, "native", 3)
     assert ViewSpec.from_card(256, {"resize": "native", "views": 3}, views=5).views == 5
     assert ViewSpec.from_card(256, {}).resize == "shorter_side"  # a card without the key predates native views
+    assert ViewSpec.from_card(256, {"resize": "native"}).mirror is False  # nor does it mirror
+    spec = ViewSpec(256, "native", 5, mirror=True)
+    assert spec.to_card()["mirror"] is True and "mirror" not in ViewSpec(256, "native", 5).to_card()
+    assert ViewSpec.from_card(256, spec.to_card()) == spec
+    assert ViewSpec.from_card(256, spec.to_card(), views=2) == ViewSpec(256, "native", 2, mirror=True)
+    with pytest.raises(ValueError, match="mirror"):
+        ViewSpec.from_card(256, {"resize": "native", "mirror": "yes"})
     for bad in (dict(views=0), dict(views=MAX_VIEWS + 1), dict(resize="stretch")):
         with pytest.raises(ValueError):
             ViewSpec(256, **bad)
@@ -120,6 +127,73 @@ def test_embedder_averages_a_files_views(tiny_model_dir):
     assert got.shape == (3, 128)
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mirrored_model_dir(tmp_path_factory):
+    """The tiny fixture's embedder with a card that asks for mirrored views."""
+    from conftest import make_tiny_embedder
+    from scanner.model import ModelCard, save_model_dir
+
+    out = tmp_path_factory.mktemp("mirrored_model")
+    card = ModelCard(name="tiny-colour", version="test-mirror", input_size=32, embedding_dim=128,
+                     preprocessing=ViewSpec(32, "native", 1, mirror=True).to_card(),
+                     backbone="4x4 colour grid + random projection", training_data="none (test fixture)")
+    save_model_dir(make_tiny_embedder(), card, out)
+    return out
+
+
+def test_mirrored_views_average_each_view_with_its_mirror_image(mirrored_model_dir):
+    """Each view's embedding is the normalised mean of the view's and its left-right mirror's; then views are
+    averaged as without mirroring. A left-right symmetric file embeds exactly as without mirroring."""
+    from scanner.decode import DecodedBatch
+    from scanner.embed import Embedder, mirrored
+
+    emb = Embedder(mirrored_model_dir, device="cpu", precision="fp32", views=3)
+    assert emb.view_spec == ViewSpec(32, "native", 3, mirror=True) and emb.view_spec.describe() == "3 views, mirrored"
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (3 + 1, 32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(mirrored(pixels)[:, :, 0], pixels[:, :, -1])
+    plain, flipped = emb.embed(pixels), emb.embed(np.ascontiguousarray(pixels[:, :, ::-1]))
+    assert not np.allclose(plain, flipped, atol=1e-3)  # the fixture's colour grid is not mirror-invariant
+    per_view = plain + flipped
+    per_view /= np.linalg.norm(per_view, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb.embed_views(pixels), per_view, atol=1e-6)
+    got = emb.embed_batch(DecodedBatch(pixels=pixels, sizes=[(90, 90), (32, 32)], errors=[None] * 2, view_counts=[3, 1]))
+    mean = np.stack([per_view[0:3].mean(axis=0), per_view[3]])
+    np.testing.assert_allclose(got, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    symmetric = np.concatenate([pixels[:1, :, :16], pixels[:1, :, :16][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(emb.embed_views(symmetric), emb.embed(symmetric), atol=1e-6)
+
+
+def test_a_mirrored_scan_matches_its_mirrored_enrollment_and_records_it(tmp_path, mirrored_model_dir):
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from scanner.cli import app
+    from conftest import BLUE, RED, coloured
+
+    runner = CliRunner()
+    index = tmp_path / "index"
+    for label, rgb, seed in (("real", RED, 0), ("gen_blue", BLUE, 50)):
+        src = tmp_path / label
+        src.mkdir()
+        for i in range(12):
+            coloured(rgb, size=(40, 36), seed=seed + i).save(src / f"{i}.png")
+        r = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(mirrored_model_dir),
+                                "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+    out = tmp_path / "v.parquet"
+    r = runner.invoke(app, ["scan", str(tmp_path / "gen_blue"), "--out", str(out), "--index", str(index), "--model",
+                            str(mirrored_model_dir), "--device", "cpu", "--min-detail", "0"])
+    assert r.exit_code == 0, r.output
+    table = pq.read_table(out)
+    assert json.loads(table.schema.metadata[b"imgscan"])["mirror"] is True
+    rows = table.to_pylist()
+    assert len(rows) == 12 and all(row["label"] == "gen_blue" for row in rows)
+    assert all(row["neighbors"][0]["similarity"] > 0.9999 for row in rows)
 
 
 def test_views_outside_the_range_are_a_usage_error(tiny_model_dir):

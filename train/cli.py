@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
         freeze_blocks: Annotated[int, typer.Option("--freeze-blocks", min=0, rich_help_panel=MODEL_PANEL, help="Freeze the stem and the first N backbone stages (faster on CPU, fewer weights to fit).")] = 0,
         export_size: Annotated[int, typer.Option("--export-size", rich_help_panel=MODEL_PANEL, help="Input side S written to the model card: scans crop S x S views at native pixels.")] = 256,
         scan_views: Annotated[int, typer.Option("--scan-views", min=1, max=9, rich_help_panel=MODEL_PANEL, help="Native-pixel views per large image that the card asks scans for (averaged).")] = 1,
+        scan_mirror: Annotated[bool, typer.Option("--scan-mirror", rich_help_panel=MODEL_PANEL, help="The card asks scans to embed each view mirrored too and average the two (twice the embedding cost; steadier verdicts).")] = False,
         name: Annotated[Optional[str], typer.Option("--name", rich_help_panel=MODEL_PANEL, help="Model name in the card (default imgscan-<backbone>-<loss>).")] = None,
         model_version: Annotated[Optional[str], typer.Option("--model-version", rich_help_panel=MODEL_PANEL, help="Model version in the card (default: today's date).")] = None,
         epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=RUN_PANEL, help="Passes over the training set (approximately: P x K batches).")] = 10,
@@ -83,6 +84,8 @@ def register(app: typer.Typer) -> None:
         images_per_class: Annotated[int, typer.Option("--images-per-class", rich_help_panel=RUN_PANEL, help="K images per class in a batch (P = batch size / K classes).")] = 4,
         lr: Annotated[float, typer.Option("--lr", rich_help_panel=RUN_PANEL, help="AdamW learning rate of the backbone; the head gets 5x.")] = 3e-4,
         ema: Annotated[float, typer.Option("--ema", min=0.0, max=0.99999, rich_help_panel=RUN_PANEL, help="Validate and export a moving average of the weights with this decay per step (e.g. 0.999: about the last 1,000 steps) instead of the last step's; 0: off. Training itself is unchanged.")] = 0.0,
+        distil_from: Annotated[Optional[Path], typer.Option("--distil-from", rich_help_panel=RUN_PANEL, help="A teacher model directory (e.g. `imgscan ensemble` of several seeds): the student also learns to see each batch's neighbours as the teacher does. The teacher must hold out what this run holds out.")] = None,
+        distil_weight: Annotated[float, typer.Option("--distil-weight", min=0.0, rich_help_panel=RUN_PANEL, help="Weight of the distillation term beside the main loss (with --distil-from).")] = 1.0,
         seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN_PANEL, help="Seed for sampling, augmentation and initialisation of the head.")] = 0,
         device: DeviceOpt = "auto",
         resume: Annotated[bool, typer.Option("--resume", rich_help_panel=RUN_PANEL, help="Continue from WORK/checkpoint.pt (same settings).")] = False,
@@ -119,17 +122,45 @@ def register(app: typer.Typer) -> None:
             data=[str(d) for d in data], out=str(out), backbone=backbone, input_filter=input_filter, residual_branch=residual_branch, holdout=_parse_holdout(holdout),
             holdout_sources=_parse_holdout(holdout_sources, "--holdout-sources", "camera:drewnoakes"), epochs=epochs,
             batch_size=batch_size, images_per_class=images_per_class, image_size=image_size,
-            export_size=export_size, scan_views=scan_views, loss=loss, temperature=temperature,
+            export_size=export_size, scan_views=scan_views, scan_mirror=scan_mirror, loss=loss, temperature=temperature,
             init_weights=str(init_weights) if init_weights else None, pretrained=pretrained, val_fold=val_fold,
             device=device, resume=resume, seed=seed, lr=lr, freeze_blocks=freeze_blocks, workers=workers,
             augment=not no_augment, aug_camera=aug_camera, min_crop_detail=min_crop_detail, real_per_batch=real_per_batch, batches_per_epoch=batches_per_epoch,
             eval_every=eval_every, support_per_class=support_per_class, ema=ema,
+            distil_from=str(distil_from) if distil_from else None, distil_weight=distil_weight,
             work_dir=str(work_dir) if work_dir else None, name=name, model_version=model_version,
             command=invocation(),
         )
         card = train(cfg, show_progress=sys.stderr.isatty())
         typer.echo(f"wrote {out} ({card.model_id})")
 
+
+    @app.command("ensemble", no_args_is_help=True)
+    def ensemble_command(
+        out: Annotated[Path, typer.Argument(help="Model directory to write.", show_default=False)],
+        members: Annotated[list[Path], typer.Argument(help="Two or more trained model directories (same input size and view rule).", show_default=False)],
+        name: Annotated[Optional[str], typer.Option("--name", help="Model name in the card (default: the first member's name + -xN).")] = None,
+        model_version: Annotated[Optional[str], typer.Option("--model-version", help="Model version in the card (default: the first member's).")] = None,
+    ) -> None:
+        """Combine trained models (e.g. the same recipe under several --seed) into one model whose embedding is
+        their embeddings side by side.
+
+        \b
+        Runs every member on every view (N times the embedding cost of one) and steadies what one training run
+        gets wrong by chance: docs/training.md measures three seeds of the default recipe against each alone.
+        The result is a model directory like any other: `--model OUT` in scan, enroll, eval; build its own
+        index (embeddings of different models never mix).
+
+        \b
+        Example:
+          imgscan ensemble models/x3 runs/seed0/model runs/seed1/model runs/seed2/model --model-version 1.0
+        """
+        from train.ensemble import make_ensemble
+
+        for d in members:
+            if not d.is_dir():
+                raise UsageError(f"{d}: no such model directory")
+        make_ensemble(members, out, name=name, version=model_version, command=invocation(), log=typer.echo)
 
     @app.command("quantize", no_args_is_help=True)
     def quantize_command(

@@ -6,6 +6,9 @@
   after the natural-traces idea of Liang et al., AAAI 2025 (our own formula, see docs/training.md).
 - `CosineCELoss` ("ce"): cross-entropy through a cosine classifier whose input is the embedding itself, so the
   embedding is the classifier's penultimate feature.
+- `relation_distillation` (`imgscan train --distil-from`, added to any of these): the student's in-batch
+  neighbour distribution is pulled toward a teacher's (e.g. an ensemble's), so that the student's k-NN sees the
+  batch as the teacher does; dimensions may differ, only similarities are compared.
 
 Formulas are written out in docs/training.md; tests compare them with plain numpy loops.
 """
@@ -137,6 +140,18 @@ class CosineCELoss(nn.Module):
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(features), labels)
+
+
+def relation_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(1/B) sum_i KL(q_i || p_i), q_ij = softmax_{j != i}(t_i.t_j / T), p_ij the same of the student's embeddings.
+
+    Both [B, *] L2-normalised; the teacher carries no gradient."""
+    log_p = _masked_log_softmax_rows(_at_least_float32(student), temperature)
+    log_q = _masked_log_softmax_rows(_at_least_float32(teacher).detach(), temperature)
+    not_self = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
+    q = torch.exp(log_q) * not_self
+    kl = (q * (log_q - log_p)).masked_fill(~not_self, 0.0).sum(dim=1)
+    return kl.mean()
 
 
 def build_loss(name: str, *, num_classes: int, embedding_dim: int, real_label: int | None, temperature: float) -> nn.Module:

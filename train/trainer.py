@@ -40,7 +40,7 @@ from train.data import (
     make_split,
 )
 from train.ema import WeightAverage
-from train.losses import build_loss
+from train.losses import build_loss, relation_distillation
 from train.model import EMBEDDING_DIM, build_embedder, has_fixed_input_size, script_embedder
 from train.sampling import PKBatchSampler
 
@@ -49,7 +49,8 @@ LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
 RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
-                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail")
+                     "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail",
+                     "distil_from", "distil_weight")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
     "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
@@ -80,6 +81,7 @@ class TrainConfig:
     image_size: int = 128
     export_size: int = 256
     scan_views: int = 1  # views the card asks scans for (scanner.decode.ViewSpec; large images only)
+    scan_mirror: bool = False  # the card asks scans to average each view with its mirror image (ViewSpec.mirror)
     loss: str = "supcon"
     temperature: float = 0.1
     init_weights: str | None = None
@@ -98,6 +100,8 @@ class TrainConfig:
     aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
     min_crop_detail: float = 0.0  # redraw training crops flatter than this pixel detail (train.data.augment); 0: off
     ema: float = 0.0  # decay of the weight average that is validated and exported (train.ema); 0: the last weights
+    distil_from: str | None = None  # a teacher model directory (e.g. an ensemble): train.losses.relation_distillation
+    distil_weight: float = 1.0  # its weight beside the main loss
     knn_k: int = 11
     embedding_dim: int = EMBEDDING_DIM
     work_dir: str | None = None
@@ -261,6 +265,10 @@ class Run:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None on CPU
     ema: WeightAverage | None = None
+    teacher: torch.nn.Module | None = None  # --distil-from: a frozen TorchScript embedder
+    teacher_id: str = ""
+    distil_weight: float = 0.0
+    distil_temperature: float = 0.1
     history: list = field(default_factory=list)
     start_epoch: int = 0
     prior_seconds: float = 0.0
@@ -312,7 +320,38 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
-    return Run(model, loss_fn, optimizer, scheduler, scaler, sampler, loader, device, amp_dtype, ema), init
+    run = Run(model, loss_fn, optimizer, scheduler, scaler, sampler, loader, device, amp_dtype, ema)
+    if cfg.distil_from:
+        run.teacher, run.teacher_id = load_teacher(cfg, split, device)
+        run.distil_weight, run.distil_temperature = cfg.distil_weight, cfg.temperature
+    return run, init
+
+
+def load_teacher(cfg: TrainConfig, split, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The --distil-from model, frozen. A teacher that trained on what this run holds out (classes, sources, the
+    validation fold) would leak it into the student: refused."""
+    card, teacher = load_model(cfg.distil_from, device=str(device))
+    held = card.training
+    leaks = []
+    if held.get("val_fold_held_out") != cfg.val_fold:
+        leaks.append(f"validation fold {held.get('val_fold_held_out')} (this run: {cfg.val_fold})")
+    missing = sorted(set(split.holdout) - set(held.get("holdout_classes") or []))
+    if missing:
+        leaks.append(f"classes {', '.join(missing)}")
+    missing = sorted(set(cfg.holdout_sources) - set(held.get("holdout_sources") or []))
+    if missing:
+        leaks.append(f"sources {', '.join(missing)}")
+    if leaks:
+        raise UsageError(f"--distil-from {cfg.distil_from}: the teacher ({card.model_id}) did not hold out what this "
+                         f"run holds out: {'; '.join(leaks)}")
+    try:
+        with torch.no_grad():
+            teacher(torch.zeros(2, 3, cfg.image_size, cfg.image_size, device=device))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"--distil-from {cfg.distil_from}: the teacher fails on {cfg.image_size}px training crops "
+                         f"({first})") from None
+    return teacher, card.model_id
 
 
 def resume_run(run: Run, ckpt_path: Path, settings: dict, log) -> None:
@@ -352,6 +391,10 @@ def train_epoch(run: Run, epoch: int, epochs: int, show_progress: bool) -> dict:
             with torch.autocast(device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp_dtype is not None):
                 emb = run.model(images)
             loss = run.loss_fn(emb.float(), labels)
+            if run.teacher is not None:
+                with torch.no_grad():
+                    target = run.teacher(images)
+                loss = loss + run.distil_weight * relation_distillation(emb.float(), target, run.distil_temperature)
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
@@ -448,7 +491,8 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     wall = run.prior_seconds + (time.time() - t_run)
     val_images = validation.val_images if validation is not None else None
     return export(cfg, run.final_model(), init, split, run.history, wall, time.time() - t_start, device, val_images, out,
-                  log_path, log)
+                  log_path, log,
+                  teacher_id=run.teacher_id)
 
 
 def _data_licence(data: Path) -> str:
@@ -477,7 +521,8 @@ def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
     return what, licence
 
 
-def export(cfg, model, init, split, history, wall, total, device, val_images, out: Path, log_path: Path, log) -> ModelCard:
+def export(cfg, model, init, split, history, wall, total, device, val_images, out: Path, log_path: Path, log,
+           teacher_id: str = "") -> ModelCard:
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation notice
@@ -500,7 +545,7 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
         version=cfg.model_version or time.strftime("%Y.%m.%d", time.gmtime()),
         input_size=cfg.export_size,
         embedding_dim=cfg.embedding_dim,
-        preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views).to_card(),  # checked in train()
+        preprocessing=ViewSpec(cfg.export_size, "native", cfg.scan_views, cfg.scan_mirror).to_card(),  # checked in train()
         normalization={"mean": list(init.mean), "std": list(init.std)},
         backbone=(f"{cfg.backbone} (timm), init: {init.detail}"
                   + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")
@@ -522,6 +567,7 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
             "train_wall_seconds": round(wall, 1),
             "total_wall_seconds": round(total, 1),
             "hardware": hardware_description(device),
+            **({"teacher": teacher_id} if teacher_id else {}),
             "export_check": {"compared": "TorchScript vs eager embeddings", "images": int(check.shape[0]),
                              "max_abs_diff": max_diff},
         },
@@ -529,7 +575,9 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
                f"k-NN (k={cfg.knn_k}) validation: support = training folds of all classes (held-out classes "
                f"enrolled, never trained on), queries = fold {cfg.val_fold}."
                + (f" Exported weights: moving average of the weights over the steps (decay {cfg.ema}, "
-                  "train.ema), not the last step's." if cfg.ema else "")),
+                  "train.ema), not the last step's." if cfg.ema else "")
+               + (f" Distilled from {teacher_id} (in-batch neighbour distributions, weight {cfg.distil_weight}, "
+                  "train.losses.relation_distillation) beside the main loss." if teacher_id else "")),
     )
     card = save_model_dir(scripted, card, out)
     if log_path.exists() and log_path.parent.resolve() != out.resolve():

@@ -88,15 +88,16 @@ def drop_duplicates(ds: Dataset, feats: Features) -> None:
             feats.duplicates[ds.paths[i]] = ds.paths[j]
 
 
-def _load_cache(cache: Path | None, model_sha256: str, numerics: str) -> dict[str, tuple[np.ndarray, float]]:
+def _load_cache(cache: Path | None, model_sha256: str, numerics: str, views: str) -> dict[str, tuple[np.ndarray, float]]:
     if cache is None or not cache.is_file():
         return {}
     try:
         with np.load(cache, allow_pickle=False) as z:
             # bf16 and fp32 (torch or OpenVINO) embeddings of one model differ slightly: a cache serves one kind
             cached = str(z["precision"]) if "precision" in z.files else "fp32"  # older caches: fp32 torch
-            if str(z["model_sha256"]) != model_sha256 or cached != numerics or "detail" not in z.files:
-                return {}  # another model or numerics, or written before pixel detail was kept: embed again
+            cached_views = str(z["views"]) if "views" in z.files else ""
+            if str(z["model_sha256"]) != model_sha256 or cached != numerics or cached_views != views:
+                return {}  # another model, numerics or view rule (or a cache older than these fields): embed again
             return dict(zip(z["sha"].tolist(), zip(z["embedding"], z["detail"].tolist())))
     except (OSError, KeyError, ValueError):
         return {}  # unreadable or foreign cache: embed again and overwrite it
@@ -120,7 +121,8 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
     sha = np.empty(len(ds), dtype=object)
     errors: dict[str, str] = {}
     numerics = embedder.precision if embedder.runtime == "torch" else f"{embedder.runtime}-{embedder.precision}"
-    cached = _load_cache(cache, embedder.card.weights_sha256, numerics)
+    views = embedder.view_spec.describe()  # the same weights give other embeddings under another view rule
+    cached = _load_cache(cache, embedder.card.weights_sha256, numerics, views)
     todo = list(range(len(ds)))
     if cached:
         todo = []
@@ -153,7 +155,7 @@ def embed_dataset(ds: Dataset, embedder, batch_size: int = 32, progress=None, ca
         from imgscan_core.files import atomic_path
 
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics),
+            np.savez(f, model_sha256=np.array(embedder.card.weights_sha256), precision=np.array(numerics), views=np.array(views),
                      sha=np.array(sha[ok].tolist(), dtype=str), embedding=emb[ok], detail=detail[ok])
     feats = Features(ok=ok, sha=sha, errors=errors, embeddings=emb, detail=detail)
     drop_duplicates(ds, feats)

@@ -173,7 +173,7 @@ def run_explain(image: Path, out: Path, model_dir: Path, index: Path | None = No
         raise UsageError(f"{image}: cannot decode ({exc})") from None
 
     def embed(batch: np.ndarray) -> np.ndarray:
-        return embedder.embed(torch.from_numpy(np.ascontiguousarray(batch)))
+        return embedder.embed_views(torch.from_numpy(np.ascontiguousarray(batch)))
 
     verdict = None
     if support is None and index is not None:

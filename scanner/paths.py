@@ -1,8 +1,10 @@
 """Where things live by default: the per-user support index (XDG data dir) and the model.
 
-A build may ship a default model and a starter support index built with it (scanner/default_model,
-scanner/default_index). Scanning with no index of the user's own reads the starter index in place; the
-first `enroll` into the default location copies it there first, so new classes extend it.
+A build may ship models, each with a starter support index built with it: the default (scanner/default_model,
+scanner/default_index) and others that `--model NAME` names (`PACKAGED_NAMES`; e.g. `x3`, three seeds of the
+default's recipe as one ensemble: more accurate, three times the embedding cost). Scanning with no index of the
+user's own reads the starter index of the model in use in place; the first `enroll` into the default location
+copies it there first, so new classes extend it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ INDEX_ENV = "IMGSCAN_INDEX"
 MODEL_ENV = "IMGSCAN_MODEL"
 PACKAGED_MODEL_DIR = Path(__file__).parent / "default_model"
 PACKAGED_INDEX_DIR = Path(__file__).parent / "default_index"
+PACKAGED_X3_MODEL_DIR = Path(__file__).parent / "x3_model"
+PACKAGED_X3_INDEX_DIR = Path(__file__).parent / "x3_index"
+PACKAGED_NAMES = ("default", "x3")
+
+
+def packaged() -> dict[str, tuple[Path, Path]]:
+    """The models this package may ship, by the name `--model` takes: (model dir, its starter index dir)."""
+    return {"default": (PACKAGED_MODEL_DIR, PACKAGED_INDEX_DIR), "x3": (PACKAGED_X3_MODEL_DIR, PACKAGED_X3_INDEX_DIR)}
 
 
 def default_index_dir() -> Path:
@@ -38,8 +48,15 @@ def default_model_dir() -> Path | None:
 
 
 def model_dir_or_default(model: Path | None) -> Path:
-    """--model, else the default model; a one-line error when there is none."""
+    """--model (a directory, or the name of a model this package ships when no such directory exists), else the
+    default model; a one-line error when there is none."""
     if model is not None:
+        name = os.fspath(model)
+        if name in PACKAGED_NAMES and not model.exists():
+            model_dir = packaged()[name][0]
+            if not (model_dir / "model_card.json").is_file():
+                raise UsageError(f"--model {name}: this build does not ship that model (nor is there a directory {name})")
+            return model_dir
         return model
     found = default_model_dir()
     if found is None:
@@ -54,29 +71,34 @@ def _has_index(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 
 
-def _starter_fits(model_sha256: str) -> bool:
-    """The starter index holds the packaged model's embeddings: it only serves that model."""
-    if not _has_index(PACKAGED_INDEX_DIR):
-        return False
-    try:
-        manifest = json.loads((PACKAGED_INDEX_DIR / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return manifest.get("model_sha256") == model_sha256
+def _starter_for(model_sha256: str) -> Path | None:
+    """The packaged starter index that holds this model's embeddings (each serves only its own model)."""
+    for _, starter in packaged().values():
+        if not _has_index(starter):
+            continue
+        try:
+            manifest = json.loads((starter / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if manifest.get("model_sha256") == model_sha256:
+            return starter
+    return None
 
 
-def _starter_in_use(index: Path | None, model_sha256: str) -> bool:
-    """No index named (neither --index nor $IMGSCAN_INDEX: both name the user's own index, and an index named
-    but not there yet starts empty), the user's default index does not exist yet, and the starter index fits
-    the model in use."""
-    return (index is None and not os.environ.get(INDEX_ENV) and not _has_index(default_index_dir())
-            and _starter_fits(model_sha256))
+def _starter_in_use(index: Path | None, model_sha256: str) -> Path | None:
+    """The starter index to use, when no index is named (neither --index nor $IMGSCAN_INDEX: both name the user's
+    own index, and an index named but not there yet starts empty), the user's default index does not exist yet,
+    and a starter index fits the model in use."""
+    if index is None and not os.environ.get(INDEX_ENV) and not _has_index(default_index_dir()):
+        return _starter_for(model_sha256)
+    return None
 
 
 def index_dir_for_reading(index: Path | None, model_sha256: str) -> Path:
-    """--index, else the user's default index, else (while the user has none) the packaged starter index."""
-    if _starter_in_use(index, model_sha256):
-        return PACKAGED_INDEX_DIR
+    """--index, else the user's default index, else (while the user has none) the model's packaged starter index."""
+    starter = _starter_in_use(index, model_sha256)
+    if starter is not None:
+        return starter
     return index if index is not None else default_index_dir()
 
 
@@ -88,10 +110,11 @@ def index_dir_for_writing(index: Path | None, model_sha256: str) -> Path:
             raise UsageError(f"--index {index}: is a file, not an index directory")
         return index
     user = default_index_dir()
-    if _starter_in_use(index, model_sha256):
+    starter = _starter_in_use(index, model_sha256)
+    if starter is not None:
         user.parent.mkdir(parents=True, exist_ok=True)
         staging = user.with_name(user.name + f".seeding-{os.getpid()}")
-        shutil.copytree(PACKAGED_INDEX_DIR, staging, ignore=shutil.ignore_patterns(".lock"))
+        shutil.copytree(starter, staging, ignore=shutil.ignore_patterns(".lock"))
         try:
             os.rename(staging, user)  # atomic; if another process seeded it first, keep theirs
         except OSError:

@@ -210,12 +210,36 @@ def test_packaged_starter_index_is_read_in_place_and_seeds_the_user_index(tmp_pa
     assert paths.index_dir_for_reading(tmp_path / "explicit", "s") == tmp_path / "explicit"
 
 
+def test_a_packaged_model_is_named_by_model_and_reads_its_own_starter_index(tmp_path, monkeypatch, tiny_model_dir):
+    """`--model x3` names the packaged ensemble when no directory of that name exists; each packaged model's
+    starter index serves that model only."""
+    import scanner.paths as paths
+    from imgscan_core.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    default_starter, x3_starter = tmp_path / "default_index", tmp_path / "x3_index"
+    enroll_embeddings(default_starter, "real", _unit(np.eye(4)[:3]), [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
+    enroll_embeddings(x3_starter, "real", _unit(np.eye(4)[:2]), [f"{i:032x}" for i in range(2)], ["p"] * 2, "m3", "s3")
+    monkeypatch.setattr(paths, "PACKAGED_INDEX_DIR", default_starter)
+    monkeypatch.setattr(paths, "PACKAGED_X3_INDEX_DIR", x3_starter)
+    monkeypatch.setattr(paths, "PACKAGED_X3_MODEL_DIR", tiny_model_dir)
+    assert paths.model_dir_or_default(Path("x3")) == tiny_model_dir
+    assert paths.index_dir_for_reading(None, "s3") == x3_starter
+    assert paths.index_dir_for_reading(None, "s") == default_starter
+    (tmp_path / "x3").mkdir()  # a directory of that name is what the user means
+    assert paths.model_dir_or_default(Path("x3")) == Path("x3")
+    monkeypatch.setattr(paths, "PACKAGED_X3_MODEL_DIR", tmp_path / "not shipped")
+    (tmp_path / "x3").rmdir()
+    with pytest.raises(UsageError, match="does not ship"):
+        paths.model_dir_or_default(Path("x3"))
+
+
 def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
     result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--images", "40",
                                  "--batch-size", "8", "--support", "64", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
-    settings = ["runtime", "precision", "device", "views", "batch_size", "cpus", "threads"]
+    settings = ["runtime", "precision", "device", "views", "mirror", "batch_size", "cpus", "threads"]
     measured = ["decode_ips", "provenance_ips", "embed_ips", "detail_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
     assert list(figures) == settings + measured
     assert figures["runtime"] == "openvino" and figures["precision"] in ("fp32", "bf16")  # what `auto` chose here

@@ -21,6 +21,7 @@ Variants (the names are what `--variants` takes):
   ort_fp32         ONNX Runtime (if installed), exported ONNX graph
   imgscan_default  scanner.embed.Embedder with its defaults (--runtime auto, --precision auto): what a scan runs
                    per view (the view and its mirror image where the card says `mirror`: two forwards)
+  imgscan_fp32     the same with --precision fp32 (what `auto` picks on a CPU without native bf16)
   imgscan_int8     the same with --precision int8 (the model's NNCF int8 IR; `imgscan quantize` makes it)
 """
 
@@ -39,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("b0_nchw_fp32", "ts_nchw_fp32", "ts_cl_fp32", "ts_cl_bf16", "ts_frozen_fp32", "compile_fp32",
-            "compile_bf16", "ov_fp32", "ov_bf16", "ort_fp32", "imgscan_default", "imgscan_int8")
+            "compile_bf16", "ov_fp32", "ov_bf16", "ort_fp32", "imgscan_default", "imgscan_fp32",
+            "imgscan_int8")
 
 
 def photo_like_batch(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -73,10 +75,11 @@ def _runner(variant: str, model_dir: Path, batch: np.ndarray):
     cl = nchw.contiguous(memory_format=torch.channels_last)
     nchw = nchw.contiguous()
 
-    if variant in ("imgscan_default", "imgscan_int8"):
+    if variant in ("imgscan_default", "imgscan_fp32", "imgscan_int8"):
         from scanner.embed import Embedder
 
-        embedder = Embedder(model_dir, device="cpu", precision="int8" if variant == "imgscan_int8" else "auto")
+        precision = {"imgscan_default": "auto", "imgscan_fp32": "fp32", "imgscan_int8": "int8"}[variant]
+        embedder = Embedder(model_dir, device="cpu", precision=precision)
 
         def run():
             return embedder.embed_views(batch)  # with the view's mirror image too, where the card asks for it

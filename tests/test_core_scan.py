@@ -315,3 +315,19 @@ def test_fresh_install_scans_with_the_shipped_model_and_starter_index_without_fl
     assert all(r["index"].startswith("default_index@g") and len(r["neighbors"]) == 11 for r in table)
     # The packaged index was read in place, never written.
     assert not (PACKAGED_INDEX_DIR / ".lock").exists()
+
+
+def test_model_x3_scans_with_the_shipped_ensemble_and_its_own_starter_index(tmp_path):
+    from scanner.paths import PACKAGED_X3_INDEX_DIR, PACKAGED_X3_MODEL_DIR
+
+    if not (PACKAGED_X3_MODEL_DIR / "model_card.json").is_file():
+        pytest.skip("this build ships no x3 model")
+    src = write_class_dir(tmp_path / "imgs", RED, 2)
+    out = tmp_path / "v.parquet"
+    result = cli("scan", src, "--out", out, "--model", "x3")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 2 and all(r["error"] is None for r in table)
+    assert all(r["model"].startswith("imgscan-lite0-soft-supcon-x3@") for r in table)
+    assert all(r["index"].startswith("x3_index@g") and len(r["neighbors"]) == 11 for r in table)
+    assert not (PACKAGED_X3_INDEX_DIR / ".lock").exists()

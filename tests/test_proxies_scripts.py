@@ -71,3 +71,28 @@ def test_detail_table_bins_and_floors():
     # Not judging below 2 removes the accusation at detail 1.0, and misses the kit AI image at detail 1.0.
     assert rows["not judged below 2"]["unseen real called AI"] == 0.25 and rows["not judged below 2"]["unseen real n"] == 2
     assert rows["not judged below 2"]["kit AI called AI"] == 0.5
+
+
+def test_open_set_scores_rank_unknown_queries_by_each_score(tmp_path):
+    """Two known queries close to their class, one unknown query far from everything: every distance score ranks
+    it first (AUROC 1); purity, which its neighbours' agreement does not separate here, gives 0.5."""
+    scores = load_script("benchmarks/open_set_scores.py")
+
+    def nb(label, sims):
+        return [{"label": label, "support_id": str(i), "similarity": s} for i, s in enumerate(sims)]
+
+    rows = [  # method, role, class, is_ai_true, open_set_score, neighbors
+        ("imgscan", "support", "gen_a", True, None, None),
+        ("imgscan", "support", "real", False, None, None),
+        ("imgscan", "query", "gen_a", True, 0.05, nb("gen_a", [0.97, 0.95, 0.93])),
+        ("imgscan", "query", "real", False, 0.04, nb("real", [0.98, 0.96, 0.94])),
+        ("imgscan", "query", "gen_new", True, 0.5, nb("gen_a", [0.6, 0.5, 0.4])),
+    ]
+    keys = ["method", "role", "class", "is_ai_true", "open_set_score", "neighbors"]
+    pq.write_table(pa.table({k: [r[i] for r in rows] for i, k in enumerate(keys)}), tmp_path / "p.parquet")
+    (method, figures), = scores.scores(str(tmp_path / "p.parquet"))
+    assert method == "imgscan"
+    for name in ("verdict score", "1 - nearest", "1 - mean of k", "1 - k-th", "1 - mean, nearest's class",
+                 "verdict score, AI queries only"):
+        assert figures[name] == 1.0, name
+    assert figures["1 - purity"] == 0.5

@@ -169,6 +169,16 @@ def test_mirrored_views_average_each_view_with_its_mirror_image(mirrored_model_d
 def test_a_mirrored_scan_matches_its_mirrored_enrollment_and_records_it(tmp_path, mirrored_model_dir):
     import json
 
+    table = _enroll_two_classes_and_scan(tmp_path, mirrored_model_dir, (40, 36), "gen_blue", scan_options=["--min-detail", "0"])
+    assert json.loads(table.schema.metadata[b"imgscan"])["mirror"] is True
+    rows = table.to_pylist()
+    assert len(rows) == 12 and all(row["label"] == "gen_blue" for row in rows)
+    assert all(row["neighbors"][0]["similarity"] > 0.9999 for row in rows)
+
+
+def _enroll_two_classes_and_scan(tmp_path, model_dir, size, scanned: str, options=(), scan_options=()):
+    """Enroll 12 red `real` and 12 blue `gen_blue` images of `size`, then scan one class's folder; both commands
+    take `options`, the scan `scan_options` too. Returns the verdict table."""
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
@@ -181,19 +191,15 @@ def test_a_mirrored_scan_matches_its_mirrored_enrollment_and_records_it(tmp_path
         src = tmp_path / label
         src.mkdir()
         for i in range(12):
-            coloured(rgb, size=(40, 36), seed=seed + i).save(src / f"{i}.png")
-        r = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(mirrored_model_dir),
-                                "--device", "cpu"])
+            coloured(rgb, size=size, seed=seed + i).save(src / f"{i}.png")
+        r = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(model_dir),
+                                "--device", "cpu", *options])
         assert r.exit_code == 0, r.output
     out = tmp_path / "v.parquet"
-    r = runner.invoke(app, ["scan", str(tmp_path / "gen_blue"), "--out", str(out), "--index", str(index), "--model",
-                            str(mirrored_model_dir), "--device", "cpu", "--min-detail", "0"])
+    r = runner.invoke(app, ["scan", str(tmp_path / scanned), "--out", str(out), "--index", str(index), "--model",
+                            str(model_dir), "--device", "cpu", *options, *scan_options])
     assert r.exit_code == 0, r.output
-    table = pq.read_table(out)
-    assert json.loads(table.schema.metadata[b"imgscan"])["mirror"] is True
-    rows = table.to_pylist()
-    assert len(rows) == 12 and all(row["label"] == "gen_blue" for row in rows)
-    assert all(row["neighbors"][0]["similarity"] > 0.9999 for row in rows)
+    return pq.read_table(out)
 
 
 def test_views_outside_the_range_are_a_usage_error(tiny_model_dir):
@@ -209,27 +215,7 @@ def test_scan_with_views_records_them_and_enroll_uses_the_same_rule(tmp_path, ti
     its own support entry exactly (similarity 1)."""
     import json
 
-    import pyarrow.parquet as pq
-    from typer.testing import CliRunner
-
-    from scanner.cli import app
-    from conftest import BLUE, RED, coloured
-
-    runner = CliRunner()
-    index = tmp_path / "index"
-    for label, rgb, seed in (("real", RED, 0), ("gen_blue", BLUE, 50)):
-        src = tmp_path / label
-        src.mkdir()
-        for i in range(12):
-            coloured(rgb, size=(90, 70), seed=seed + i).save(src / f"{i}.png")
-        r = runner.invoke(app, ["enroll", label, str(src), "--index", str(index), "--model", str(tiny_model_dir),
-                                "--device", "cpu", "--views", "4"])
-        assert r.exit_code == 0, r.output
-    out = tmp_path / "v.parquet"
-    r = runner.invoke(app, ["scan", str(tmp_path / "real"), "--out", str(out), "--index", str(index), "--model",
-                            str(tiny_model_dir), "--device", "cpu", "--views", "4"])
-    assert r.exit_code == 0, r.output
-    table = pq.read_table(out)
+    table = _enroll_two_classes_and_scan(tmp_path, tiny_model_dir, (90, 70), "real", options=["--views", "4"])
     meta = json.loads(table.schema.metadata[b"imgscan"])
     assert meta["views"] == 4 and meta["resize"] == "native"
     rows = table.to_pylist()

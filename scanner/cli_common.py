@@ -53,7 +53,7 @@ IndexOpt = Annotated[Optional[Path], typer.Option(
 ModelOpt = Annotated[Optional[Path], typer.Option(
     "--model", rich_help_panel=MODEL_PANEL,
     help=f"Model directory (embedder.pt + model_card.json), or a model shipped with imgscan by name: default, or x3 "
-         f"(three seeds of the default as one: fewer real photos called AI, 3x the embedding time; README). Default: "
+         f"(three seeds of the default as one: fewer real photos called AI, two to three times the embedding time; README). Default: "
          f"${MODEL_ENV}, else the default.")]
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=MODEL_PANEL, help="auto (CUDA when available), cpu or cuda.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, rich_help_panel=MODEL_PANEL,

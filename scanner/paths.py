@@ -2,7 +2,7 @@
 
 A build may ship models, each with a starter support index built with it: the default (scanner/default_model,
 scanner/default_index) and others that `--model NAME` names (`PACKAGED_NAMES`; e.g. `x3`, three seeds of the
-default's recipe as one ensemble: more accurate, three times the embedding cost). Scanning with no index of the
+default's recipe as one ensemble: fewer false accusations, three forwards per view). Scanning with no index of the
 user's own reads the starter index of the model in use in place; the first `enroll` into the default location
 copies it there first, so new classes extend it.
 """

@@ -10,10 +10,10 @@ size becomes model input, used by scan, enroll, eval, the Ray engine, bench and 
   four quarter points, then the edge midpoints). An image that is not at least 1.5 S on a side after the resize
   rule gets the centre view alone (its crops would mostly repeat the same pixels), so a kit-sized image costs one
   embedding whatever `views` says. The embedder averages a file's view embeddings (`Embedder.embed_batch`).
-- `mirror: true` (models since 0.4.1): each view is embedded a second time flipped left to right and the two
-  embeddings are averaged with the others. A camera's or generator's traces survive a mirror, a single crop's
-  accidents do not all survive it: the average holds the traces and steadies the vote, at twice the embedding
-  cost (docs/benchmarks.md). The decoder never produces the mirrored copy; the embedder flips the pixels it has.
+- `mirror: true` (a card option; no shipped model uses it): each view is embedded a second time flipped left to
+  right and the two embeddings are averaged with the others, at twice the embedding cost. Measured on three seeds
+  of the default's recipe it helped on some proxies and hurt detection AUC on others (docs/benchmarks.md). The
+  decoder never produces the mirrored copy; the embedder flips the pixels it has.
 
 DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where there is none). Pillow serves
 only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of

@@ -109,14 +109,13 @@ class BatchJudge(BatchEmbedder):
         hashes = first_view_hashes(batch.decoded)
         matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
         verdicts = apply_matches(verdicts, matches, self.index.table.label)
-        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id, batch.detail)
+        return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id)
 
     def __call__(self, reads: list[ReadResult]) -> pa.RecordBatch:
         return self.judge(self.decode(reads))
 
 
-def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, index, model_id: str,
-                 detail: np.ndarray) -> pa.RecordBatch:
+def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, index, model_id: str) -> pa.RecordBatch:
     """One VERDICT_SCHEMA row per read file: the verdict where it was judged, else its `error`."""
     reads, decoded = batch.reads, batch.decoded
     n = len(reads)
@@ -139,7 +138,7 @@ def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, ind
             col["match"][i] = {"kind": matches.kinds[row], "support_id": index.table.support_id[matches.rows[row]],
                                "similarity": float(matches.similarity[row])}
         col["ai_score"][i] = float(verdicts.ai_score[row])
-        col["detail"][i] = float(detail[row])
+        col["detail"][i] = float(batch.detail[row])
         col["open_set_score"][i] = float(verdicts.open_set_score[row])
         col["open_set_threshold"][i] = float(index.threshold)
         col["neighbors"][i] = [

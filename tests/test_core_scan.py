@@ -299,35 +299,24 @@ def test_two_enrolls_at_once_both_land(tmp_path, tiny_model_dir):
     assert len(opened.table) == opened.hnsw.get_current_count() == 60
 
 
-def test_fresh_install_scans_with_the_shipped_model_and_starter_index_without_flags(tmp_path):
-    from scanner.paths import PACKAGED_INDEX_DIR, PACKAGED_MODEL_DIR
+@pytest.mark.parametrize("name, flags, model_prefix", [
+    ("default", [], "imgscan-lite0-soft-supcon@"),  # a fresh install: no --model, no --index
+    ("x3", ["--model", "x3"], "imgscan-lite0-soft-supcon-x3@"),  # the packaged ensemble, by name
+])
+def test_a_shipped_model_scans_with_its_own_starter_index(tmp_path, name, flags, model_prefix):
+    from scanner.paths import packaged
 
-    if not (PACKAGED_MODEL_DIR / "model_card.json").is_file():
-        pytest.skip("this build ships no default model")
+    model_dir, index_dir = packaged()[name]
+    if not (model_dir / "model_card.json").is_file():
+        pytest.skip(f"this build ships no {name} model")
     src = write_class_dir(tmp_path / "imgs", RED, 3)
     write_class_dir(src, BLUE, 2, seed0=50, fmt="PNG", ext=".png")
     out = tmp_path / "v.parquet"
-    result = cli("scan", src, "--out", out)  # no --model, no --index: XDG dir is empty (conftest)
+    result = cli("scan", src, "--out", out, *flags)  # the XDG dir is empty (conftest): the starter index is read
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pylist()
     assert len(table) == 5 and all(r["error"] is None for r in table)
-    assert all(r["model"].startswith("imgscan-lite0-soft-supcon@") for r in table)
-    assert all(r["index"].startswith("default_index@g") and len(r["neighbors"]) == 11 for r in table)
+    assert all(r["model"].startswith(model_prefix) for r in table)
+    assert all(r["index"].startswith(f"{index_dir.name}@g") and len(r["neighbors"]) == 11 for r in table)
     # The packaged index was read in place, never written.
-    assert not (PACKAGED_INDEX_DIR / ".lock").exists()
-
-
-def test_model_x3_scans_with_the_shipped_ensemble_and_its_own_starter_index(tmp_path):
-    from scanner.paths import PACKAGED_X3_INDEX_DIR, PACKAGED_X3_MODEL_DIR
-
-    if not (PACKAGED_X3_MODEL_DIR / "model_card.json").is_file():
-        pytest.skip("this build ships no x3 model")
-    src = write_class_dir(tmp_path / "imgs", RED, 2)
-    out = tmp_path / "v.parquet"
-    result = cli("scan", src, "--out", out, "--model", "x3")
-    assert result.exit_code == 0, result.output
-    table = pq.read_table(out).to_pylist()
-    assert len(table) == 2 and all(r["error"] is None for r in table)
-    assert all(r["model"].startswith("imgscan-lite0-soft-supcon-x3@") for r in table)
-    assert all(r["index"].startswith("x3_index@g") and len(r["neighbors"]) == 11 for r in table)
-    assert not (PACKAGED_X3_INDEX_DIR / ".lock").exists()
+    assert not (index_dir / ".lock").exists()

@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         freeze_blocks: Annotated[int, typer.Option("--freeze-blocks", min=0, rich_help_panel=MODEL_PANEL, help="Freeze the stem and the first N backbone stages (faster on CPU, fewer weights to fit).")] = 0,
         export_size: Annotated[int, typer.Option("--export-size", rich_help_panel=MODEL_PANEL, help="Input side S written to the model card: scans crop S x S views at native pixels.")] = 256,
         scan_views: Annotated[int, typer.Option("--scan-views", min=1, max=9, rich_help_panel=MODEL_PANEL, help="Native-pixel views per large image that the card asks scans for (averaged).")] = 1,
-        scan_mirror: Annotated[bool, typer.Option("--scan-mirror", rich_help_panel=MODEL_PANEL, help="The card asks scans to embed each view mirrored too and average the two (twice the embedding cost; steadier verdicts).")] = False,
+        scan_mirror: Annotated[bool, typer.Option("--scan-mirror", rich_help_panel=MODEL_PANEL, help="The card asks scans to embed each view mirrored too and average the two (twice the embedding cost; measured mixed: docs/benchmarks.md).")] = False,
         name: Annotated[Optional[str], typer.Option("--name", rich_help_panel=MODEL_PANEL, help="Model name in the card (default imgscan-<backbone>-<loss>).")] = None,
         model_version: Annotated[Optional[str], typer.Option("--model-version", rich_help_panel=MODEL_PANEL, help="Model version in the card (default: today's date).")] = None,
         epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=RUN_PANEL, help="Passes over the training set (approximately: P x K batches).")] = 10,
@@ -146,8 +146,8 @@ def register(app: typer.Typer) -> None:
         their embeddings side by side.
 
         \b
-        Runs every member on every view (N times the embedding cost of one) and steadies what one training run
-        gets wrong by chance: docs/training.md measures three seeds of the default recipe against each alone.
+        Runs every member on every view (N forwards per view) and steadies what one training run gets wrong by
+        chance: docs/training.md measures three seeds of the default recipe against each alone.
         The result is a model directory like any other: `--model OUT` in scan, enroll, eval; build its own
         index (embeddings of different models never mix).
 

@@ -15,9 +15,8 @@ import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
-
 from imgscan_core.errors import UsageError
+from scanner.embed import probe_batch
 from scanner.model import ModelCard, load_model, save_model_dir
 
 SHARED_FIELDS = ("input_size", "preprocessing", "normalization")
@@ -90,8 +89,7 @@ def make_ensemble(member_dirs: list[Path], out: Path, name: str | None = None, v
         raise UsageError("the same model is given twice: its embedding would count double")
     module = ensemble_module([m for _, m in loaded])
     # the scripted ensemble must give exactly what its members give, side by side
-    probe = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, cards[0].input_size, cards[0].input_size),
-                                                                dtype=np.uint8))
+    probe = torch.from_numpy(probe_batch(cards[0].input_size)).permute(0, 3, 1, 2).contiguous()
     with torch.inference_mode():
         got = module(probe)
         want = torch.cat([torch.nn.functional.normalize(m(probe), dim=1) for _, m in loaded], 1) / math.sqrt(len(loaded))

@@ -141,6 +141,8 @@ def register(app: typer.Typer) -> None:
         members: Annotated[list[Path], typer.Argument(help="Two or more trained model directories (same input size and view rule).", show_default=False)],
         name: Annotated[Optional[str], typer.Option("--name", help="Model name in the card (default: the first member's name + -xN).")] = None,
         model_version: Annotated[Optional[str], typer.Option("--model-version", help="Model version in the card (default: the first member's).")] = None,
+        dim: Annotated[Optional[int], typer.Option("--dim", min=2, help="Project the concatenation to this many dimensions (e.g. 128, one member's size), fitted on --fit-data.")] = None,
+        fit_data: Annotated[Optional[list[Path]], typer.Option("--fit-data", help="Data the members trained on (repeat for several), for --dim: the images they held out (their cards say which) are left out of the fit.")] = None,
     ) -> None:
         """Combine trained models (e.g. the same recipe under several --seed) into one model whose embedding is
         their embeddings side by side.
@@ -149,18 +151,22 @@ def register(app: typer.Typer) -> None:
         Runs every member on every view (N forwards per view) and steadies what one training run gets wrong by
         chance: docs/training.md measures three seeds of the default recipe against each alone.
         The result is a model directory like any other: `--model OUT` in scan, enroll, eval; build its own
-        index (embeddings of different models never mix).
+        index (embeddings of different models never mix). With --dim the side-by-side embedding is projected
+        onto its leading principal directions, fitted on the members' training images: the same size of
+        embedding and index as one member (the card records how much of the geometry is kept).
 
         \b
         Example:
           imgscan ensemble models/x3 runs/seed0/model runs/seed1/model runs/seed2/model --model-version 1.0
+          imgscan ensemble models/x3 runs/seed*/model --dim 128 --fit-data data/kit --fit-data data/photos
         """
         from train.ensemble import make_ensemble
 
         for d in members:
             if not d.is_dir():
                 raise UsageError(f"{d}: no such model directory")
-        make_ensemble(members, out, name=name, version=model_version, command=invocation(), log=typer.echo)
+        make_ensemble(members, out, name=name, version=model_version, command=invocation(), log=typer.echo,
+                      dim=dim, fit_data=fit_data)
 
     @app.command("quantize", no_args_is_help=True)
     def quantize_command(

@@ -92,6 +92,34 @@ def make_split(samples: list[Sample], val_fold: int | None, holdout: list[str],
     return Split(train=train, support=in_train_folds, val=val, classes=classes, holdout=list(holdout))
 
 
+def iter_centre_views(paths: list, card, batch: int = 32):
+    """uint8 NCHW centre views of the images that decode, a batch at a time, exactly as a scan feeds `card`'s model
+    (its view rule; images that fail to decode are skipped)."""
+    import numpy as np
+
+    from scanner.decode import ImageDecoder, view_spec_for
+
+    decoder = ImageDecoder(view_spec_for(card, 1), batch, device="cpu")
+    for i in range(0, len(paths), batch):
+        blobs = []
+        for p in paths[i:i + batch]:
+            with open(p, "rb") as f:
+                blobs.append(f.read())
+        decoded = decoder.decode(blobs)
+        if decoded.pixels.shape[0]:
+            yield np.ascontiguousarray(np.asarray(decoded.pixels).transpose(0, 3, 1, 2))
+
+
+def centre_view_pixels(paths: list, card, batch: int = 32):
+    """All of `iter_centre_views` as one array; a one-line error when none decodes."""
+    import numpy as np
+
+    out = list(iter_centre_views(paths, card, batch))
+    if not out:
+        raise UsageError("none of the images could be decoded")
+    return np.concatenate(out)
+
+
 @dataclass
 class AugmentConfig:
     """Training augmentations (all on by default). They model what happens to images on the web, so the

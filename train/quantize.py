@@ -21,25 +21,7 @@ import numpy as np
 from imgscan_core.errors import UsageError
 from imgscan_core.files import atomic_path, atomic_write_text, sha256_file
 from scanner.model import CARD_FILE, INT8_BIN, INT8_XML, ModelCard, load_model
-
-
-def _pixels(paths: list[str], card: ModelCard, batch: int = 32) -> np.ndarray:
-    """uint8 NCHW centre views of the images that decode, as a scan would feed the model."""
-    from scanner.decode import ImageDecoder, view_spec_for
-
-    decoder = ImageDecoder(view_spec_for(card, 1), batch, device="cpu")
-    out = []
-    for i in range(0, len(paths), batch):
-        blobs = []
-        for p in paths[i:i + batch]:
-            with open(p, "rb") as f:
-                blobs.append(f.read())
-        decoded = decoder.decode(blobs)
-        if decoded.pixels.shape[0]:
-            out.append(np.asarray(decoded.pixels).transpose(0, 3, 1, 2))
-    if not out:
-        raise UsageError("no calibration image could be decoded")
-    return np.ascontiguousarray(np.concatenate(out))
+from train.data import centre_view_pixels
 
 
 def _split_images(data: list[Path], images: int, exclude_fold: int | None, seed: int) -> tuple[list[str], list[str]]:
@@ -69,11 +51,11 @@ def quantize_model(model_dir: Path, data: list[Path], images: int = 300, exclude
     core = ov.Core()
     fp32 = core.read_model(str(cached_onnx(module, card.weights_sha256, card.input_size, core)))
     calibration_paths, check_paths = _split_images(data, images, exclude_fold, seed)
-    calibration = _pixels(calibration_paths, card)
+    calibration = centre_view_pixels(calibration_paths, card)
     log(f"calibrating on {calibration.shape[0]} images")
     quantized = nncf.quantize(fp32, nncf.Dataset([calibration[i:i + 1] for i in range(calibration.shape[0])]),
                               subset_size=calibration.shape[0], preset=nncf.QuantizationPreset.MIXED)
-    accuracy = _cosine_to_fp32(core, fp32, quantized, _pixels(check_paths, card)) if check_paths else {}
+    accuracy = _cosine_to_fp32(core, fp32, quantized, centre_view_pixels(check_paths, card)) if check_paths else {}
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=model_dir) as tmp:
         ov.save_model(quantized, str(Path(tmp) / INT8_XML))  # writes the .bin beside it
         for name in (INT8_BIN, INT8_XML):  # the weights before the graph that names them

@@ -52,9 +52,9 @@ IndexOpt = Annotated[Optional[Path], typer.Option(
     "--index", help=f"Support index directory. Default: ${INDEX_ENV}, else ~/.local/share/imgscan/index (XDG).")]
 ModelOpt = Annotated[Optional[Path], typer.Option(
     "--model", rich_help_panel=MODEL_PANEL,
-    help=f"Model directory (embedder.pt + model_card.json), or a model shipped with imgscan by name: default, or x3 "
-         f"(three seeds of the default as one: fewer real photos called AI, two to three times the embedding time; README). Default: "
-         f"${MODEL_ENV}, else the default.")]
+    help=f"Model directory (embedder.pt + model_card.json), or a model shipped with imgscan by name: default (three "
+         f"seeds of one recipe as one model), or fast (one of them alone: about twice the embedding speed, more real "
+         f"photos called AI; README). Default: ${MODEL_ENV}, else the default.")]
 DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel=MODEL_PANEL, help="auto (CUDA when available), cpu or cuda.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, rich_help_panel=MODEL_PANEL,
                                        help="Images per decode/embed batch.")]

@@ -1,10 +1,10 @@
 """Where things live by default: the per-user support index (XDG data dir) and the model.
 
 A build may ship models, each with a starter support index built with it: the default (scanner/default_model,
-scanner/default_index) and others that `--model NAME` names (`PACKAGED_NAMES`; e.g. `x3`, three seeds of the
-default's recipe as one ensemble: fewer false accusations, three forwards per view). Scanning with no index of the
-user's own reads the starter index of the model in use in place; the first `enroll` into the default location
-copies it there first, so new classes extend it.
+scanner/default_index: three seeds of one recipe as one ensemble, three forwards per view) and others that
+`--model NAME` names (`PACKAGED_NAMES`; `fast`, one of those seeds alone: half the embedding time, more real
+photos called AI). Scanning with no index of the user's own reads the starter index of the model in use in place;
+the first `enroll` into the default location copies it there first, so new classes extend it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ INDEX_ENV = "IMGSCAN_INDEX"
 MODEL_ENV = "IMGSCAN_MODEL"
 PACKAGED_MODEL_DIR = Path(__file__).parent / "default_model"
 PACKAGED_INDEX_DIR = Path(__file__).parent / "default_index"
-PACKAGED_X3_MODEL_DIR = Path(__file__).parent / "x3_model"
-PACKAGED_X3_INDEX_DIR = Path(__file__).parent / "x3_index"
-PACKAGED_NAMES = ("default", "x3")
+PACKAGED_FAST_MODEL_DIR = Path(__file__).parent / "fast_model"
+PACKAGED_FAST_INDEX_DIR = Path(__file__).parent / "fast_index"
+PACKAGED_NAMES = ("default", "fast")
 
 
 def packaged() -> dict[str, tuple[Path, Path]]:
     """The models this package may ship, by the name `--model` takes: (model dir, its starter index dir)."""
-    return {"default": (PACKAGED_MODEL_DIR, PACKAGED_INDEX_DIR), "x3": (PACKAGED_X3_MODEL_DIR, PACKAGED_X3_INDEX_DIR)}
+    return {"default": (PACKAGED_MODEL_DIR, PACKAGED_INDEX_DIR), "fast": (PACKAGED_FAST_MODEL_DIR, PACKAGED_FAST_INDEX_DIR)}
 
 
 def default_index_dir() -> Path:

@@ -211,27 +211,27 @@ def test_packaged_starter_index_is_read_in_place_and_seeds_the_user_index(tmp_pa
 
 
 def test_a_packaged_model_is_named_by_model_and_reads_its_own_starter_index(tmp_path, monkeypatch, tiny_model_dir):
-    """`--model x3` names the packaged ensemble when no directory of that name exists; each packaged model's
-    starter index serves that model only."""
+    """`--model fast` names the packaged single-seed model when no directory of that name exists; each packaged
+    model's starter index serves that model only."""
     import scanner.paths as paths
     from imgscan_core.errors import UsageError
 
     monkeypatch.chdir(tmp_path)
-    default_starter, x3_starter = tmp_path / "default_index", tmp_path / "x3_index"
+    default_starter, fast_starter = tmp_path / "default_index", tmp_path / "fast_index"
     enroll_embeddings(default_starter, "real", _unit(np.eye(4)[:3]), [f"{i:032x}" for i in range(3)], ["p"] * 3, "m", "s")
-    enroll_embeddings(x3_starter, "real", _unit(np.eye(4)[:2]), [f"{i:032x}" for i in range(2)], ["p"] * 2, "m3", "s3")
+    enroll_embeddings(fast_starter, "real", _unit(np.eye(4)[:2]), [f"{i:032x}" for i in range(2)], ["p"] * 2, "m3", "s3")
     monkeypatch.setattr(paths, "PACKAGED_INDEX_DIR", default_starter)
-    monkeypatch.setattr(paths, "PACKAGED_X3_INDEX_DIR", x3_starter)
-    monkeypatch.setattr(paths, "PACKAGED_X3_MODEL_DIR", tiny_model_dir)
-    assert paths.model_dir_or_default(Path("x3")) == tiny_model_dir
-    assert paths.index_dir_for_reading(None, "s3") == x3_starter
+    monkeypatch.setattr(paths, "PACKAGED_FAST_INDEX_DIR", fast_starter)
+    monkeypatch.setattr(paths, "PACKAGED_FAST_MODEL_DIR", tiny_model_dir)
+    assert paths.model_dir_or_default(Path("fast")) == tiny_model_dir
+    assert paths.index_dir_for_reading(None, "s3") == fast_starter
     assert paths.index_dir_for_reading(None, "s") == default_starter
-    (tmp_path / "x3").mkdir()  # a directory of that name is what the user means
-    assert paths.model_dir_or_default(Path("x3")) == Path("x3")
-    monkeypatch.setattr(paths, "PACKAGED_X3_MODEL_DIR", tmp_path / "not shipped")
-    (tmp_path / "x3").rmdir()
+    (tmp_path / "fast").mkdir()  # a directory of that name is what the user means
+    assert paths.model_dir_or_default(Path("fast")) == Path("fast")
+    monkeypatch.setattr(paths, "PACKAGED_FAST_MODEL_DIR", tmp_path / "not shipped")
+    (tmp_path / "fast").rmdir()
     with pytest.raises(UsageError, match="does not ship"):
-        paths.model_dir_or_default(Path("x3"))
+        paths.model_dir_or_default(Path("fast"))
 
 
 def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):

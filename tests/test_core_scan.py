@@ -300,8 +300,8 @@ def test_two_enrolls_at_once_both_land(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("name, flags, model_prefix", [
-    ("default", [], "imgscan-lite0-soft-supcon@"),  # a fresh install: no --model, no --index
-    ("x3", ["--model", "x3"], "imgscan-lite0-soft-supcon-x3@"),  # the packaged ensemble, by name
+    ("default", [], "imgscan-lite0-soft-supcon-x3@"),  # a fresh install: no --model, no --index
+    ("fast", ["--model", "fast"], "imgscan-lite0-soft-supcon@"),  # the packaged single seed, by name
 ])
 def test_a_shipped_model_scans_with_its_own_starter_index(tmp_path, name, flags, model_prefix):
     from scanner.paths import packaged

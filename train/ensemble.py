@@ -63,10 +63,13 @@ def fit_projection(module, card: ModelCard, fit_data: list[Path], dim: int, log=
     """[concatenated dim, dim] leading right singular vectors of the ensemble's embeddings of the images its
     members trained on (`fit_data` less the validation fold, classes and sources every member's card says it
     held out), and a record of the fit for the card."""
+    import time
+
     import numpy as np
     import torch
 
     from train.data import iter_centre_views, load_samples, make_split
+    from train.trainer import hardware_description
 
     held = card.training
     missing = [key for key in HELD_OUT_FIELDS if key not in held]
@@ -80,7 +83,7 @@ def fit_projection(module, card: ModelCard, fit_data: list[Path], dim: int, log=
     paths = [s.path for s in split.train]
     if len(paths) < dim:
         raise UsageError(f"--dim {dim}: only {len(paths)} training images in the fit data")
-    chunks = []
+    chunks, started = [], time.monotonic()
     with torch.inference_mode():
         for pixels in iter_centre_views(paths, card):
             chunks.append(module(torch.from_numpy(pixels)).numpy())
@@ -90,7 +93,9 @@ def fit_projection(module, card: ModelCard, fit_data: list[Path], dim: int, log=
     energy = float((singular[:dim] ** 2).sum() / (singular ** 2).sum())
     record = {"dim": dim, "method": "uncentred PCA (leading right singular vectors), then L2-normalised",
               "fit_images": int(x.shape[0]), "fit_data": [str(d) for d in fit_data],
-              "fit_excludes": {key: held[key] for key in HELD_OUT_FIELDS}, "energy_kept": round(energy, 6)}
+              "fit_excludes": {key: held[key] for key in HELD_OUT_FIELDS}, "energy_kept": round(energy, 6),
+              "hardware": hardware_description(torch.device("cpu")),
+              "fit_wall_seconds": round(time.monotonic() - started, 1)}
     return np.ascontiguousarray(vt[:dim].T.astype(np.float32)), record
 
 

@@ -85,9 +85,10 @@ def fit_projection(module, card: ModelCard, fit_data: list[Path], dim: int, log=
         raise UsageError(f"--dim {dim}: only {len(paths)} training images in the fit data")
     chunks, started = [], time.monotonic()
     with torch.inference_mode():
-        for pixels in iter_centre_views(paths, card):
+        for i, pixels in enumerate(iter_centre_views(paths, card)):
             chunks.append(module(torch.from_numpy(pixels)).numpy())
-            log(f"  projection fit: embedded {sum(len(c) for c in chunks)} / {len(paths)} images")
+            if i % 16 == 15:
+                log(f"  projection fit: embedded {sum(len(c) for c in chunks)} / {len(paths)} images")
     x = np.concatenate(chunks).astype(np.float64)
     _, singular, vt = np.linalg.svd(x, full_matrices=False)
     energy = float((singular[:dim] ** 2).sum() / (singular ** 2).sum())

@@ -139,3 +139,14 @@ def test_build_loss_names():
     assert isinstance(build_loss("ce", num_classes=3, embedding_dim=8, real_label=None, temperature=0.1), CosineCELoss)
     with pytest.raises(ValueError):
         build_loss("triplet", num_classes=3, embedding_dim=8, real_label=None, temperature=0.1)
+
+
+def test_build_loss_passes_soft_supcon_constants():
+    """`imgscan train --soft-alpha A --real-weight W` reach the loss; unset, the loss keeps its defaults."""
+    labels = [0, 0, 1, 2]
+    built = build_loss("soft-supcon", num_classes=3, embedding_dim=8, real_label=0, temperature=0.2,
+                       soft_alpha=0.3, real_weight=1.5)
+    got = built(torch.tensor(Z4), torch.tensor(labels)).item()
+    assert got == pytest.approx(soft_supcon_reference(Z4, labels, 0, 0.2, 0.3, 1.5), rel=1e-6)
+    default = build_loss("soft-supcon", num_classes=3, embedding_dim=8, real_label=0, temperature=0.2)
+    assert (default.alpha, default.real_weight) == (0.1, 2.0)

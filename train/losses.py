@@ -81,6 +81,10 @@ class SupConLoss(nn.Module):
         )
 
 
+SOFT_ALPHA = 0.1  # soft-supcon's positive weight between images of two different generators
+REAL_WEIGHT = 2.0  # soft-supcon's weight of real anchors
+
+
 class SoftSupConLoss(nn.Module):
     """Soft-positive SupCon that pulls real photos into one compact "natural" cluster.
 
@@ -96,7 +100,8 @@ class SoftSupConLoss(nn.Module):
     Without a `real` class in the batch this reduces to SupCon with soft cross-generator positives.
     """
 
-    def __init__(self, real_label: int | None, temperature: float = 0.1, alpha: float = 0.1, real_weight: float = 2.0):
+    def __init__(self, real_label: int | None, temperature: float = 0.1, alpha: float = SOFT_ALPHA,
+                 real_weight: float = REAL_WEIGHT):
         super().__init__()
         self.real_label = real_label
         self.temperature = temperature
@@ -154,11 +159,15 @@ def relation_distillation(student: torch.Tensor, teacher: torch.Tensor, temperat
     return kl.mean()
 
 
-def build_loss(name: str, *, num_classes: int, embedding_dim: int, real_label: int | None, temperature: float) -> nn.Module:
+def build_loss(name: str, *, num_classes: int, embedding_dim: int, real_label: int | None, temperature: float,
+               soft_alpha: float | None = None, real_weight: float | None = None) -> nn.Module:
+    """`soft_alpha` / `real_weight`: soft-supcon's constants, None for its defaults."""
     if name == "supcon":
         return SupConLoss(temperature=temperature)
     if name == "soft-supcon":
-        return SoftSupConLoss(real_label=real_label, temperature=temperature)
+        return SoftSupConLoss(real_label=real_label, temperature=temperature,
+                              alpha=SOFT_ALPHA if soft_alpha is None else soft_alpha,
+                              real_weight=REAL_WEIGHT if real_weight is None else real_weight)
     if name == "ce":
         return CosineCELoss(embedding_dim=embedding_dim, num_classes=num_classes)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")

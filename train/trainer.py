@@ -50,7 +50,7 @@ CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
 RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail",
-                     "distil_from", "distil_weight")
+                     "distil_from", "distil_weight", "soft_alpha", "real_weight")
 KIT_LICENCE = (
     "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
     "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
@@ -84,6 +84,8 @@ class TrainConfig:
     scan_mirror: bool = False  # the card asks scans to average each view with its mirror image (ViewSpec.mirror)
     loss: str = "supcon"
     temperature: float = 0.1
+    soft_alpha: float | None = None  # soft-supcon: positive weight between two generators (None: the loss's)
+    real_weight: float | None = None  # soft-supcon: weight of real anchors (None: the loss's)
     init_weights: str | None = None
     pretrained: bool = False
     val_fold: int | None = None
@@ -295,7 +297,8 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
                                  cfg.input_filter, img_size=cfg.export_size, residual_width=cfg.residual_branch)
     model.freeze_stages(cfg.freeze_blocks)
     loss_fn = build_loss(cfg.loss, num_classes=len(split.classes), embedding_dim=cfg.embedding_dim,
-                         real_label=real_label, temperature=cfg.temperature)
+                         real_label=real_label, temperature=cfg.temperature, soft_alpha=cfg.soft_alpha,
+                         real_weight=cfg.real_weight)
     model.to(device)
     loss_fn.to(device)
     if device.type == "cpu":
@@ -551,7 +554,9 @@ def export(cfg, model, init, split, history, wall, total, device, val_images, ou
                   + (", input: NPR residual x - up2(down2(x)) (train.model.npr_residual)" if cfg.input_filter == "npr" else "")
                   + (f", plus a residual branch of width {cfg.residual_branch} over the NPR residual (train.model.ResidualBranch)"
                      if cfg.residual_branch else "")),
-        loss=cfg.loss + (f" (temperature {cfg.temperature})" if cfg.loss != "ce" else " (cosine classifier, scale 16)"),
+        loss=cfg.loss + (f" (temperature {cfg.temperature})" if cfg.loss != "ce" else " (cosine classifier, scale 16)")
+        + (f", alpha {cfg.soft_alpha}" if cfg.loss == "soft-supcon" and cfg.soft_alpha is not None else "")
+        + (f", real anchors x{cfg.real_weight}" if cfg.loss == "soft-supcon" and cfg.real_weight is not None else ""),
         training_data=what,
         licence=licence,
         training={

@@ -9,8 +9,10 @@
    model trained with `--holdout-sources` of the same source) -> share of its real photos called AI, and of
    the other photos sources' fold-4 photos; and the full-size originals in photos/native/real scanned with
    `imgscan scan` against INDEX -> share called AI, per origin;
-3. unseen generators (glid-3 and gaugan, held out of training by every model compared here): detection
-   accuracy and attribution F1 once enrolled (150 shots), open-set AUROC / OSCR when never enrolled;
+3. unseen generators (glid-3 and gaugan, held out of training by every model compared here; `--unknown` names
+   another leave-out fold's): detection accuracy and attribution F1 once enrolled (150 shots), open-set AUROC /
+   OSCR when never enrolled, judging their fold-4 images and, steadier, their images of every fold
+   (`--unknown-every-fold`: none of them was trained on);
 4. 1-3 again on re-posted copies (0.75x, JPEG q75) of the queries (support enrolled clean).
 
 Writes OUT/proxies.json and prints one JSON object. Every figure comes from `imgscan eval` (scanner.evaluation)
@@ -136,25 +138,28 @@ def _degraded_folder(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: str, views: int | None,
-        held_source: str = HELD_SOURCE) -> dict:
+def run(model: Path, index: Path | None, out: Path, kit: Path, photos: Path, runtime: str, views: int | None,
+        held_source: str = HELD_SOURCE, unknown: str = UNKNOWN) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "embeddings.npz"
     t0 = time.monotonic()
-    kit_open = _eval(kit, out / "kit-unknown", model, cache, runtime, unknown=UNKNOWN, degrade_queries=DEGRADE,
+    kit_open = _eval(kit, out / "kit-unknown", model, cache, runtime, unknown=unknown, degrade_queries=DEGRADE,
                      views=views)
+    kit_every_fold = _eval(kit, out / "kit-unknown-every-fold", model, cache, runtime, unknown=unknown,
+                           degrade_queries=DEGRADE, views=views, unknown_every_fold=True)
     kit_enrolled = _eval(kit, out / "kit-enrolled", model, cache, runtime, views=views)
-    unseen = _eval([kit, photos], out / "unseen-source", model, cache, runtime, unknown=UNKNOWN,
+    unseen = _eval([kit, photos], out / "unseen-source", model, cache, runtime, unknown=unknown,
                    holdout_sources=held_source, degrade_queries=DEGRADE, views=views)
     deg = f"imgscan@scale0.75+{DEGRADE.split(',')[0]}"
     clean, reposted = _main_metrics(kit_open), _main_metrics(kit_open, deg)
+    every, every_reposted = _main_metrics(kit_every_fold), _main_metrics(kit_every_fold, deg)
     enrolled = _main_metrics(kit_enrolled)
-    held_gen = [g for g in UNKNOWN.split(",")]
+    held_gen = unknown.split(",")
     per_gen = enrolled["detection"]["per_generator"]
     att = enrolled["attribution"]["per_class"]
     result = {
         "model": str(model),
-        "index": str(index), "runtime": runtime, "precision": PRECISION, "views": views,
+        "index": str(index) if index else None, "unknown": held_gen, "runtime": runtime, "precision": PRECISION, "views": views,
         # det_acc weighs the real queries heavily (about 270 per generator's handful): bal_acc beside it
         "p1_kit": {"det_acc": clean["detection"]["mean_accuracy"], "det_auc": clean["detection"]["mean_auc"],
                    "det_bal_acc": clean["detection"]["mean_balanced_accuracy"],
@@ -168,6 +173,10 @@ def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: s
             "mean_det_acc_enrolled": sum(per_gen[g]["accuracy"] for g in held_gen) / len(held_gen),
             "f1_enrolled": {g: att[g]["f1"] for g in held_gen},
             "open_set_auroc": clean["open_set"]["auroc"], "oscr": clean["open_set"]["oscr"],
+            "n_unknown": clean["open_set"]["n_unknown"],
+            "every_fold": {"open_set_auroc": every["open_set"]["auroc"], "oscr": every["open_set"]["oscr"],
+                           "n_unknown": every["open_set"]["n_unknown"],
+                           "reposted_open_set_auroc": every_reposted["open_set"]["auroc"]},
         },
         "p4_reposted": {"det_acc": reposted["detection"]["mean_accuracy"],
                         "open_set_auroc": reposted["open_set"]["auroc"],
@@ -175,7 +184,7 @@ def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: s
     }
     result["p2_photos_fold4"] = _photos_fold4(out / "unseen-source" / "predictions.parquet", photos, deg)
     native = photos / "native" / "real"
-    if native.is_dir():
+    if native.is_dir() and index is not None:
         result["p2_native_full_size"] = _scan_share_ai(native, model, index, out / "native.parquet", runtime, views)
         with tempfile.TemporaryDirectory() as tmp:
             copies = _degraded_folder(native, Path(tmp) / "real")
@@ -189,19 +198,20 @@ def run(model: Path, index: Path, out: Path, kit: Path, photos: Path, runtime: s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--index", type=Path, required=True, help="starter index the native photos are scanned with")
+    ap.add_argument("--index", type=Path, help="starter index the native photos are scanned with (without: not scanned)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--kit", type=Path, default=SHARED / "kit")
     ap.add_argument("--photos", type=Path, default=SHARED / "photos")
     ap.add_argument("--runtime", default="openvino", help="embedder runtime (openvino: fastest on CPU; fp32)")
     ap.add_argument("--views", type=int, default=None)
     ap.add_argument("--held-source", default=HELD_SOURCE, help="the photos source the model never trained on")
+    ap.add_argument("--unknown", default=UNKNOWN, help="the generators the model never trained on (never enrolled in P3)")
     ap.add_argument("--precision", default="fp32", help="fp32, or int8 (the model's int8 IR, OpenVINO)")
     args = ap.parse_args()
     global PRECISION
     PRECISION = args.precision
     print(json.dumps(run(args.model, args.index, args.out, args.kit, args.photos, args.runtime, args.views,
-                         args.held_source), indent=2))
+                         args.held_source, args.unknown), indent=2))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,10 @@ def test_compute_metrics_on_a_hand_made_split():
     # open set: unknown scores .6 .3 vs known .1 .2 .1 .5 .2: .6 beats all 5, .3 beats 4 of 5 -> 9/10
     assert m["open_set"]["auroc"] == pytest.approx(0.9)
     assert m["open_set"]["unknown_rejected"] == pytest.approx(0.5)
+    # one unknown class here, so its own row is the whole: 2 queries, 9/10, one rejected, one called AI (.9 > .5)
+    assert m["open_set"]["n_unknown"] == 2
+    assert m["open_set"]["per_unknown_class"] == {"gen_x": {"n": 2, "auroc": pytest.approx(0.9),
+                                                            "rejected": 0.5, "called_ai": 0.5}}
     # closed set on the 5 known queries: real ok, real->gen_a, gen_a ok, gen_a->gen_b, gen_b ok -> 3/5
     assert m["closed_set_attribution"]["accuracy"] == pytest.approx(3 / 5)
     # calibration over 7 queries, bins of 0.1: (.1: real), (.4: AI), (.6: real), (.7: AI), (.8: AI), (.9, .9: AI)
@@ -158,6 +162,41 @@ def test_holdout_sources_are_never_enrolled_and_always_queries(fold):
     assert np.sum((split.role == SUPPORT) & (ds.labels == "real")) == 10  # the quota comes from the other source
     with pytest.raises(UsageError, match="holdout-sources"):
         make_split(ds, 10, [], holdout_sources=["camera:nowhere"])
+
+
+def test_open_set_auroc_per_unknown_class_ranks_each_against_the_known_queries_only():
+    labels = np.array(["real", "real", "gen_a", "gen_x", "gen_x", "gen_y"], dtype=object)
+    ds = Dataset(None, np.array([f"/p{i}" for i in range(6)], dtype=object), labels, labels != "real",
+                 np.array([f"g{i}" for i in range(6)], dtype=object), np.full(6, -1))
+    split = make_split(ds, 1, ["gen_x", "gen_y"], seed=0)
+    split.role[:] = QUERY
+    pred = np.array(["real", "real", "gen_a", "unknown", "real", "real"], dtype=object)
+    osc = np.array([0.1, 0.3, 0.2, 0.9, 0.8, 0.15], dtype=np.float32)  # gen_y hides among the known queries
+    ai = np.array([0.1, 0.2, 0.9, 0.9, 0.2, 0.3], dtype=np.float32)
+    j = Judged("m", split, np.arange(6), pred, pred, ai > 0.5, ai, osc, 0.5, None, None, None)
+    per = compute_metrics(ds, j)["open_set"]["per_unknown_class"]
+    assert per["gen_x"] == {"n": 2, "auroc": 1.0, "rejected": 0.5, "called_ai": 0.5}
+    assert per["gen_y"] == {"n": 1, "auroc": pytest.approx(1 / 3), "rejected": 0.0, "called_ai": 0.0}
+
+
+@pytest.mark.parametrize("unknown", ["gan", "t2i_b"])
+def test_unknown_every_fold_judges_every_fold_of_a_never_enrolled_class(unknown):
+    ds = synthetic()
+    only_fold = make_split(ds, 4, [unknown], seed=0, fold=2)
+    every = make_split(ds, 4, [unknown], seed=0, fold=2, unknown_every_fold=True)
+    check_split(ds, every)
+    is_unknown = ds.labels == unknown
+    # the known classes' split is the same: same support, queries still of fold 2 only
+    assert (every.role[~is_unknown] == only_fold.role[~is_unknown]).all()
+    assert set(ds.folds[(every.role == QUERY) & ~is_unknown]) == {2}
+    # the unknown class: every image is a query unless it shares a group with a support image
+    support_groups = set(ds.groups[every.role == SUPPORT])
+    expected = np.array([g not in support_groups for g in ds.groups[is_unknown]])
+    assert ((every.role[is_unknown] == QUERY) == expected).all()
+    assert len(set(ds.folds[(every.role == QUERY) & is_unknown])) > 1
+    assert np.sum((every.role == QUERY) & is_unknown) > np.sum((only_fold.role == QUERY) & is_unknown)
+    if unknown == "t2i_b":  # renders of support prompts stay out
+        assert not expected.all()
 
 
 def test_metrics_report_the_share_of_an_unseen_sources_real_photos_called_ai():

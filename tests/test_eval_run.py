@@ -106,6 +106,7 @@ def test_eval_html_is_self_contained(eval_out):
     assert html.count("data:image/png;base64,") >= 5
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)
     assert "<script" not in html
+    assert "never-enrolled class" in html and '<td class="t">gen_cyan</td>' in html  # its own open-set row
 
 
 @pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="no headless Chromium (apt-get install chromium)")
@@ -159,6 +160,15 @@ def test_eval_with_folds(eval_data, tiny_model_dir, tmp_path, monkeypatch):
     assert len(seen) == one["data"]["n_images"]
     assert one["protocol"]["folds"] == [1]
     assert one["main"]["imgscan"]["metrics"]["n_queries"] < 56
+    # a never-enrolled class judged in every fold: more unknown queries, the known ones unchanged
+    fold1, every = (run_eval(eval_data, tmp_path / f"u{e}", model=tiny_model_dir, shots="2", query_folds="1",
+                             unknown="gen_cyan", device="cpu", use_umap=False, baselines=False, cache=cache,
+                             unknown_every_fold=e) for e in (False, True))
+    assert every["protocol"]["unknown_every_fold"] is True
+    n_unknown = [d["main"]["imgscan"]["metrics"]["open_set"]["n_unknown"] for d in (fold1, every)]
+    assert 0 < n_unknown[0] < n_unknown[1]
+    known = [d["main"]["imgscan"]["metrics"]["n_queries"] - n for d, n in zip((fold1, every), n_unknown)]
+    assert known[0] == known[1]
 
 
 def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, tmp_path):
@@ -169,6 +179,9 @@ def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, 
                                  "--unknown", "no_such_class", "--device", "cpu"])
     assert result.exit_code == 2 and "no such class" in result.output
     assert [line for line in result.output.splitlines() if line.strip()] == [result.output.strip()]  # one line
+    result = runner.invoke(app, ["eval", str(eval_data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                                 "--unknown-every-fold", "--device", "cpu"])
+    assert result.exit_code == 2 and "--unknown-every-fold needs --unknown" in result.output
     for cmd in ("report", "explain"):
         assert runner.invoke(app, [cmd, "--help"]).exit_code == 0
 

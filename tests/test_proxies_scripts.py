@@ -56,6 +56,11 @@ def test_table_marks_the_unseen_source_and_finds_its_originals():
     older = {**doc, "p2_unseen_source": {}}  # results written before the source was recorded: the camera source
     assert table._native(older, "p2_native_full_size") == "1/19 / 3/33"
     assert table._fold4(older, "reposted") == "-"
+    p3 = {"f1_enrolled": {"stable-diffusion": 0.41, "biggan": 0.0},
+          "every_fold": {"open_set_auroc": 0.7512, "n_unknown": 83, "reposted_open_set_auroc": 0.7}}
+    assert table._f1({"p3_unseen_generators": p3}) == "stable-diffusion 0.41, biggan 0.00"
+    assert table._every_fold({"p3_unseen_generators": p3}) == "0.751 (83; re-posted 0.700)"
+    assert table._every_fold({"p3_unseen_generators": {}}) == "-"  # results written before it was measured
 
 
 def test_detail_table_bins_and_floors():

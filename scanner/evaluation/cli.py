@@ -149,7 +149,7 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
              baselines: bool = True, seed: int = 0, k: int = 11, batch_size: int = 32, device: str = "auto",
              use_umap: bool = True, console: Console | None = None, command: str = "",
              cache: Optional[Path] = None, degrade_queries: Optional[str] = None, precision: str = "auto",
-             runtime: str = "auto", min_detail: float = DEFAULT_MIN_DETAIL) -> dict:
+             runtime: str = "auto", min_detail: float = DEFAULT_MIN_DETAIL, unknown_every_fold: bool = False) -> dict:
     """The eval command as a function (tests call it directly)."""
     import tempfile
 
@@ -175,6 +175,8 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
         raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
     check_sources(ds, held_sources)  # before minutes of embedding
     fold_list = _fold_list(ds, folds, query_folds)
+    if unknown_every_fold and (not unknown_list or fold_list == [None]):
+        raise UsageError("--unknown-every-fold needs --unknown and --folds or --query-folds")
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -197,13 +199,14 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
             progress.set_total(len(shot_values) * len(fold_list) * len(methods))
             result = run_protocol(ds, feats, methods, shot_values, unknown_list, fold_list, seed, k, Path(work),
                                   on_step=lambda *a: progress.advance(1), holdout_sources=held_sources,
-                                  min_detail=min_detail)
+                                  min_detail=min_detail, unknown_every_fold=unknown_every_fold)
     info = {
         "command": command,
         "data": {"source": ds.source, "n_images": len(ds), "decoded": len(ds) - len(feats.errors),
                  "duplicates_left_out": len(feats.duplicates), "used": int(feats.ok.sum()), "counts": ds.counts(),
                  "errors": len(feats.errors)},
-        "protocol": {"shots": shot_values, "unknown": unknown_list, "holdout_sources": held_sources,
+        "protocol": {"shots": shot_values, "unknown": unknown_list, "unknown_every_fold": unknown_every_fold,
+                     "holdout_sources": held_sources,
                      "views": embedder.view_spec.views, "mirror": embedder.view_spec.mirror,
                      "resize": embedder.view_spec.resize,
                      "folds": fold_list, "seed": seed, "k": k, "min_detail": min_detail,
@@ -228,6 +231,7 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
         unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
+        unknown_every_fold: Annotated[bool, typer.Option("--unknown-every-fold", help="With --query-folds/--folds: judge the --unknown classes' images of every fold, not only the query fold's (right when the model never trained on those classes; more unknown queries, a steadier open-set AUROC).")] = False,
         holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", help="Comma-separated manifest sources never enrolled (e.g. camera:drewnoakes): all their images are queries; reports the share of their real photos called AI.")] = None,
         views: ViewsOpt = None,
         folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,
@@ -249,7 +253,8 @@ def register(app: typer.Typer) -> None:
                  folds=folds, query_folds=query_folds, ce_model=ce_model,
                  baselines=not no_baselines, seed=seed, k=k, batch_size=batch_size, device=device,
                  use_umap=not no_umap, command=invocation(), cache=cache, degrade_queries=degrade_queries,
-                 precision=precision, runtime=runtime, min_detail=min_detail)
+                 precision=precision, runtime=runtime, min_detail=min_detail,
+                 unknown_every_fold=unknown_every_fold)
 
     @app.command("report", no_args_is_help=True)
     def report_command(

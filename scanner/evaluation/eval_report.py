@@ -206,7 +206,8 @@ def render_markdown(doc: dict) -> str:
     with_std = len(proto["folds"]) > 1
     out = [f"Command: `{doc.get('command', '')}`  \n",
            f"Data: {doc['data']['source']} ({doc['data']['n_images']} images, {doc['data']['used']} used); "
-           f"model `{doc['methods'][MAIN_METHOD]['model']}`; unknown: {', '.join(proto['unknown']) or 'none'}; "
+           f"model `{doc['methods'][MAIN_METHOD]['model']}`; unknown: {', '.join(proto['unknown']) or 'none'}"
+           f"{' (every fold)' if proto.get('unknown_every_fold') else ''}; "
            f"k = {proto['k']}; "
            + ("one seeded group split (seed " + str(proto["seed"]) + ")" if proto["folds"] == [None]
               else "query folds: " + ", ".join(str(f) for f in proto["folds"]))
@@ -244,7 +245,7 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
              f"{doc['data']['duplicates_left_out']} byte-identical duplicates left out). "
              f"Model: <code>{H.esc(doc['methods'][MAIN_METHOD]['model'])}</code>. "
              f"Shots: {', '.join(map(str, proto['shots']))} (main: {main_n}); unknown classes: "
-             f"{H.esc(', '.join(proto['unknown']) or 'none')}; "
+             f"{H.esc(', '.join(proto['unknown']) or 'none')}{' (every fold)' if proto.get('unknown_every_fold') else ''}; "
              f"{'folds: ' + ', '.join(map(str, proto['folds'])) if proto['folds'] != [None] else 'one seeded group split (seed ' + str(proto['seed']) + ')'}; "
              f"k = {proto['k']}.<br>Command: <code>{H.esc(doc.get('command', ''))}</code><br>"
              f"Written {H.esc(doc['created_at'])} by imgscan {H.esc(doc['imgscan_version'])} on "
@@ -309,6 +310,10 @@ def render_html(doc: dict, figs: dict[str, Path], pooled: dict[str, Judged], res
             o = m["metrics"]["open_set"]
             rows.append([name, o.get("auroc"), o.get("oscr"), o.get("known_accepted"), o.get("unknown_rejected"), o.get("threshold")])
         b.append(H.table(["method", "AUROC", "OSCR", "known accepted", "unknown rejected", "threshold (mean)"], rows))
+        rows = [[name, c, v["n"], v["auroc"], v["rejected"], v["called_ai"]] for name, m in doc["main"].items()
+                for c, v in m["metrics"]["open_set"].get("per_unknown_class", {}).items()]
+        b.append(H.table(["method", "never-enrolled class", "queries", "AUROC (vs known queries)", "rejected",
+                          "called AI"], rows))
         b.append(H.figure(figs["oscr"], "OSCR: correct classification rate of known queries against the share of unknown queries accepted, from the real curve."))
     b.append("<h2>Embedding map</h2>")
     b.append(H.figure(figs["umap"], f"Support and query embeddings of {MAIN_METHOD} ({doc['embedding_layout']})."))

@@ -280,9 +280,17 @@ def compute_metrics(ds: Dataset, j: Judged) -> dict:
     if has_unknown:
         correct = j.closed_set_label[known] == true[known]
         open_set.update({
+            "n_unknown": int(np.sum(~known)),
             "auroc": M.auroc(~known, j.open_set_score),
             "oscr": M.oscr(correct, -j.open_set_score[known], -j.open_set_score[~known]),
             "unknown_rejected": float(np.mean(j.label[~known] == UNKNOWN_LABEL)),
+            # one never-enrolled generator against every known query: which new generator slips in
+            "per_unknown_class": {c: {"n": int(np.sum(cls == c)),
+                                      "auroc": M.auroc((cls == c)[known | (cls == c)],
+                                                       j.open_set_score[known | (cls == c)]),
+                                      "rejected": float(np.mean(j.label[cls == c] == UNKNOWN_LABEL)),
+                                      "called_ai": float(np.mean(is_ai[cls == c]))}
+                                  for c in sorted(set(cls[~known].tolist()))},
         })
     return {"n_queries": int(q.size), "detection": detection, "attribution": attribution,
             "closed_set_attribution": closed, "confusion": confusion, "open_set": open_set, "calibration": calibration,
@@ -333,12 +341,14 @@ class EvalResult:
 
 def run_protocol(ds: Dataset, feats: Features, methods: list[Method], shots: list[int], unknown: list[str],
                  folds: list[int | None], seed: int, k: int, workdir: Path, on_step=None,
-                 holdout_sources: list[str] | None = None, min_detail: float = DEFAULT_MIN_DETAIL) -> EvalResult:
+                 holdout_sources: list[str] | None = None, min_detail: float = DEFAULT_MIN_DETAIL,
+                 unknown_every_fold: bool = False) -> EvalResult:
     judged = {}
     seconds = {m.name: 0.0 for m in methods}
     for n in shots:
         for f in folds:
-            split = make_split(ds, n, unknown, seed=seed, fold=f, usable=feats.ok, holdout_sources=holdout_sources)
+            split = make_split(ds, n, unknown, seed=seed, fold=f, usable=feats.ok, holdout_sources=holdout_sources,
+                               unknown_every_fold=unknown_every_fold)
             check_split(ds, split)
             for m in methods:
                 t0 = time.monotonic()

@@ -13,7 +13,10 @@ Split rules (one split per shots value N, and per fold with --folds):
 - Each enrolled class gets min(N, floor(class size / 2)) support images (half a class at most, so that small
   classes keep queries); the last group picked may be split, its surplus excluded.
 - Classes named in --unknown are never enrolled; all their images outside support groups are queries, and
-  their true label for attribution is `unknown`.
+  their true label for attribution is `unknown`. With folds, only the query fold's by default; with
+  --unknown-every-fold, their images of every fold (outside support groups), as for held-out sources: a class
+  the model never trained on has no fold that was seen in training, and the query fold alone may hold a dozen of
+  its images, too few for a steady open-set AUROC.
 - With folds: the queries of fold f are the images of fold f; support groups are drawn from the other folds
   (folds are assigned per group, so they never share a group).
 - Sources named in --holdout-sources (the manifest's `source`, e.g. one camera collection) are never enrolled:
@@ -47,6 +50,7 @@ class Split:
     unknown: list[str]
     quota: dict[str, int] = field(default_factory=dict)  # support images wanted per enrolled class
     holdout_sources: list[str] = field(default_factory=list)
+    unknown_every_fold: bool = False
 
     def counts(self, labels: np.ndarray) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -66,7 +70,8 @@ def check_sources(ds: Dataset, names: list[str]) -> None:
 
 
 def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold: int | None = None,
-               usable: np.ndarray | None = None, holdout_sources: list[str] | None = None) -> Split:
+               usable: np.ndarray | None = None, holdout_sources: list[str] | None = None,
+               unknown_every_fold: bool = False) -> Split:
     """One support/query split (see the module docstring for the rules). Images not `usable` (they could not
     be decoded) are on neither side and do not count towards a class's size."""
     if shots < 1:
@@ -88,6 +93,8 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
     role = np.full(len(ds), EXCLUDED if fold is not None else QUERY, dtype=object)
     if fold is not None:
         role[ds.folds == fold] = QUERY
+        if unknown_every_fold:
+            role[np.isin(ds.labels, unknown)] = QUERY  # those sharing a support group are excluded below
     role[held] = QUERY
     role[~usable] = EXCLUDED
     candidates = (ds.folds != fold if fold is not None else np.ones(len(ds), dtype=bool)) & usable & ~held
@@ -125,7 +132,7 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
                 role[i] = EXCLUDED  # same prompt/photo as a support image: on neither side
     true_label = np.where(np.isin(ds.labels, unknown), UNKNOWN_LABEL, ds.labels).astype(object)
     return Split(shots=shots, fold=fold, role=role, true_label=true_label, enrolled=enrolled, unknown=list(unknown),
-                 quota=quota, holdout_sources=holdout_sources)
+                 quota=quota, holdout_sources=holdout_sources, unknown_every_fold=unknown_every_fold)
 
 
 def check_split(ds: Dataset, split: Split) -> None:

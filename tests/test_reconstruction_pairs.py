@@ -4,6 +4,7 @@ import csv
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from conftest import load_script
@@ -62,3 +63,20 @@ def test_reconstruction_is_the_whole_image_through_the_decoder(tmp_path):
     rec = tool.reconstruct(model, img)
     assert rec.shape == img.shape and rec.dtype == np.uint8
     assert not np.array_equal(rec, img)  # an untrained decoder does not pass the pixels through
+
+
+def test_gan_decoder_makes_a_class_of_its_own(tmp_path):
+    tool = load_script("tools/reconstruction_pairs.py")
+    data, out = _data(tmp_path), tmp_path / "recon_gan"
+    assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen",
+                      "--steps", "2", "--batch", "2", "--crop", "64", "--threads", "1", "--decoder", "gan"]) == 0
+    with open(out / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["label"] for r in rows} == {"gan-recon"} and {r["source"] for r in rows} == {"reconstruction-gan:cam"}
+    assert sorted(Image.open(out / r["path"]).size for r in rows) == [(96, 96), (100, 90), (120, 104)]
+    card = json.loads((out / "autoencoder.json").read_text())
+    assert card["decoder"] == "gan" and card["downsample"] == 4 and card["latent_channels"] == 64
+    # up-sampling by stride-2 transposed convolutions, the GAN family's trace
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in tool.GanAutoencoder().decoder) == 2
+    split = make_split(load_samples([data, out]), val_fold=1, holdout=[])
+    assert "gan-recon" in split.classes

@@ -9,6 +9,11 @@ f=8 encoder to a 16-channel latent (the latent shape of current LDM autoencoders
 theirs (nearest up-sampling, 3x3 convolutions), with an L1 loss on pixels and on their finite differences (so
 the reconstruction is less blurred than with L1 on the pixels alone).
 
+`--decoder gan` builds the other family instead: a GAN generator's decoder (CycleGAN's: an f=4 encoder and two
+stride-2 transposed 3x3 convolutions with instance normalisation, a 7x7 output convolution and tanh), whose
+up-sampling leaves the checkerboard trace of GAN images; label `gan-recon`, source `reconstruction-gan:<source>`,
+so that it is a class of its own beside `ae-recon` when both are passed to `imgscan train`.
+
     python tools/reconstruction_pairs.py ../shared/data/kit ../shared/data/photos --out /tmp/recon \
         --exclude-fold 4 --exclude-sources camera:drewnoakes --steps 4000
 
@@ -64,9 +69,35 @@ class Autoencoder(nn.Module):
             c = w
         self.decoder = nn.Sequential(*dec, nn.Conv2d(c, 3, 3, padding=1))
 
+    downsample = DOWNSAMPLE
+    label, source_prefix = RECON_LABEL, "reconstruction"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x in [0, 1], height and width multiples of 8."""
+        """x in [0, 1], height and width multiples of `downsample`."""
         return self.decoder(self.encoder(x * 2 - 1)) * 0.5 + 0.5
+
+
+class GanAutoencoder(Autoencoder):
+    """CycleGAN's generator without its residual blocks: 7x7 stem, two stride-2 convolutions (f=4) to a 64-channel
+    latent; decoder: two stride-2 transposed 3x3 convolutions (instance norm, ReLU), 7x7 convolution, tanh."""
+
+    downsample = 4
+    label, source_prefix = "gan-recon", "reconstruction-gan"
+
+    def __init__(self, widths=(32, 64, 128), latent: int = 64):
+        nn.Module.__init__(self)
+        norm_act = lambda c: [nn.InstanceNorm2d(c), nn.ReLU()]  # noqa: E731
+        enc = [nn.Conv2d(3, widths[0], 7, padding=3), *norm_act(widths[0])]
+        for a, b in zip(widths, widths[1:]):
+            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), *norm_act(b)]
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), *norm_act(widths[-1])]
+        for a, b in zip(widths[::-1], widths[::-1][1:]):
+            dec += [nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1), *norm_act(b)]
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 7, padding=3), nn.Tanh())
+
+
+DECODERS = {"ldm": Autoencoder, "gan": GanAutoencoder}
 
 
 def _loss(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -76,10 +107,10 @@ def _loss(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(images: list[np.ndarray], steps: int, batch: int, crop: int, seed: int,
-                      log_every: int = 100) -> tuple[Autoencoder, list[dict]]:
+                      log_every: int = 100, decoder: str = "ldm") -> tuple[Autoencoder, list[dict]]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = Autoencoder()
+    model = DECODERS[decoder]()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     curve = []
@@ -107,9 +138,10 @@ def train_autoencoder(images: list[np.ndarray], steps: int, batch: int, crop: in
 
 @torch.no_grad()
 def reconstruct(model: Autoencoder, img: np.ndarray) -> np.ndarray:
-    """The whole image through the autoencoder (reflect-padded to a multiple of 8, then cropped back)."""
+    """The whole image through the autoencoder (reflect-padded to a multiple of its down-sampling, then cropped
+    back)."""
     h, w = img.shape[:2]
-    ph, pw = (-h) % DOWNSAMPLE, (-w) % DOWNSAMPLE
+    ph, pw = (-h) % model.downsample, (-w) % model.downsample
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="reflect")
@@ -135,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decoder", choices=sorted(DECODERS), default="ldm",
+                    help="ldm: a latent-diffusion decoder (label ae-recon); gan: a CycleGAN-style one (gan-recon)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     excluded_sources = {s for s in args.exclude_sources.split(",") if s}
@@ -154,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(images)} real photos; training the autoencoder for {args.steps} steps", flush=True)
 
     t0 = time.time()
-    model, curve = train_autoencoder(images, args.steps, args.batch, args.crop, args.seed)
+    model, curve = train_autoencoder(images, args.steps, args.batch, args.crop, args.seed, decoder=args.decoder)
     train_s = time.time() - t0
 
     from PIL import Image
 
-    out_dir = args.out / "images" / RECON_LABEL
+    label = model.label
+    out_dir = args.out / "images" / label
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, psnrs = [], []
     for (path, source, group, fold), img in zip(originals, images):
@@ -168,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         # the original's name can repeat across data sets; its full path cannot
         name = f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.jpg"
         Image.fromarray(rec).save(out_dir / name, quality=args.quality, subsampling="4:2:0")
-        rows.append({"path": f"images/{RECON_LABEL}/{name}", "label": RECON_LABEL, "is_ai": 1,
-                     "source": f"reconstruction:{source}", "group": group, "fold": fold, "upscaled": 0})
+        rows.append({"path": f"images/{label}/{name}", "label": label, "is_ai": 1,
+                     "source": f"{model.source_prefix}:{source}", "group": group, "fold": fold, "upscaled": 0})
     with open(args.out / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -177,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "autoencoder.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded_sources),
         "steps": args.steps, "batch": args.batch, "crop": args.crop, "seed": args.seed, "quality": args.quality,
-        "downsample": DOWNSAMPLE, "latent_channels": 16, "train_seconds": round(train_s, 1),
+        "decoder": args.decoder, "downsample": model.downsample,
+        "latent_channels": model.encoder[-1].out_channels, "train_seconds": round(train_s, 1),
         "images": len(rows), "psnr_mean": round(float(np.mean(psnrs)), 2),
         "psnr_min": round(float(np.min(psnrs)), 2), "loss_curve": curve,
     }, indent=1))

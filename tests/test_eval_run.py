@@ -180,8 +180,8 @@ def test_eval_cli_registered_and_errors_are_one_line(eval_data, tiny_model_dir, 
     assert result.exit_code == 2 and "no such class" in result.output
     assert [line for line in result.output.splitlines() if line.strip()] == [result.output.strip()]  # one line
     result = runner.invoke(app, ["eval", str(eval_data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
-                                 "--unknown-every-fold", "--device", "cpu"])
-    assert result.exit_code == 2 and "--unknown-every-fold needs --unknown" in result.output
+                                 "--unknown", "gen_cyan", "--folds", "--unknown-every-fold", "--device", "cpu"])
+    assert result.exit_code == 2 and "--unknown-every-fold needs --unknown and one query fold" in result.output
     for cmd in ("report", "explain"):
         assert runner.invoke(app, [cmd, "--help"]).exit_code == 0
 

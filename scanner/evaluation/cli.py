@@ -175,8 +175,9 @@ def run_eval(data: Path | list[Path], out: Path, model: Optional[Path] = None, s
         raise UsageError(f"--unknown {','.join(missing)}: no such class (classes: {', '.join(ds.classes)})")
     check_sources(ds, held_sources)  # before minutes of embedding
     fold_list = _fold_list(ds, folds, query_folds)
-    if unknown_every_fold and (not unknown_list or fold_list == [None]):
-        raise UsageError("--unknown-every-fold needs --unknown and --folds or --query-folds")
+    if unknown_every_fold and (not unknown_list or len(fold_list) != 1 or fold_list == [None]):
+        # with several query folds each never-enrolled image would be judged once per fold, counted n times
+        raise UsageError("--unknown-every-fold needs --unknown and one query fold (--query-folds 4)")
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -231,7 +232,7 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         shots: Annotated[str, typer.Option("--shots", help="Support images per class to sweep (capped at half a class).")] = "10,20,50,100,150",
         unknown: Annotated[Optional[str], typer.Option("--unknown", help="Comma-separated classes never enrolled; they should come out `unknown`.")] = None,
-        unknown_every_fold: Annotated[bool, typer.Option("--unknown-every-fold", help="With --query-folds/--folds: judge the --unknown classes' images of every fold, not only the query fold's (right when the model never trained on those classes; more unknown queries, a steadier open-set AUROC).")] = False,
+        unknown_every_fold: Annotated[bool, typer.Option("--unknown-every-fold", help="With one --query-folds fold: judge the --unknown classes' images of every fold, not only the query fold's (right when the model never trained on those classes; more unknown queries, a steadier open-set AUROC).")] = False,
         holdout_sources: Annotated[Optional[str], typer.Option("--holdout-sources", help="Comma-separated manifest sources never enrolled (e.g. camera:drewnoakes): all their images are queries; reports the share of their real photos called AI.")] = None,
         views: ViewsOpt = None,
         folds: Annotated[bool, typer.Option("--folds", help="One split per fold: queries = fold f, support drawn from the other folds; mean ± std.")] = False,

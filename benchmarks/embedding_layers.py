@@ -21,7 +21,6 @@ queries called AI. Needs a model trained by `imgscan train` (train/model.py's Em
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -40,28 +39,32 @@ def layer_features(module, pixels) -> dict[str, np.ndarray]:
     return {"backbone": feats.numpy(), "hidden": hidden.numpy(), "final": final.numpy()}
 
 
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
-
-
 def variants(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"backbone": unit(layers["backbone"]), "hidden": unit(layers["hidden"]), "final": unit(layers["final"]),
-            "tap": unit(np.concatenate([unit(layers["backbone"]), unit(layers["hidden"])], 1))}
+    from scanner.evaluation.baselines import l2_normalise
+
+    unit = {name: l2_normalise(layers[name]) for name in ("backbone", "hidden", "final")}
+    return {**unit, "tap": l2_normalise(np.concatenate([unit["backbone"], unit["hidden"]], 1))}
 
 
 def projected(x: np.ndarray, fit_rows: np.ndarray, dim: int) -> tuple[np.ndarray, float]:
-    """x onto the `dim` leading right singular vectors of x[fit_rows] (uncentred), re-normalised; energy kept."""
-    _, s, vt = np.linalg.svd(x[fit_rows], full_matrices=False)
-    return unit(x @ vt[:dim].T), float((s[:dim] ** 2).sum() / (s ** 2).sum())
+    """x onto the directions `imgscan ensemble --dim` would keep, fitted on x[fit_rows], re-normalised; the share
+    of their energy kept."""
+    from scanner.evaluation.baselines import l2_normalise
+    from train.ensemble import leading_directions
+
+    directions, kept = leading_directions(x[fit_rows], dim)
+    return l2_normalise(x @ directions), kept
 
 
 def model_layers(model_dir: Path, paths: list[str], cache_dir: Path) -> dict[str, np.ndarray]:
     from scanner.detail import view_detail
-    from scanner.model import load_model
+    from scanner.model import load_model, read_card
     from train.data import centre_view_pixels
 
-    key = hashlib.sha256((model_dir / "embedder.pt").read_bytes()).hexdigest()[:16]
-    cached = cache_dir / f"layers-{key}.npz"
+    weights = read_card(model_dir).weights_sha256  # checked against the file by load_model below
+    if not weights:
+        raise SystemExit(f"{model_dir}: its card records no weights sha256 (an ensemble?); one trained model is needed")
+    cached = cache_dir / f"layers-{weights[:16]}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -81,7 +84,10 @@ def model_layers(model_dir: Path, paths: list[str], cache_dir: Path) -> dict[str
 def main() -> None:
     import torch
 
+    import xxhash
+
     from scanner.dataset import load_dataset
+    from scanner.evaluation.baselines import l2_normalise
     from scanner.evaluation.evaluate import MAIN_METHOD, Features, Method, compute_metrics, drop_duplicates, run_protocol
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +121,8 @@ def main() -> None:
         if len(layers["final"]) != len(ds):
             raise SystemExit(f"{args.data}: not every image decodes; this script expects a data set like the kit")
         if feats is None:  # the pixel-detail floor of the eval, from the same views
-            sha = np.array([hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths], dtype=object)
+            # the read stage's key (xxh3-128 of the bytes), as `imgscan eval` keys its images
+            sha = np.array([xxhash.xxh3_128_hexdigest(Path(p).read_bytes()) for p in paths], dtype=object)
             feats = Features(ok=np.ones(len(ds), dtype=bool), sha=sha, errors={}, embeddings=layers["final"],
                              detail=layers["detail"])
             drop_duplicates(ds, feats)  # byte-identical files are one image, as in `imgscan eval`
@@ -125,7 +132,7 @@ def main() -> None:
             judge(f"{model.parent.name}/{model.name}: {name} ({x.shape[1]}-d)", x)
     if len(members) > 1:
         for name in ("final", "tap"):
-            side = unit(np.concatenate([m[name] for m in members], 1))
+            side = l2_normalise(np.concatenate([m[name] for m in members], 1))
             judge(f"x{len(members)} {name} ({side.shape[1]}-d)", side)
             proj, kept = projected(side, fit_rows, args.dim)
             judge(f"x{len(members)} {name} -> {args.dim}-d ({kept:.4f} kept)", proj)

@@ -28,9 +28,11 @@ def test_layers_of_a_scripted_embedder_end_in_its_own_output():
 
 
 def test_projection_is_fitted_on_the_rows_given_and_reports_the_energy_kept():
+    from scanner.evaluation.baselines import l2_normalise
+
     layers_script = load_script("benchmarks/embedding_layers.py")
     rng = np.random.default_rng(0)
-    x = layers_script.unit(np.concatenate([rng.normal(size=(50, 3)) @ rng.normal(size=(3, 10)),
+    x = l2_normalise(np.concatenate([rng.normal(size=(50, 3)) @ rng.normal(size=(3, 10)),
                                            rng.normal(size=(5, 10))]))
     fit = np.r_[np.ones(50, bool), np.zeros(5, bool)]  # the last five rows (held out) have another span
     out, kept = layers_script.projected(x, fit, 3)

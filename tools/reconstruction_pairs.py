@@ -49,9 +49,24 @@ RECON_LABEL = "ae-recon"
 DOWNSAMPLE = 8  # three stride-2 stages
 
 
-class Autoencoder(nn.Module):
+class _Reconstructor(nn.Module):
+    """An encoder and a decoder built by the subclass; what it writes is labelled `label`, its source prefixed."""
+
+    downsample: int  # the encoder's total stride: inputs are padded to a multiple of it
+    label: str
+    source_prefix: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [0, 1], height and width multiples of `downsample`."""
+        return self.decoder(self.encoder(x * 2 - 1)) * 0.5 + 0.5
+
+
+class Autoencoder(_Reconstructor):
     """Encoder: three stride-2 convolutions to a 16-channel latent at 1/8 size. Decoder: three stages of
     nearest-neighbour 2x up-sampling and a 3x3 convolution, as in LDM decoders (smaller, to train on 2 cores)."""
+
+    downsample = DOWNSAMPLE
+    label, source_prefix = RECON_LABEL, "reconstruction"
 
     def __init__(self, enc_widths=(32, 64, 128), dec_widths=(128, 64, 32), latent: int = 16):
         super().__init__()
@@ -69,15 +84,8 @@ class Autoencoder(nn.Module):
             c = w
         self.decoder = nn.Sequential(*dec, nn.Conv2d(c, 3, 3, padding=1))
 
-    downsample = DOWNSAMPLE
-    label, source_prefix = RECON_LABEL, "reconstruction"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x in [0, 1], height and width multiples of `downsample`."""
-        return self.decoder(self.encoder(x * 2 - 1)) * 0.5 + 0.5
-
-
-class GanAutoencoder(Autoencoder):
+class GanAutoencoder(_Reconstructor):
     """CycleGAN's generator without its residual blocks: 7x7 stem, two stride-2 convolutions (f=4) to a 64-channel
     latent; decoder: two stride-2 transposed 3x3 convolutions (instance norm, ReLU), 7x7 convolution, tanh."""
 
@@ -85,7 +93,7 @@ class GanAutoencoder(Autoencoder):
     label, source_prefix = "gan-recon", "reconstruction-gan"
 
     def __init__(self, widths=(32, 64, 128), latent: int = 64):
-        nn.Module.__init__(self)
+        super().__init__()
         norm_act = lambda c: [nn.InstanceNorm2d(c), nn.ReLU()]  # noqa: E731
         enc = [nn.Conv2d(3, widths[0], 7, padding=3), *norm_act(widths[0])]
         for a, b in zip(widths, widths[1:]):
@@ -107,7 +115,7 @@ def _loss(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(images: list[np.ndarray], steps: int, batch: int, crop: int, seed: int,
-                      log_every: int = 100, decoder: str = "ldm") -> tuple[Autoencoder, list[dict]]:
+                      log_every: int = 100, decoder: str = "ldm") -> tuple[_Reconstructor, list[dict]]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = DECODERS[decoder]()
@@ -137,7 +145,7 @@ def train_autoencoder(images: list[np.ndarray], steps: int, batch: int, crop: in
 
 
 @torch.no_grad()
-def reconstruct(model: Autoencoder, img: np.ndarray) -> np.ndarray:
+def reconstruct(model: _Reconstructor, img: np.ndarray) -> np.ndarray:
     """The whole image through the autoencoder (reflect-padded to a multiple of its down-sampling, then cropped
     back)."""
     h, w = img.shape[:2]

@@ -90,14 +90,23 @@ def fit_projection(module, card: ModelCard, fit_data: list[Path], dim: int, log=
             if i % 16 == 15:
                 log(f"  projection fit: embedded {sum(len(c) for c in chunks)} / {len(paths)} images")
     x = np.concatenate(chunks).astype(np.float64)
-    _, singular, vt = np.linalg.svd(x, full_matrices=False)
-    energy = float((singular[:dim] ** 2).sum() / (singular ** 2).sum())
+    projection, energy = leading_directions(x, dim)
     record = {"dim": dim, "method": "uncentred PCA (leading right singular vectors), then L2-normalised",
               "fit_images": int(x.shape[0]), "fit_data": [str(d) for d in fit_data],
               "fit_excludes": {key: held[key] for key in HELD_OUT_FIELDS}, "energy_kept": round(energy, 6),
               "hardware": hardware_description(torch.device("cpu")),
               "fit_wall_seconds": round(time.monotonic() - started, 1)}
-    return np.ascontiguousarray(vt[:dim].T.astype(np.float32)), record
+    return projection, record
+
+
+def leading_directions(x, dim: int):
+    """[x's width, dim] float32: the `dim` leading right singular vectors of x, uncentred (so that cosines, not
+    variances, are what the projection keeps); and the share of x's energy they keep."""
+    import numpy as np
+
+    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    return (np.ascontiguousarray(vt[:dim].T.astype(np.float32)),
+            float((singular[:dim] ** 2).sum() / (singular ** 2).sum()))
 
 
 def ensemble_card(cards: list[ModelCard], name: str | None, version: str | None, command: str,

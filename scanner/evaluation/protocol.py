@@ -50,7 +50,6 @@ class Split:
     unknown: list[str]
     quota: dict[str, int] = field(default_factory=dict)  # support images wanted per enrolled class
     holdout_sources: list[str] = field(default_factory=list)
-    unknown_every_fold: bool = False
 
     def counts(self, labels: np.ndarray) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -132,7 +131,7 @@ def make_split(ds: Dataset, shots: int, unknown: list[str], seed: int = 0, fold:
                 role[i] = EXCLUDED  # same prompt/photo as a support image: on neither side
     true_label = np.where(np.isin(ds.labels, unknown), UNKNOWN_LABEL, ds.labels).astype(object)
     return Split(shots=shots, fold=fold, role=role, true_label=true_label, enrolled=enrolled, unknown=list(unknown),
-                 quota=quota, holdout_sources=holdout_sources, unknown_every_fold=unknown_every_fold)
+                 quota=quota, holdout_sources=holdout_sources)
 
 
 def check_split(ds: Dataset, split: Split) -> None:

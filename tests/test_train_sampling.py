@@ -63,3 +63,40 @@ def test_a_fixed_class_is_in_every_batch_with_its_own_count():
         assert len(rest) == 2 and set(rest.values()) == {2}
         others.update(rest)
     assert set(others) == {1, 2, 3}
+
+
+def test_a_paired_class_brings_real_photos_of_its_own_collection():
+    # class 0 is real: indices 0-4 from collection A, 5-9 from B; class 1 (paired with A's photos) and class 2
+    # (no real photos of its kind) are generated
+    labels = [0] * 10 + [1] * 5 + [2] * 5
+    pairs = {1: [0, 1, 2, 3, 4]}
+    sampler = PKBatchSampler(labels, classes_per_batch=2, images_per_class=2, batches_per_epoch=60, seed=0,
+                             paired=pairs, paired_images=3)
+    sizes = Counter()
+    for batch in sampler:
+        drawn = Counter(labels[i] for i in batch)
+        reals = [i for i in batch if labels[i] == 0]
+        if 1 in drawn:
+            assert drawn[1] == 2 and sum(i in pairs[1] for i in reals) >= 3  # its own collection's photos came
+        else:
+            assert len(batch) == 4  # no paired class drawn: the plain P x K batch
+        sizes[len(batch)] += 1
+    assert sizes[7] > 0 and sizes[4] > 0
+    plain = PKBatchSampler(labels, classes_per_batch=2, images_per_class=2, batches_per_epoch=60, seed=0)
+    off = PKBatchSampler(labels, classes_per_batch=2, images_per_class=2, batches_per_epoch=60, seed=0,
+                         paired=pairs, paired_images=0)
+    assert list(plain) == list(off)  # off draws exactly the batches of a run without the option
+
+
+def test_content_matched_reals_pair_classes_with_their_collections_real_photos():
+    from pathlib import Path
+
+    from train.data import Sample
+    from train.trainer import content_matched_reals
+
+    s = [Sample(Path("a"), "real", 0, "cnn:biggan"), Sample(Path("b"), "biggan", 0, "cnn:biggan"),
+         Sample(Path("c"), "real", 0, "imagenet"), Sample(Path("d"), "dalle", 0, "imagen"),
+         Sample(Path("e"), "real", 0, "cnn:crn"), Sample(Path("f"), "crn", 0, "cnn:crn"),
+         Sample(Path("g"), "real", 1, "cnn:biggan")]
+    idx = {"real": 0, "biggan": 1, "crn": 2, "dalle": 3}
+    assert content_matched_reals(s, idx) == {1: [0, 6], 2: [4]}  # dalle's collection holds no real photos

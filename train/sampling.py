@@ -10,6 +10,12 @@ Uniform classes undersample the one class whose variety is largest: real photos 
 processing) get about 4 of 32 slots in 8 of 14 batches, so over a CPU schedule each real photo is seen about
 once while each GAN image is seen dozens of times. `fixed_class` / `fixed_images` put that class in every batch
 with more images (`imgscan train --real-per-batch N`); the other slots stay P x K over the remaining classes.
+
+Content-matched negatives (`imgscan train --paired-real N`): some generated classes come with real photos of
+their own kind from the same collection (the kit's GAN sets: each fake beside real photos of the same subjects).
+Drawn at random, a batch almost never holds both, so a generator can be told from real photos by what its
+images show. `paired` maps such a class to its collection's real photos; whenever the class is drawn, N of
+them join the batch (as real photos), and only the trace separates the two.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class PKBatchSampler:
         seed: int = 0,
         fixed_class: int | None = None,
         fixed_images: int = 0,
+        paired: dict[int, list[int]] | None = None,
+        paired_images: int = 0,
     ):
         if images_per_class < 2:
             raise ValueError("images_per_class must be >= 2 so that every image has a positive")
@@ -50,6 +58,8 @@ class PKBatchSampler:
             self.classes = [c for c in self.classes if c != self.fixed_class]
         # With fewer classes than P, use them all: a smaller batch beats repeating classes.
         self.classes_per_batch = min(classes_per_batch, len(self.classes))
+        self.paired = {c: list(pool) for c, pool in (paired or {}).items() if pool} if paired_images else {}
+        self.paired_images = paired_images if self.paired else 0
         self.images_per_class = images_per_class
         batch = self.classes_per_batch * images_per_class + self.fixed_images
         self.batches_per_epoch = batches_per_epoch or max(1, -(-len(labels) // batch))
@@ -76,4 +86,8 @@ class PKBatchSampler:
                     batch.extend(rng.sample(pool, self.images_per_class))
                 else:
                     batch.extend(rng.choices(pool, k=self.images_per_class))
+                if c in self.paired:
+                    reals = self.paired[c]
+                    batch.extend(rng.sample(reals, self.paired_images) if len(reals) >= self.paired_images
+                                 else rng.choices(reals, k=self.paired_images))
             yield batch

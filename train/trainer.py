@@ -48,7 +48,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = 1
 # Settings that must not change between a checkpoint and --resume (the number of epochs may grow).
-RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
+RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "paired_real", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail",
                      "distil_from", "distil_weight", "soft_alpha", "real_weight")
 KIT_LICENCE = (
@@ -99,6 +99,7 @@ class TrainConfig:
     workers: int | None = None
     augment: bool = True
     real_per_batch: int = 0  # real photos in every batch (0: real is one class among the P drawn); sampling
+    paired_real: int = 0  # real photos of the same collection joining a drawn generated class (train.sampling)
     aug_camera: float = 0.0  # probability of each camera-like augmentation (upscale, sensor noise); train.data
     min_crop_detail: float = 0.0  # redraw training crops flatter than this pixel detail (train.data.augment); 0: off
     ema: float = 0.0  # decay of the weight average that is validated and exported (train.ema); 0: the last weights
@@ -229,6 +230,20 @@ def _progress(enabled: bool):
     )
 
 
+def content_matched_reals(samples: list, class_to_idx: dict[str, int]) -> dict[int, list[int]]:
+    """Generated class id -> indices of the real photos from the collections (`source`) its images come from:
+    the kit's GAN sets hold both, the text-to-image renders none (train.sampling, `--paired-real`)."""
+    real_by_source: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.label == REAL_LABEL and s.source:
+            real_by_source.setdefault(s.source, []).append(i)
+    sources: dict[str, set[str]] = {}
+    for s in samples:
+        if s.label != REAL_LABEL and s.source in real_by_source:
+            sources.setdefault(s.label, set()).add(s.source)
+    return {class_to_idx[c]: sorted(i for src in srcs for i in real_by_source[src]) for c, srcs in sources.items()}
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse unusable settings before any work, each in one line."""
     if cfg.loss not in ("supcon", "soft-supcon", "ce"):
@@ -313,7 +328,9 @@ def build_run(cfg: TrainConfig, split, device: torch.device, workers: int):
     train_ds = TrainImages(split.train, split.classes, cfg.image_size, augment_config(cfg))
     sampler = PKBatchSampler(train_ds.labels, (cfg.batch_size - cfg.real_per_batch) // cfg.images_per_class,
                              cfg.images_per_class, cfg.batches_per_epoch, seed=cfg.seed,
-                             fixed_class=train_ds.class_to_idx.get(REAL_LABEL), fixed_images=cfg.real_per_batch)
+                             fixed_class=train_ds.class_to_idx.get(REAL_LABEL), fixed_images=cfg.real_per_batch,
+                             paired=content_matched_reals(split.train, train_ds.class_to_idx) if cfg.paired_real else None,
+                             paired_images=cfg.paired_real)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=collate_train, persistent_workers=workers > 0)
     total_steps = cfg.epochs * len(sampler)

@@ -172,3 +172,21 @@ def test_help_teaches(app):
     assert result.exit_code == 0
     for word in ("--holdout", "--val-fold", "--loss", "manifest", "k-NN", "--resume"):
         assert word in result.output
+
+
+def test_paired_real_brings_each_generators_own_collection_and_says_so(app, tiny_data, tmp_path):
+    # a manifest over the same images: noise-gan shares its collection with half of the real photos, stripes none
+    rows = ["path,label,source,fold"]
+    for label, source in (("real", None), ("noise-gan", "cnn:noise"), ("stripes", "renders")):
+        for i in range(8):
+            src = source or ("cnn:noise" if i < 4 else "scenes")
+            rows.append(f"{tiny_data / label / f'{i}.png'},{label},{src},{i % 4}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = [*TINY]
+    args[args.index("--epochs") + 1] = "1"
+    result = CliRunner().invoke(app, ["train", str(manifest), "--out", str(tmp_path / "m"), "--paired-real", "2", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "--paired-real 2: real photos of their own collection join noise-gan (3)" in result.output  # fold 0 is val
+    card, _ = load_model(tmp_path / "m")
+    assert card.training["settings"]["paired_real"] == 2  # recorded, so --resume refuses another N

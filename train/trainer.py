@@ -487,6 +487,9 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
     log(f"train: {len(split.train)} images, {len(split.classes)} classes ({', '.join(split.classes)}); "
         f"val fold {cfg.val_fold}: {len(split.val)} images; holdout: {', '.join(split.holdout) or 'none'}; "
         f"device {device}, {len(run.sampler)} batches of {cfg.batch_size} per epoch, init {init.kind}")
+    if cfg.paired_real:
+        paired = ", ".join(f"{split.classes[c]} ({len(v)})" for c, v in sorted(run.sampler.paired.items()))
+        log(f"--paired-real {cfg.paired_real}: real photos of their own collection join {paired or 'no class: no generated class shares a source with real photos'}")
     validation = None
     if split.val:
         support_labels = [s.label for s in split.support]

@@ -92,7 +92,7 @@ def test_content_matched_reals_pair_classes_with_their_collections_real_photos()
     from pathlib import Path
 
     from train.data import Sample
-    from train.trainer import content_matched_reals
+    from train.sampling import content_matched_reals
 
     s = [Sample(Path("a"), "real", 0, "cnn:biggan"), Sample(Path("b"), "biggan", 0, "cnn:biggan"),
          Sample(Path("c"), "real", 0, "imagenet"), Sample(Path("d"), "dalle", 0, "imagen"),

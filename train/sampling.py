@@ -24,6 +24,28 @@ import random
 from collections import defaultdict
 from typing import Iterator, Sequence
 
+from imgscan_core.labels import REAL_LABEL
+
+
+def _draw(rng: random.Random, pool: list[int], k: int) -> list[int]:
+    """k items of pool: distinct when it holds enough, else with replacement."""
+    return rng.sample(pool, k) if len(pool) >= k else rng.choices(pool, k=k)
+
+
+def content_matched_reals(samples: list, class_to_idx: dict[str, int]) -> dict[int, list[int]]:
+    """Generated class id -> indices of the real photos (train.data.Sample, label `real`) from the collections
+    (`source`) its images come from: the kit's GAN sets hold both, the text-to-image renders none. The `paired`
+    argument of PKBatchSampler (`imgscan train --paired-real`)."""
+    real_by_source: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.label == REAL_LABEL and s.source:
+            real_by_source.setdefault(s.source, []).append(i)
+    sources: dict[str, set[str]] = {}
+    for s in samples:
+        if s.label != REAL_LABEL and s.source in real_by_source:
+            sources.setdefault(s.label, set()).add(s.source)
+    return {class_to_idx[c]: sorted(i for src in srcs for i in real_by_source[src]) for c, srcs in sources.items()}
+
 
 class PKBatchSampler:
     """Yields lists of dataset indices: `classes_per_batch` classes x `images_per_class` images.
@@ -77,17 +99,9 @@ class PKBatchSampler:
         for _ in range(self.batches_per_epoch):
             batch: list[int] = []
             if self.fixed_class is not None:
-                pool = self.by_class[self.fixed_class]
-                batch.extend(rng.sample(pool, self.fixed_images) if len(pool) >= self.fixed_images
-                             else rng.choices(pool, k=self.fixed_images))
+                batch.extend(_draw(rng, self.by_class[self.fixed_class], self.fixed_images))
             for c in rng.sample(self.classes, self.classes_per_batch):
-                pool = self.by_class[c]
-                if len(pool) >= self.images_per_class:
-                    batch.extend(rng.sample(pool, self.images_per_class))
-                else:
-                    batch.extend(rng.choices(pool, k=self.images_per_class))
+                batch.extend(_draw(rng, self.by_class[c], self.images_per_class))
                 if c in self.paired:
-                    reals = self.paired[c]
-                    batch.extend(rng.sample(reals, self.paired_images) if len(reals) >= self.paired_images
-                                 else rng.choices(reals, k=self.paired_images))
+                    batch.extend(_draw(rng, self.paired[c], self.paired_images))
             yield batch

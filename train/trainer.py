@@ -42,7 +42,7 @@ from train.data import (
 from train.ema import WeightAverage
 from train.losses import build_loss, relation_distillation
 from train.model import EMBEDDING_DIM, build_embedder, has_fixed_input_size, script_embedder
-from train.sampling import PKBatchSampler
+from train.sampling import PKBatchSampler, content_matched_reals
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
@@ -228,20 +228,6 @@ def _progress(enabled: bool):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True,
     )
-
-
-def content_matched_reals(samples: list, class_to_idx: dict[str, int]) -> dict[int, list[int]]:
-    """Generated class id -> indices of the real photos from the collections (`source`) its images come from:
-    the kit's GAN sets hold both, the text-to-image renders none (train.sampling, `--paired-real`)."""
-    real_by_source: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if s.label == REAL_LABEL and s.source:
-            real_by_source.setdefault(s.source, []).append(i)
-    sources: dict[str, set[str]] = {}
-    for s in samples:
-        if s.label != REAL_LABEL and s.source in real_by_source:
-            sources.setdefault(s.label, set()).add(s.source)
-    return {class_to_idx[c]: sorted(i for src in srcs for i in real_by_source[src]) for c, srcs in sources.items()}
 
 
 def check_config(cfg: TrainConfig) -> None:

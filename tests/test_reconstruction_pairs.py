@@ -80,3 +80,27 @@ def test_gan_decoder_makes_a_class_of_its_own(tmp_path):
     assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in tool.GanAutoencoder().decoder) == 2
     split = make_split(load_samples([data, out]), val_fold=1, holdout=[])
     assert "gan-recon" in split.classes
+
+
+def test_bilinear_and_sub_pixel_decoders_are_classes_of_their_own(tmp_path):
+    tool = load_script("tools/reconstruction_pairs.py")
+    data = _data(tmp_path)
+    for decoder, label, upsampler in [("bilinear", "bilinear-recon", torch.nn.Upsample),
+                                      ("shuffle", "shuffle-recon", torch.nn.PixelShuffle)]:
+        out = tmp_path / f"recon_{decoder}"
+        assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen",
+                          "--steps", "2", "--batch", "2", "--crop", "64", "--threads", "1",
+                          "--decoder", decoder]) == 0
+        with open(out / "manifest.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert {r["label"] for r in rows} == {label}
+        assert {r["source"] for r in rows} == {f"reconstruction-{decoder}:cam"}
+        assert sorted(Image.open(out / r["path"]).size for r in rows) == [(96, 96), (100, 90), (120, 104)]
+        # each family up-samples its own way, twice (f=4): that way is the trace it teaches
+        model = tool.DECODERS[decoder]()
+        assert sum(isinstance(m, upsampler) for m in model.decoder) == 2
+        if decoder == "bilinear":
+            assert {m.mode for m in model.decoder if isinstance(m, torch.nn.Upsample)} == {"bilinear"}
+    split = make_split(load_samples([data, tmp_path / "recon_bilinear", tmp_path / "recon_shuffle"]),
+                      val_fold=1, holdout=[])
+    assert {"bilinear-recon", "shuffle-recon"} <= set(split.classes)

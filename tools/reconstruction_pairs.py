@@ -12,7 +12,10 @@ the reconstruction is less blurred than with L1 on the pixels alone).
 `--decoder gan` builds the other family instead: a GAN generator's decoder (CycleGAN's: an f=4 encoder and two
 stride-2 transposed 3x3 convolutions with instance normalisation, a 7x7 output convolution and tanh), whose
 up-sampling leaves the checkerboard trace of GAN images; label `gan-recon`, source `reconstruction-gan:<source>`,
-so that it is a class of its own beside `ae-recon` when both are passed to `imgscan train`.
+so that it is a class of its own beside `ae-recon` when both are passed to `imgscan train`. Two more GAN
+up-samplers, each its own class: `--decoder bilinear` (bilinear up-sampling, leaky ReLU and pixel norm, as in
+ProGAN / StyleGAN; `bilinear-recon`) and `--decoder shuffle` (sub-pixel convolution, as in super-resolution GANs;
+`shuffle-recon`). One family teaches one up-sampler's trace; several teach what GAN up-sampling has in common.
 
     python tools/reconstruction_pairs.py ../shared/data/kit ../shared/data/photos --out /tmp/recon \
         --exclude-fold 4 --exclude-sources camera:drewnoakes --steps 4000
@@ -105,7 +108,56 @@ class GanAutoencoder(_Reconstructor):
         self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 7, padding=3), nn.Tanh())
 
 
-DECODERS = {"ldm": Autoencoder, "gan": GanAutoencoder}
+class _PixelNorm(nn.Module):
+    """ProGAN's / StyleGAN's feature normalisation: each pixel's feature vector scaled to unit mean square."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class BilinearGanAutoencoder(_Reconstructor):
+    """A progressive/style GAN's synthesis path: f=4 encoder; decoder: two stages of bilinear 2x up-sampling and a
+    3x3 convolution with leaky ReLU and pixel norm, then a 1x1 to-RGB convolution (ProGAN / StyleGAN's layout)."""
+
+    downsample = 4
+    label, source_prefix = "bilinear-recon", "reconstruction-bilinear"
+
+    def __init__(self, widths=(32, 64, 128), latent: int = 64):
+        super().__init__()
+        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        enc = [nn.Conv2d(3, widths[0], 3, padding=1), act()]
+        for a, b in zip(widths, widths[1:]):
+            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), act()]
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act(), _PixelNorm()]
+        for a, b in zip(widths[::-1], widths[::-1][1:]):
+            dec += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                    nn.Conv2d(a, b, 3, padding=1), act(), _PixelNorm()]
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 1))
+
+
+class SubPixelAutoencoder(_Reconstructor):
+    """A super-resolution GAN's up-sampler (ESRGAN / SRGAN): f=4 encoder; decoder: two stages of a 3x3 convolution
+    to 4x the channels and a pixel shuffle (sub-pixel convolution), leaky ReLU, then a 3x3 output convolution."""
+
+    downsample = 4
+    label, source_prefix = "shuffle-recon", "reconstruction-shuffle"
+
+    def __init__(self, widths=(32, 64, 128), latent: int = 64):
+        super().__init__()
+        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        enc = [nn.Conv2d(3, widths[0], 3, padding=1), act()]
+        for a, b in zip(widths, widths[1:]):
+            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), act()]
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act()]
+        for a, b in zip(widths[::-1], widths[::-1][1:]):
+            dec += [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), act()]
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 3, padding=1))
+
+
+DECODERS = {"ldm": Autoencoder, "gan": GanAutoencoder, "bilinear": BilinearGanAutoencoder,
+            "shuffle": SubPixelAutoencoder}
 
 
 def _loss(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decoder", choices=sorted(DECODERS), default="ldm",
-                    help="ldm: a latent-diffusion decoder (label ae-recon); gan: a CycleGAN-style one (gan-recon)")
+                    help="ldm: a latent-diffusion decoder (label ae-recon); gan: a CycleGAN-style one (gan-recon); "
+                         "bilinear: ProGAN/StyleGAN-style (bilinear-recon); shuffle: sub-pixel, as in "
+                         "super-resolution GANs (shuffle-recon)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     excluded_sources = {s for s in args.exclude_sources.split(",") if s}

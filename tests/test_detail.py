@@ -44,9 +44,10 @@ def test_an_item_has_the_detail_of_its_most_detailed_view():
     pixels = np.stack([flat, board, flat, flat])
     batch = DecodedBatch(pixels=pixels, sizes=[(800, 600), (16, 16), None, (900, 900)],
                          errors=[None, None, "decode: broken", None], view_counts=[2, 1, 1])
-    assert item_detail(batch).tolist() == [40.0, 0.0, 0.0]
+    # float32 Laplacian sums: the last bit depends on the kernel the CPU dispatches to
+    assert item_detail(batch).tolist() == pytest.approx([40.0, 0.0, 0.0], rel=1e-6)
     one_each = DecodedBatch(pixels=pixels[:2], sizes=[(16, 16)] * 2, errors=[None, None])
-    assert item_detail(one_each).tolist() == [0.0, 40.0]
+    assert item_detail(one_each).tolist() == pytest.approx([0.0, 40.0], rel=1e-6)
 
 
 def test_the_floor_caps_ai_score_at_one_half_and_keeps_the_invariant():

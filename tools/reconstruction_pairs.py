@@ -115,6 +115,15 @@ class _PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+def _leaky_f4_encoder(widths, latent: int) -> nn.Sequential:
+    """3x3 stem and two stride-2 3x3 convolutions (f=4) with leaky ReLU, then a 1x1 to the latent: the encoder of
+    the bilinear and sub-pixel families, so that they differ only in how they up-sample."""
+    enc = [nn.Conv2d(3, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
+    for a, b in zip(widths, widths[1:]):
+        enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+
+
 class BilinearGanAutoencoder(_Reconstructor):
     """A progressive/style GAN's synthesis path: f=4 encoder; decoder: two stages of bilinear 2x up-sampling and a
     3x3 convolution with leaky ReLU and pixel norm, then a 1x1 to-RGB convolution (ProGAN / StyleGAN's layout)."""
@@ -125,10 +134,7 @@ class BilinearGanAutoencoder(_Reconstructor):
     def __init__(self, widths=(32, 64, 128), latent: int = 64):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
-        enc = [nn.Conv2d(3, widths[0], 3, padding=1), act()]
-        for a, b in zip(widths, widths[1:]):
-            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), act()]
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        self.encoder = _leaky_f4_encoder(widths, latent)
         dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act(), _PixelNorm()]
         for a, b in zip(widths[::-1], widths[::-1][1:]):
             dec += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
@@ -146,10 +152,7 @@ class SubPixelAutoencoder(_Reconstructor):
     def __init__(self, widths=(32, 64, 128), latent: int = 64):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
-        enc = [nn.Conv2d(3, widths[0], 3, padding=1), act()]
-        for a, b in zip(widths, widths[1:]):
-            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), act()]
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        self.encoder = _leaky_f4_encoder(widths, latent)
         dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act()]
         for a, b in zip(widths[::-1], widths[::-1][1:]):
             dec += [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), act()]

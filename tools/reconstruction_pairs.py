@@ -115,48 +115,55 @@ class _PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
-def _leaky_f4_encoder(widths, latent: int) -> nn.Sequential:
-    """3x3 stem and two stride-2 3x3 convolutions (f=4) with leaky ReLU, then a 1x1 to the latent: the encoder of
-    the bilinear and sub-pixel families, so that they differ only in how they up-sample."""
-    enc = [nn.Conv2d(3, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
-    for a, b in zip(widths, widths[1:]):
-        enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
-
-
-class BilinearGanAutoencoder(_Reconstructor):
-    """A progressive/style GAN's synthesis path: f=4 encoder; decoder: two stages of bilinear 2x up-sampling and a
-    3x3 convolution with leaky ReLU and pixel norm, then a 1x1 to-RGB convolution (ProGAN / StyleGAN's layout)."""
+class _LeakyF4Autoencoder(_Reconstructor):
+    """3x3 stem and two stride-2 3x3 convolutions (f=4) with leaky ReLU to a latent; a decoder of two 2x stages
+    that subclasses define, so that the families differ only in how they up-sample."""
 
     downsample = 4
+
+    def __init__(self, widths=(32, 64, 128), latent: int = 64):
+        super().__init__()
+        enc = [nn.Conv2d(3, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
+        for a, b in zip(widths, widths[1:]):
+            enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(widths[-1], latent, 1))
+        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), *self.activation()]
+        for a, b in zip(widths[::-1], widths[::-1][1:]):
+            dec += self.up_stage(a, b)
+        self.decoder = nn.Sequential(*dec, self.to_rgb(widths[0]))
+
+    def activation(self) -> list[nn.Module]:
+        return [nn.LeakyReLU(0.2)]
+
+
+class BilinearGanAutoencoder(_LeakyF4Autoencoder):
+    """A progressive/style GAN's synthesis path: two stages of bilinear 2x up-sampling and a 3x3 convolution with
+    leaky ReLU and pixel norm, then a 1x1 to-RGB convolution (ProGAN / StyleGAN's layout)."""
+
     label, source_prefix = "bilinear-recon", "reconstruction-bilinear"
 
-    def __init__(self, widths=(32, 64, 128), latent: int = 64):
-        super().__init__()
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
-        self.encoder = _leaky_f4_encoder(widths, latent)
-        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act(), _PixelNorm()]
-        for a, b in zip(widths[::-1], widths[::-1][1:]):
-            dec += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                    nn.Conv2d(a, b, 3, padding=1), act(), _PixelNorm()]
-        self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 1))
+    def activation(self) -> list[nn.Module]:
+        return [nn.LeakyReLU(0.2), _PixelNorm()]
+
+    def up_stage(self, a: int, b: int) -> list[nn.Module]:
+        return [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(a, b, 3, padding=1),
+                *self.activation()]
+
+    def to_rgb(self, c: int) -> nn.Module:
+        return nn.Conv2d(c, 3, 1)
 
 
-class SubPixelAutoencoder(_Reconstructor):
-    """A super-resolution GAN's up-sampler (ESRGAN / SRGAN): f=4 encoder; decoder: two stages of a 3x3 convolution
-    to 4x the channels and a pixel shuffle (sub-pixel convolution), leaky ReLU, then a 3x3 output convolution."""
+class SubPixelAutoencoder(_LeakyF4Autoencoder):
+    """A super-resolution GAN's up-sampler (ESRGAN / SRGAN): two stages of a 3x3 convolution to 4x the channels and
+    a pixel shuffle (sub-pixel convolution), leaky ReLU, then a 3x3 output convolution."""
 
-    downsample = 4
     label, source_prefix = "shuffle-recon", "reconstruction-shuffle"
 
-    def __init__(self, widths=(32, 64, 128), latent: int = 64):
-        super().__init__()
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
-        self.encoder = _leaky_f4_encoder(widths, latent)
-        dec = [nn.Conv2d(latent, widths[-1], 3, padding=1), act()]
-        for a, b in zip(widths[::-1], widths[::-1][1:]):
-            dec += [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), act()]
-        self.decoder = nn.Sequential(*dec, nn.Conv2d(widths[0], 3, 3, padding=1))
+    def up_stage(self, a: int, b: int) -> list[nn.Module]:
+        return [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), *self.activation()]
+
+    def to_rgb(self, c: int) -> nn.Module:
+        return nn.Conv2d(c, 3, 3, padding=1)
 
 
 DECODERS = {"ldm": Autoencoder, "gan": GanAutoencoder, "bilinear": BilinearGanAutoencoder,

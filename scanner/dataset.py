@@ -132,3 +132,36 @@ def _load_class_folders(root: Path) -> Dataset:
                    np.array([lab != REAL_LABEL for lab in labels], dtype=bool),
                    np.array([f"image:{p}" for p in paths], dtype=object), np.full(n, -1, dtype=np.int64),
                    source=f"class folders under {root}")
+
+
+MANIFEST_COLUMNS = ("path", "label", "is_ai", "source", "group", "fold", "upscaled")
+
+
+def real_photos(data: list, exclude_folds, exclude_sources) -> list[tuple[Path, str, str, int]]:
+    """(path, source, group, fold) of every real photo in the data sets outside the given folds and sources: the
+    originals that tools/reconstruction_pairs.py and tools/upsampling_pairs.py derive training images from."""
+    out = []
+    for d in data:
+        ds = load_dataset(d)
+        for path, label, group, fold, source in zip(ds.paths, ds.labels, ds.groups, ds.folds, ds.sources):
+            if label == REAL_LABEL and int(fold) not in exclude_folds and source not in exclude_sources:
+                out.append((Path(path), str(source), str(group), int(fold)))
+    if not out:
+        raise UsageError("no real photos left after the exclusions")
+    return out
+
+
+def derived_name(original: Path) -> str:
+    """File name of an image derived from `original`: its stem and a hash of its full path (stems repeat across
+    data sets, full paths do not)."""
+    import hashlib
+
+    return f"{original.stem}-{hashlib.sha1(str(original.resolve()).encode()).hexdigest()[:8]}.jpg"
+
+
+def write_manifest(folder: Path, rows: list[dict]) -> None:
+    """folder/manifest.csv with MANIFEST_COLUMNS, as load_dataset reads it."""
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)

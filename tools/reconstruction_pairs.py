@@ -31,8 +31,6 @@ they are derived from the data sets and must not enter the repository. Pass OUT 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import math
 import random
@@ -44,8 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imgscan_core.labels import REAL_LABEL
-from scanner.dataset import load_dataset
+from imgscan_core.errors import UsageError
+from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
 
 RECON_LABEL = "ae-recon"
@@ -245,14 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     excluded_sources = {s for s in args.exclude_sources.split(",") if s}
 
-    originals = []  # (path, source, group, fold)
-    for d in args.data:
-        ds = load_dataset(d)
-        for path, label, group, fold, source in zip(ds.paths, ds.labels, ds.groups, ds.folds, ds.sources):
-            if label == REAL_LABEL and int(fold) not in args.exclude_fold and source not in excluded_sources:
-                originals.append((Path(path), str(source), str(group), int(fold)))
-    if not originals:
-        raise SystemExit("no real photos left after the exclusions")
+    originals = real_photos(args.data, args.exclude_fold, excluded_sources)
     images = [np.asarray(open_rgb(p)) for p, *_ in originals]
     small = [i for i, im in enumerate(images) if min(im.shape[:2]) < args.crop]
     if small:
@@ -272,15 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     for (path, source, group, fold), img in zip(originals, images):
         rec = reconstruct(model, img)
         psnrs.append(_psnr(rec, img))
-        # the original's name can repeat across data sets; its full path cannot
-        name = f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.jpg"
+        name = derived_name(path)
         Image.fromarray(rec).save(out_dir / name, quality=args.quality, subsampling="4:2:0")
         rows.append({"path": f"images/{label}/{name}", "label": label, "is_ai": 1,
                      "source": f"{model.source_prefix}:{source}", "group": group, "fold": fold, "upscaled": 0})
-    with open(args.out / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(args.out, rows)
     (args.out / "autoencoder.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded_sources),
         "steps": args.steps, "batch": args.batch, "crop": args.crop, "seed": args.seed, "quality": args.quality,
@@ -295,4 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -30,8 +30,6 @@ DATA to `imgscan train`.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -40,8 +38,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from imgscan_core.errors import UsageError
 from imgscan_core.labels import REAL_LABEL
-from scanner.dataset import load_dataset
+from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
 
 TRACE_LABEL = "upsampler-trace"
@@ -115,14 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     excluded_sources = {s for s in args.exclude_sources.split(",") if s}
     from PIL import Image
 
-    originals = []  # (path, source, group, fold)
-    for d in args.data:
-        ds = load_dataset(d)
-        for path, label, group, fold, source in zip(ds.paths, ds.labels, ds.groups, ds.folds, ds.sources):
-            if label == REAL_LABEL and int(fold) not in args.exclude_fold and source not in excluded_sources:
-                originals.append((Path(path), str(source), str(group), int(fold)))
-    if not originals:
-        raise SystemExit("no real photos left after the exclusions")
+    originals = real_photos(args.data, args.exclude_fold, excluded_sources)
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
     rows, factors = [], []
@@ -131,17 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     for path, source, group, fold in originals:
         trace, resized, factor = make_pair(np.asarray(open_rgb(path)), rng, args.sigma, args.four_x)
         factors.append(factor)
-        # the original's name can repeat across data sets; its full path cannot
-        name = f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.jpg"
+        name = derived_name(path)
         for label, img, prefix, is_ai in ((TRACE_LABEL, trace, "upsampler", 1),
                                           (REAL_LABEL, resized, "resized", 0)):
             Image.fromarray(img).save(args.out / "images" / label / name, quality=args.quality, subsampling="4:2:0")
             rows.append({"path": f"images/{label}/{name}", "label": label, "is_ai": is_ai,
                          "source": f"{prefix}:{source}", "group": group, "fold": fold, "upscaled": 0})
-    with open(args.out / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(args.out, rows)
     (args.out / "pairs.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded_sources),
         "sigma": args.sigma, "four_x": args.four_x, "seed": args.seed, "quality": args.quality,
@@ -152,4 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -19,3 +19,16 @@ class Interrupted(ImgscanError):
     """Stopped by Ctrl-C or SIGTERM with the work so far kept; the message says how to continue. Exit 130."""
 
     exit_code = 130
+
+
+def run_script(main) -> None:
+    """The same boundary for the scripts beside the package (tools/): exit with main()'s status, or print
+    `error: <message>` and exit with the error's exit_code."""
+    import sys
+
+    try:
+        status = main()
+    except ImgscanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(status)

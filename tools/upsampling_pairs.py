@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from imgscan_core.errors import UsageError
+from imgscan_core.errors import run_script
 from imgscan_core.labels import REAL_LABEL
 from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
@@ -140,7 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UsageError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run_script(main)

@@ -1,5 +1,5 @@
 """Labelled data sets: the one reader of the DATA layout, used by `imgscan eval`, `imgscan train` and the
-starter-index builder.
+starter-index builder, and the writer of the manifests of training sets derived from real photos (tools/).
 
 DATA is a folder holding `manifest.csv`, a manifest CSV itself, or a folder with one sub-folder per class; or
 several of these, read as one data set (each keeps its folds and sources; groups are prefixed with the data
@@ -15,6 +15,7 @@ set's position so none is shared).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +155,6 @@ def real_photos(data: list, exclude_folds, exclude_sources) -> list[tuple[Path, 
 def derived_name(original: Path) -> str:
     """File name of an image derived from `original`: its stem and a hash of its full path (stems repeat across
     data sets, full paths do not)."""
-    import hashlib
-
     return f"{original.stem}-{hashlib.sha1(str(original.resolve()).encode()).hexdigest()[:8]}.jpg"
 
 

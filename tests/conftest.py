@@ -7,6 +7,7 @@ and verdicts can be checked exactly. No GPU, no ../shared, no download.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from pathlib import Path
@@ -125,3 +126,27 @@ def load_script(relative: str):
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def real_photos_data(tmp_path) -> Path:
+    """A manifest data set for the tools that derive images from real photos: three real photos outside fold 4 and
+    the source `unseen`, one inside each, and one AI image; one size not a multiple of 8."""
+    data = tmp_path / "data"
+    (data / "images" / "real").mkdir(parents=True)
+    (data / "images" / "gan").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    # (name, label, source, group, fold, size): 100x90 is not a multiple of the autoencoder's 8
+    for name, label, source, group, fold, size in [
+        ("a", "real", "cam", "g1", 0, (100, 90)), ("b", "real", "cam", "g1", 0, (96, 96)),
+        ("c", "real", "cam", "g2", 1, (120, 104)), ("d", "real", "cam", "g3", 4, (96, 96)),
+        ("e", "real", "unseen", "g4", 1, (96, 96)), ("f", "gan", "cam", "g5", 0, (96, 96)),
+    ]:
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(data / "images" / label / f"{name}.jpg", quality=95)
+        rows.append([f"images/{label}/{name}.jpg", label, int(label != "real"), source, group, fold, 0])
+    with open(data / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "is_ai", "source", "group", "fold", "upscaled"])
+        w.writerows(rows)
+    return data

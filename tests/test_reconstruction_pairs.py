@@ -7,35 +7,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import load_script
+from conftest import load_script, real_photos_data
 from train.data import load_samples, make_split
-
-
-def _data(tmp_path):
-    data = tmp_path / "data"
-    (data / "images" / "real").mkdir(parents=True)
-    (data / "images" / "gan").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    # (name, label, source, group, fold, size): 100x90 is not a multiple of the autoencoder's 8
-    for name, label, source, group, fold, size in [
-        ("a", "real", "cam", "g1", 0, (100, 90)), ("b", "real", "cam", "g1", 0, (96, 96)),
-        ("c", "real", "cam", "g2", 1, (120, 104)), ("d", "real", "cam", "g3", 4, (96, 96)),
-        ("e", "real", "unseen", "g4", 1, (96, 96)), ("f", "gan", "cam", "g5", 0, (96, 96)),
-    ]:
-        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(arr).save(data / "images" / label / f"{name}.jpg", quality=95)
-        rows.append([f"images/{label}/{name}.jpg", label, int(label != "real"), source, group, fold, 0])
-    with open(data / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "is_ai", "source", "group", "fold", "upscaled"])
-        w.writerows(rows)
-    return data
 
 
 def test_reconstructions_keep_the_originals_size_group_and_fold_and_train_as_one_more_class(tmp_path):
     tool = load_script("tools/reconstruction_pairs.py")
-    data, out = _data(tmp_path), tmp_path / "recon"
+    data, out = real_photos_data(tmp_path), tmp_path / "recon"
     assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen",
                       "--steps", "3", "--batch", "2", "--crop", "64", "--threads", "1"]) == 0
 
@@ -67,7 +45,7 @@ def test_reconstruction_is_the_whole_image_through_the_decoder(tmp_path):
 
 def test_gan_decoder_makes_a_class_of_its_own(tmp_path):
     tool = load_script("tools/reconstruction_pairs.py")
-    data, out = _data(tmp_path), tmp_path / "recon_gan"
+    data, out = real_photos_data(tmp_path), tmp_path / "recon_gan"
     assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen",
                       "--steps", "2", "--batch", "2", "--crop", "64", "--threads", "1", "--decoder", "gan"]) == 0
     with open(out / "manifest.csv") as f:
@@ -84,7 +62,7 @@ def test_gan_decoder_makes_a_class_of_its_own(tmp_path):
 
 def test_bilinear_and_sub_pixel_decoders_are_classes_of_their_own(tmp_path):
     tool = load_script("tools/reconstruction_pairs.py")
-    data = _data(tmp_path)
+    data = real_photos_data(tmp_path)
     for decoder, label, upsampler in [("bilinear", "bilinear-recon", torch.nn.Upsample),
                                       ("shuffle", "shuffle-recon", torch.nn.PixelShuffle)]:
         out = tmp_path / f"recon_{decoder}"

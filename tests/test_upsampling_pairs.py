@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import load_script
-from test_reconstruction_pairs import _data
+from conftest import load_script, real_photos_data
 from train.data import load_samples, make_split
 
 
 def test_each_photo_gives_a_trace_and_a_resized_real_with_its_group_and_fold(tmp_path):
     tool = load_script("tools/upsampling_pairs.py")
-    data, out = _data(tmp_path), tmp_path / "ups"
+    data, out = real_photos_data(tmp_path), tmp_path / "ups"
     assert tool.main([str(data), "--out", str(out), "--exclude-fold", "4", "--exclude-sources", "unseen"]) == 0
 
     with open(out / "manifest.csv") as f:

@@ -9,8 +9,8 @@ treats every output pixel alike.
 So, for each real photo: shrink it 2x (or 4x) by area averaging, then
 
 - grow it back through a *random* learned-style up-sampler, a depthwise stride-2 transposed 4x4 convolution
-  with its own random weights per image and per colour channel (a bilinear / nearest mixture perturbed
-  multiplicatively), normalised so that each phase keeps the image's brightness, and a random 3x3 filter: label
+  with its own random weights per image (a bilinear / nearest mixture perturbed multiplicatively, the colour
+  channels sharing most of the perturbation), normalised so that each phase keeps the image's brightness, and a random 3x3 filter: label
   `upsampler-trace`, is_ai 1, source `upsampler:<source>`;
 - grow it back with a bicubic or Lanczos resize: label `real`, source `resized:<source>`.
 

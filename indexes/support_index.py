@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import struct
 import time
@@ -351,13 +352,20 @@ def _publish(directory: Path, manifest: IndexManifest, old: IndexManifest) -> In
 
 
 def history_of(directory: str | os.PathLike) -> list[IndexManifest]:
-    """The kept generations' manifests, oldest first (unreadable ones are left out)."""
+    """The kept generations' manifests, oldest first. Unreadable ones are left out, and so is one whose
+    `generation` is not the one its file name records (`_publish` writes generation N as manifest-gNNNNNN.json):
+    a file copied or forged under another name must not stand in for a generation at rollback."""
     out = []
     for path in sorted((Path(directory) / HISTORY_DIR).glob("manifest-g*.json")):
+        named = re.fullmatch(r"manifest-g(\d{6,})\.json", path.name)
+        if named is None:
+            continue
         try:
-            out.append(read_manifest(path.parent, name=path.name))
+            manifest = read_manifest(path.parent, name=path.name)
         except UsageError:
             continue
+        if manifest.generation == int(named.group(1)):
+            out.append(manifest)
     return out
 
 

@@ -96,7 +96,7 @@ def scan(
     runtime: RuntimeOpt = "auto",
     views: ViewsOpt = None,
     all_files: Annotated[bool, typer.Option("--all-files", rich_help_panel=READ_PANEL, help="Scan every file, not only image file extensions (.jpg .png .webp .gif ...).")] = False,
-    files_from: Annotated[Optional[str], typer.Option("--files-from", rich_help_panel=READ_PANEL, help="Also scan the files listed in this file, one path per line ('-': standard input), e.g. a crawler's list.")] = None,
+    files_from: Annotated[Optional[str], typer.Option("--files-from", rich_help_panel=READ_PANEL, help="Also scan the files listed in this file, one path per line ('-': standard input), e.g. a crawler's list. Read as a stream while the scan runs; a folder in the list is walked like a PATH.")] = None,
     null: Annotated[bool, typer.Option("--null", "-0", rich_help_panel=READ_PANEL, help="--files-from entries are separated by NUL bytes (find -print0), not newlines.")] = False,
     include: Annotated[Optional[list[str]], typer.Option("--include", rich_help_panel=READ_PANEL, help="Only files this glob matches, against the path under its root ('2026-11-*/*.jpg') or the name ('*.png'). Repeatable; quote it.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel=READ_PANEL, help="Leave out files this glob matches (as --include). Repeatable; quote it.")] = None,
@@ -128,7 +128,7 @@ def scan(
     from scanner.keys import is_verdict_file, skip_known_files
     from scanner.progress import ScanProgress
     from scanner.scan import run_scan
-    from scanner.walk import check_roots, read_file_list
+    from scanner.walk import check_roots
 
     stop_on_signals()
     if log_format not in ("text", "json"):
@@ -160,7 +160,7 @@ def scan(
         if not paths and files_from is None:
             raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
     roots = check_roots(paths, all_files)
-    listed = read_file_list(_read_list(files_from), null, roots) if files_from is not None else []
+    listed = _file_list(files_from, null) if files_from is not None else None
     config = ScanConfig(
         roots=roots, out=out, index_dir=index, k=k, min_detail=min_detail, overwrite=overwrite, engine=engine,
         read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files, include=include or [],
@@ -185,15 +185,18 @@ def scan(
         _print_summary(summary)
 
 
-def _read_list(source: str) -> bytes:
-    import sys
+def _file_list(source: str, nul_separated: bool):
+    """--files-from as a stream (scanner.walk.FileList); a file that cannot be opened is a usage error now, not
+    halfway through the scan."""
+    from scanner.walk import FileList
 
-    if source == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(source).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--files-from {source}: cannot read ({exc.strerror or exc})") from None
+    if source != "-":
+        try:
+            with open(source, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--files-from {source}: cannot read ({exc.strerror or exc})") from None
+    return FileList(source, nul_separated)
 
 
 def _summary_json(out: Path, summary) -> dict:

@@ -18,6 +18,7 @@ from scanner.decode import DEFAULT_MAX_PIXELS
 from scanner.decode_isolated import DEFAULT_TIMEOUT_S
 from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.read import DEFAULT_MAX_BYTES
+from scanner.walk import FileList
 
 ENGINES = ("local", "ray")
 DEFAULT_PART_ROWS = 1024  # --engine ray: files per part (and per actor call), the unit of resume
@@ -34,7 +35,7 @@ class ReadConfig:
     skip_known: list[Path] = field(default_factory=list)  # earlier verdict files: their shas get no row
     include: list[str] = field(default_factory=list)  # globs: only files one matches (scanner.walk.pattern_match)
     exclude: list[str] = field(default_factory=list)  # globs: files any matches are left out
-    listed: list[bytes] = field(default_factory=list)  # absolute paths from --files-from, scanned after the roots
+    listed: FileList | None = None  # --files-from, streamed after the roots (scanner.walk.listed_files)
 
 
 @dataclass

@@ -137,6 +137,8 @@ class DecodedBatch:
     sizes: list[tuple[int, int] | None]  # (width, height) as decoded, after EXIF rotation, per item
     errors: list[str | None]  # per item
     view_counts: list[int] | None = None  # rows of `pixels` per item whose error is None; None: one each
+    # per item, when asked for: the file's provenance entries (scanner.provenance), None for an item with no bytes
+    provenance: list[list[dict] | None] | None = None
 
     def view_starts(self) -> np.ndarray | None:
         """The first row of `pixels` of each decoded item; None when every item has one row."""
@@ -179,6 +181,32 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
             return Sniffed(fmt, f"decode: extreme aspect ratio refused ({w}x{h} would be {sw}x{sh} after scaling, "
                                 f"over {max_pixels} pixels)")
     return Sniffed(fmt, None)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def png_without_text(data: bytes) -> bytes | None:
+    """A PNG's bytes with its text chunks (tEXt, zTXt, iTXt) left out; None when it is not a PNG, has none, or its
+    chunk layout is broken. Text never changes pixels, and Pillow refuses a whole file whose text inflates past its
+    MAX_TEXT_CHUNK: without this, a prompt padded to a zip bomb would keep the image from ever being judged."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, pos, dropped = [data[:8]], 8, False
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 12 + length
+        if end > len(data):
+            return None
+        if kind in _PNG_TEXT_CHUNKS:
+            dropped = True
+        else:
+            kept.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(kept) if dropped else None
 
 
 def _short(exc: BaseException) -> str:
@@ -307,6 +335,12 @@ class DaliImageDecoder:
         return np.stack([view.as_array() for view in views], axis=1), shapes
 
 
+def provenance_of(datas: list[bytes | None]) -> list[list[dict] | None]:
+    from scanner.provenance import read_provenance
+
+    return [read_provenance(d) if d is not None else None for d in datas]
+
+
 class ImageDecoder:
     """Decode one batch of read results: sniff, DALI for what it takes, Pillow for the rest."""
 
@@ -318,7 +352,10 @@ class ImageDecoder:
         self.max_pixels = max_pixels
         self.dali = DaliImageDecoder(self.spec, max_batch, device, num_threads)
 
-    def decode(self, datas: list[bytes | None]) -> DecodedBatch:
+    def decode(self, datas: list[bytes | None], provenance: bool = False) -> DecodedBatch:
+        """`provenance`: also read each file's provenance evidence from its bytes (before any are swapped)."""
+        provenance_entries = provenance_of(datas) if provenance else None
+        datas = list(datas)  # an item may be swapped for its pixel-only bytes (png_without_text)
         n = len(datas)
         errors: list[str | None] = [None] * n
         sizes: list[tuple[int, int] | None] = [None] * n
@@ -329,6 +366,10 @@ class ImageDecoder:
                 errors[i] = "decode: no data"
                 continue
             sniffed = sniff(data, self.max_pixels, self.spec)
+            if sniffed.error and (stripped := png_without_text(data)) is not None:
+                retry = sniff(stripped, self.max_pixels, self.spec)
+                if retry.error is None:  # only its text was in the way: judge the pixels
+                    datas[i], sniffed = stripped, retry
             if sniffed.error:
                 errors[i] = sniffed.error
             elif sniffed.format in DALI_FORMATS:
@@ -350,7 +391,7 @@ class ImageDecoder:
                 errors[i] = f"decode: {_short(exc)}"
         ok = [frames[i] for i in range(n) if errors[i] is None]
         return DecodedBatch(pixels=self._stack(ok), sizes=sizes, errors=errors,
-                            view_counts=[int(f.shape[0]) for f in ok])
+                            view_counts=[int(f.shape[0]) for f in ok], provenance=provenance_entries)
 
     def _stack(self, frames: list):
         """Per-item [views_i, S, S, 3] frames -> [sum of views_i, S, S, 3]."""

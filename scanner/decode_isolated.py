@@ -11,6 +11,10 @@ pixels. A fresh child says it is ready (decoder built) before anything is sent, 
 is never charged to an image. One image per round trip costs about 0.6 ms per image (DALI's per-run overhead
 and the pipe), which is why the batch goes first.
 
+The child also reads each file's provenance evidence (C2PA, XMP, PNG text, EXIF) when asked: metadata parsers
+face the same hostile bytes as decoders, so a parser that hangs or crashes costs its file's row, within the same
+timeout, never the run.
+
 Used on the CPU path (the default for `scan` and `enroll` there). The GPU path decodes in-process, because a
 CUDA context does not cross processes cheaply; there the header sniff (pixel limit, format) is the guard.
 """
@@ -69,16 +73,17 @@ def child_main(argv: list[str] | None = None) -> None:
     while True:
         try:
             (count,) = _U32.unpack(_read_exact_stream(requests, 4))
+            provenance = _read_exact_stream(requests, 1) == b"\x01"
         except EOFError:
             return
         datas = []
         for _ in range(count):
             (length,) = _U64.unpack(_read_exact_stream(requests, 8))
             datas.append(_read_exact_stream(requests, length))
-        batch = decoder.decode(datas)
+        batch = decoder.decode(datas, provenance=provenance)
         pixels = np.ascontiguousarray(batch.pixels, dtype=np.uint8)
         header = json.dumps({"sizes": batch.sizes, "errors": batch.errors, "rows": int(pixels.shape[0]),
-                             "view_counts": batch.view_counts}).encode()
+                             "view_counts": batch.view_counts, "provenance": batch.provenance}).encode()
         reply.write(_U32.pack(len(header)) + header)
         if pixels.size:  # an image that failed has no pixels (and a zero-size view cannot be cast)
             reply.write(memoryview(pixels).cast("B"))
@@ -173,13 +178,14 @@ class IsolatedImageDecoder:
             return f"decoder crashed ({name})"
         return f"decoder exited (status {code})"
 
-    def _round_trip(self, datas: list[bytes]) -> DecodedBatch:
-        """Images to a ready child and their pixels back, all within timeout_s of sending them."""
+    def _round_trip(self, datas: list[bytes], provenance: bool) -> DecodedBatch:
+        """Images to a ready child and their pixels (and provenance, if asked) back, all within timeout_s of
+        sending them."""
         child = self._start()
         deadline = time.monotonic() + self.timeout_s
         late = f"timed out after {self.timeout_s:g} s"
         try:
-            child.stdin.write(_U32.pack(len(datas)))
+            child.stdin.write(_U32.pack(len(datas)) + (b"\x01" if provenance else b"\x00"))
             for d in datas:
                 child.stdin.write(_U64.pack(len(d)))
                 child.stdin.write(d)
@@ -193,10 +199,12 @@ class IsolatedImageDecoder:
         raw = self._read_exact(fd, rows * self.size * self.size * 3, deadline, late)
         pixels = np.frombuffer(raw, dtype=np.uint8).reshape(rows, self.size, self.size, 3)
         sizes = [tuple(s) if s is not None else None for s in header["sizes"]]
-        return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"], view_counts=header["view_counts"])
+        return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"], view_counts=header["view_counts"],
+                            provenance=header.get("provenance"))
 
     # -- public
-    def decode(self, datas: list[bytes | None]) -> DecodedBatch:
+    def decode(self, datas: list[bytes | None], provenance: bool = False) -> DecodedBatch:
+        """`provenance`: the child also reads each file's provenance evidence (DecodedBatch.provenance)."""
         n = len(datas)
         errors: list[str | None] = [None] * n
         todo = []
@@ -206,9 +214,10 @@ class IsolatedImageDecoder:
             else:
                 todo.append(i)
         if not todo:
-            return DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None] * n, errors, [])
+            return DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None] * n, errors, [],
+                                [None] * n if provenance else None)
         try:
-            return self._merge(n, todo, errors, [self._round_trip([datas[i] for i in todo])])
+            return self._merge(n, todo, errors, [self._round_trip([datas[i] for i in todo], provenance)], provenance)
         except DecoderChildFailed as failure:
             self._kill()
             start_failure = failure if failure.at_start else None
@@ -218,16 +227,22 @@ class IsolatedImageDecoder:
             try:
                 if start_failure is not None:
                     raise start_failure  # a child that cannot start fails the batch, without a restart per image
-                singles.append(self._round_trip([datas[i]]))
+                singles.append(self._round_trip([datas[i]], provenance))
             except DecoderChildFailed as failure:
                 self._kill()  # the next image gets a fresh child
                 start_failure = failure if failure.at_start else None
                 singles.append(DecodedBatch(np.empty((0, self.size, self.size, 3), np.uint8), [None],
-                                            [f"decode: {failure.reason}"], []))
-        return self._merge(n, todo, errors, singles)
+                                            [f"decode: {failure.reason}"], [], [None]))
+        return self._merge(n, todo, errors, singles, provenance)
 
-    def _merge(self, n: int, todo: list[int], errors: list, batches: list[DecodedBatch]) -> DecodedBatch:
+    def _merge(self, n: int, todo: list[int], errors: list, batches: list[DecodedBatch],
+               provenance: bool) -> DecodedBatch:
         sizes: list = [None] * n
+        entries: list | None = [None] * n if provenance else None
+        if entries is not None:
+            item_entries = [e for b in batches for e in (b.provenance or [None] * len(b.errors))]
+            for slot, i in enumerate(todo):
+                entries[i] = item_entries[slot]
         item_errors = [e for b in batches for e in b.errors]
         item_sizes = [s for b in batches for s in b.sizes]
         for slot, i in enumerate(todo):
@@ -235,7 +250,7 @@ class IsolatedImageDecoder:
         frames = [b.pixels for b in batches if b.pixels.shape[0]]
         pixels = np.concatenate(frames) if frames else np.empty((0, self.size, self.size, 3), np.uint8)
         counts = [c for b in batches for c in b.view_counts]
-        return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors, view_counts=counts)
+        return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors, view_counts=counts, provenance=entries)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from typing import Callable, Iterator
 
 from scanner.config import ReadConfig
@@ -21,6 +22,9 @@ from scanner.read import ReadResult, read_file
 from scanner.walk import files_to_scan
 
 _END = object()
+# A batch that has waited this long for its next file is decoded as it is: a list streamed by a crawler (or one
+# that never ends) gets its rows while the crawler writes, instead of when a batch happens to fill.
+IDLE_CUT_S = 1.0
 
 
 class ByteBudget:
@@ -143,9 +147,11 @@ class LocalFeeder:
         readers_left = self.read.readers
         batch: list[ReadResult] = []
         batch_bytes = 0
+        last_item = time.monotonic()
         while readers_left and not self.stop.is_set():
             try:
                 item = self.read_q.get(timeout=0.05)
+                last_item = time.monotonic()
             except queue.Empty:
                 item = None
             if item is _END:
@@ -156,10 +162,12 @@ class LocalFeeder:
             elif item is not None:
                 batch.append(item)
                 batch_bytes += len(item.data or b"")
-            # cut the batch when it is full, when the crawl ends, when it holds half the byte budget, or when
-            # readers wait for budget and nothing more is coming (they wait for these very bytes)
+            # cut the batch when it is full, when the crawl ends, when it holds half the byte budget, when
+            # readers wait for budget and nothing more is coming (they wait for these very bytes), or when no file
+            # has come for IDLE_CUT_S
             starved = item is None and self.budget.waiting and self.read_q.empty()
-            if batch and (len(batch) >= self.batch_size or not readers_left or starved
+            idle = item is None and time.monotonic() - last_item >= IDLE_CUT_S
+            if batch and (len(batch) >= self.batch_size or not readers_left or starved or idle
                           or 2 * batch_bytes >= self.budget.limit):
                 decoded = self.decode_fn(batch)  # drops the batch's bytes
                 self.budget.give(batch_bytes)

@@ -21,7 +21,6 @@ from scanner.detail import DEFAULT_MIN_DETAIL, item_detail
 from scanner.embed import Embedder
 from scanner.feed import LocalFeeder
 from scanner.near_duplicate import first_view_hashes
-from scanner.provenance import read_provenance
 from scanner.read import ReadResult
 from scanner.schema import VERDICT_SCHEMA, display_path
 from scanner.threads import thread_budget
@@ -64,9 +63,10 @@ class BatchEmbedder:
         self.read_provenance = decode.provenance
 
     def decode(self, reads: list[ReadResult]) -> DecodedReads:
-        decoded = self.decoder.decode([r.data for r in reads])
-        provenance = ([read_provenance(r.data) if r.error is None else None for r in reads]
-                      if self.read_provenance else None)
+        # Provenance is read where the pixels are decoded: in the isolated child on CPU, so a metadata parser that
+        # hangs or crashes on a hostile file costs that file's row under the same timeout.
+        decoded = self.decoder.decode([r.data for r in reads], provenance=self.read_provenance)
+        provenance = decoded.provenance
         for r in reads:
             r.data = None  # the bytes are no longer needed: keep memory flat
         return DecodedReads(reads, decoded, provenance)
@@ -108,7 +108,8 @@ class BatchJudge(BatchEmbedder):
         ok = batch.ok_rows()
         hashes = first_view_hashes(batch.decoded)
         matches = find_matches(self.index, [batch.reads[i].sha for i in ok], hashes, embeddings)
-        verdicts = apply_matches(verdicts, matches, self.index.table.label)
+        verdicts = apply_matches(verdicts, matches, self.index.table.label,
+                                 np.min(neighbors.sims, axis=1, initial=np.inf))
         return verdict_rows(batch, neighbors, verdicts, matches, self.index, self.embedder.model_id)
 
     def __call__(self, reads: list[ReadResult]) -> pa.RecordBatch:

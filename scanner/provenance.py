@@ -14,6 +14,11 @@ Each entry has `indicates`: "ai" (a generator says it made the image), "capture"
 or "" (said something, neither). Anything malformed or hostile (huge or broken chunks, bogus C2PA boxes) gives
 no entry for that source; nothing is raised. Metadata is easy to strip and EXIF easy to forge: the columns are
 evidence for a reviewer, and `is_ai` never reads them.
+
+A file names URLs (C2PA's remote manifest reference, XMP `dcterms:provenance`): nothing here ever contacts one.
+The C2PA reader runs with remote manifest and OCSP fetching off, so a file that points elsewhere for its manifest
+simply has none; entries are de-duplicated and capped at `MAX_ENTRIES` per file (a 1 MB XMP packet can repeat one
+claim thousands of times). On the CPU path this runs in the decoder's child process, under its per-image timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import io
 import re
 import warnings
+
+from scanner.decode import png_without_text
 
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean "made by a model".
 AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia",
@@ -35,6 +42,10 @@ PNG_TEXT_TOOLS = {"parameters": "AUTOMATIC1111-style parameters", "prompt": "Com
                   "invokeai_metadata": "InvokeAI", "sd-metadata": "InvokeAI", "dream": "InvokeAI",
                   "fooocus_scheme": "Fooocus", "Comment": "NovelAI"}
 DETAIL_CHARS = 300  # a prompt can be 50 kB: the column keeps its start
+MAX_ENTRIES = 16  # per file, after de-duplication: evidence for a reviewer, not a copy of the metadata
+# The reader never fetches: a manifest stored at a URL the file names, or a certificate's OCSP status, would make
+# every such file a request to a host an attacker picks (and a stall while it does not answer).
+OFFLINE_C2PA_SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
 MAX_XMP_BYTES = 1 << 20
 _XMP_SOURCE = re.compile(rb"DigitalSourceType(?:=\"|>)\s*([^\"<\s]{1,300})")
 _XMP_TOOL = re.compile(rb"CreatorTool(?:=\"|>)\s*([^\"<]{1,300})")
@@ -63,6 +74,18 @@ def _mime(data: bytes) -> str | None:
     return None
 
 
+_CONTEXT: list = []
+
+
+def _offline_context():
+    """One c2pa Context with fetching off, built on first use (the native library loads only when a file has C2PA)."""
+    if not _CONTEXT:
+        import c2pa
+
+        _CONTEXT.append(c2pa.Context(c2pa.Settings.from_dict(OFFLINE_C2PA_SETTINGS)))
+    return _CONTEXT[0]
+
+
 def read_c2pa(data: bytes) -> list[dict]:
     """C2PA manifest store, if the bytes carry one (a JUMBF box labelled c2pa); the native reader runs only then."""
     if b"jumb" not in data or b"c2pa" not in data:
@@ -73,7 +96,7 @@ def read_c2pa(data: bytes) -> list[dict]:
     try:
         import c2pa
 
-        with c2pa.Reader(mime, io.BytesIO(data)) as reader:
+        with c2pa.Reader(mime, io.BytesIO(data), context=_offline_context()) as reader:
             manifest = reader.get_active_manifest() or {}
             state = (reader.get_validation_state() or "").lower()
     except Exception:  # c2pa.C2paError and anything else a bogus box raises: no claim to report
@@ -121,6 +144,16 @@ def _read_pillow(data: bytes) -> list[dict]:
     from PIL import Image
 
     found = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).close()
+    except ValueError:  # Pillow refuses text that inflates past MAX_TEXT_CHUNK: say so, read the rest without it
+        stripped = png_without_text(data)
+        if stripped is None:
+            raise
+        data = stripped
+        found.append(_entry("png-text", "text chunk over Pillow's size limit (a decompression bomb?), not read"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(io.BytesIO(data)) as im:
@@ -143,13 +176,24 @@ def read_provenance(data: bytes | None) -> list[dict]:
     """Every provenance entry found in a file's bytes; [] when there is none or the bytes cannot be parsed."""
     if not data:
         return []
-    found = []
+    found: dict[tuple, dict] = {}
     for reader in (read_c2pa, read_xmp, _read_pillow):
         try:
-            found.extend(reader(data))
+            entries = reader(data)
         except Exception:  # hostile metadata costs its own entries, nothing else
             continue
-    return found
+        for e in entries:
+            found.setdefault((e["source"], e["detail"], e["indicates"]), e)
+    return _capped(list(found.values()))
+
+
+def _capped(entries: list[dict]) -> list[dict]:
+    """At most MAX_ENTRIES, keeping every entry that says "ai" or "capture" ahead of the ones that say neither
+    (a packet stuffed with CreatorTool lines must not push the one DigitalSourceType claim out)."""
+    if len(entries) <= MAX_ENTRIES:
+        return entries
+    telling = [e for e in entries if e["indicates"]]
+    return (telling + [e for e in entries if not e["indicates"]])[:MAX_ENTRIES]
 
 
 def indication(entries: list[dict] | None) -> str:

@@ -7,7 +7,6 @@ fingerprint), what a verdict file records about how it was made (the metadata), 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -50,7 +49,7 @@ def scan_fingerprint(config: ScanConfig, model_id: str, views: int, index_name: 
         "all_files": config.read.all_files, "include": config.read.include, "exclude": config.read.exclude,
         "skip_known": sorted(str(p) for p in config.read.skip_known),
         "views": views, "index": index_name, "provenance": config.decode.provenance,
-        "listed": hashlib.sha256(b"\0".join(config.read.listed)).hexdigest() if config.read.listed else None,
+        "listed": config.read.listed.fingerprint() if config.read.listed is not None else None,
     }
 
 
@@ -81,7 +80,10 @@ def engine_class(name: str):
 
 
 def count_files(roots: list[bytes], read: ReadConfig, stop: threading.Event, on_total) -> None:
-    """Background count for the progress bar's total and ETA (a stat-only walk, much cheaper than a scan)."""
+    """Background count for the progress bar's total and ETA (a stat-only walk, much cheaper than a scan). A list
+    on standard input can be read once, by the scan itself: then there is no total."""
+    if read.listed is not None and read.listed.source == "-":
+        return
     n = 0
     for _ in files_to_scan(roots, read):
         if stop.is_set():
@@ -136,7 +138,8 @@ def run_scan(config: ScanConfig, progress=None) -> ScanSummary | None:
     fingerprint = scan_fingerprint(config, card.model_id, view_spec.views, support.name)
     done = output.open(fingerprint, reopen=True) if retry else output.open(fingerprint)
     progress.set_already_done(len(done))
-    listed = f" and {len(config.read.listed)} listed files" if config.read.listed else ""
+    listed = (f" and the files listed in {'standard input' if config.read.listed.source == '-' else config.read.listed.source}"
+              if config.read.listed is not None else "")
     progress.log(f"start: roots {', '.join(os.fsdecode(r) for r in config.roots) or 'none'}{listed}; out {config.out}; model "
                  f"{card.model_id}; index {index_dir} ({support.name}, {len(support.manifest.counts)} classes, "
                  f"{support.manifest.total} images); engine {config.engine}; runtime {engine.runtime}, precision "

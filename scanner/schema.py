@@ -31,7 +31,7 @@ VERDICT_SCHEMA = pa.schema(
         ("open_set_score", pa.float32()),  # higher = farther from every enrolled class
         ("open_set_threshold", pa.float32()),  # the index's threshold this row was judged with
         ("neighbors", pa.list_(NEIGHBOR_TYPE)),  # k nearest support items, nearest first
-        ("match", MATCH_TYPE),  # an enrolled item this file is ("exact": same bytes) or nearly is ("near"); else null
+        ("match", MATCH_TYPE),  # an enrolled item this file is ("exact": same bytes) or nearly is ("near"; "near-disputed": same perceptual hash, but the embedding disagrees, so it did not decide); else null
         ("provenance", pa.list_(PROVENANCE_TYPE)),  # metadata evidence ([] when none; null: not read)
         ("error", pa.string()),  # null when the file was scanned; else "stage: reason"
         ("model", pa.string()),

@@ -30,7 +30,11 @@ So `is_ai` is False exactly when `label == "real"`, by construction.
 
 Matches (`find_matches` / `apply_matches`) come last: a file whose sha equals an enrolled item's (exact), or
 whose perceptual hash is within NEAR_DUPLICATE_BITS of one (near, scanner/near_duplicate.py), takes that
-item's class; its ai_score is then 1 or 0 (the enrolled label is known, not estimated).
+item's class; its ai_score is then 1 or 0 (the enrolled label is known, not estimated). A near match stands only
+where the embedding agrees that the file is that item: the item is at least as similar to it as its k-th nearest
+neighbour. The perceptual hash reads the low frequencies and the embedding the pixel-level traces, so a file can
+wear one image's hash over another's traces (an enrolled real photo's blur plus a generated image's detail);
+there the match is kept as evidence (`near-disputed`) and the neighbours decide.
 """
 
 from __future__ import annotations
@@ -222,9 +226,14 @@ def find_matches(index, shas: list[str], hashes: np.ndarray | None, embeddings: 
     return Matches(rows, kinds, sims)
 
 
-def apply_matches(verdicts: Verdicts, matches: Matches, support_labels: np.ndarray) -> Verdicts:
-    """A matched image takes the matched item's class; its label and is_ai follow from that class."""
-    m = matches.rows >= 0
+def apply_matches(verdicts: Verdicts, matches: Matches, support_labels: np.ndarray,
+                  kth_similarity: np.ndarray) -> Verdicts:
+    """A matched image takes the matched item's class; its label and is_ai follow from that class. A near match
+    whose item is less similar to the image than its k-th nearest neighbour (`kth_similarity`, per image) is
+    disputed: `matches.kinds` says `near-disputed` and the verdict stays the neighbours'."""
+    disputed = (matches.kinds == "near") & (matches.similarity < np.asarray(kth_similarity, dtype=np.float32) - 1e-6)
+    matches.kinds[disputed] = "near-disputed"
+    m = (matches.rows >= 0) & ~disputed
     if not m.any():
         return verdicts
     labels = support_labels[matches.rows[m]].astype(object)

@@ -8,9 +8,14 @@ cannot be listed is yielded itself, and the read stage reports why.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
+
+import xxhash
 
 from imgscan_core.errors import UsageError
 
@@ -111,9 +116,78 @@ def walk_files(roots: Iterable[bytes], all_files: bool = False, include: Iterabl
 
 def files_to_scan(roots: list[bytes], read) -> Iterator[bytes]:
     """Everything a scan reads, in order: the files found under the roots (ReadConfig's extension and glob
-    filters), then the files listed with --files-from (named explicitly: always scanned)."""
+    filters), then those of the --files-from list (`listed_files`)."""
     yield from walk_files(roots, read.all_files, read.include, read.exclude)
-    yield from read.listed
+    if read.listed is not None:
+        yield from listed_files(read.listed, roots, read.all_files, read.include, read.exclude)
+
+
+@dataclass(frozen=True)
+class FileList:
+    """--files-from: a crawler's list of paths, in a file or on standard input ("-"), one per line or
+    NUL-separated (`nul_separated`, as `find -print0` writes). Read as a stream, a block at a time, while the scan
+    runs: a list of millions of paths (or one that never ends) costs no memory up front, and its first files are
+    judged while the crawler is still writing the rest."""
+
+    source: str
+    nul_separated: bool = False
+    block_bytes: int = 1 << 16
+
+    def entries(self) -> Iterator[bytes]:
+        """The raw entries, in order (blank ones included)."""
+        sep = b"\0" if self.nul_separated else b"\n"
+        stream = sys.stdin.buffer if self.source == "-" else open(self.source, "rb")  # noqa: SIM115
+        try:
+            pending = b""
+            while block := stream.read1(self.block_bytes):  # what is there now, up to a block: never waits for more
+                *complete, pending = (pending + block).split(sep)
+                for raw in complete:
+                    yield raw.removesuffix(b"\r") if not self.nul_separated else raw
+            if pending:
+                yield pending.removesuffix(b"\r") if not self.nul_separated else pending
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+    def fingerprint(self) -> str:
+        """What identifies the list for resuming: the file's sha256; standard input cannot be read twice, so it
+        is only named (a resumed run still skips the files done, by path)."""
+        if self.source == "-":
+            return "stdin"
+        digest = hashlib.sha256()
+        with open(self.source, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def listed_files(file_list: FileList, roots: list[bytes], all_files: bool = False, include: Iterable[str] = (),
+                 exclude: Iterable[str] = ()) -> Iterator[bytes]:
+    """The files a --files-from list names, made absolute, streamed: a directory in the list is walked as a root
+    is (extension and glob filters apply inside it); a file is always scanned. Blank entries, repeats (a 64-bit
+    key per path held) and files a root's walk already reaches are dropped, so each file gets one row. Missing
+    files are kept: they get a row saying so, as a file that vanished during a crawl would."""
+    seen: set[int] = set()
+    for raw in file_list.entries():
+        if not raw:
+            continue
+        path = os.path.normpath(os.path.abspath(raw))
+        found = (walk_files([path], all_files, include, exclude)
+                 if os.path.isdir(path) and not os.path.islink(path) else (path,))
+        for file in found:
+            key = xxhash.xxh3_64_intdigest(file)
+            if key in seen or any(file == root or reached_by_walk(file, root, True) for root in roots):
+                continue
+            seen.add(key)
+            yield file
+
+
+def files_to_scan(roots: list[bytes], read) -> Iterator[bytes]:
+    """Everything a scan reads, in order: the files found under the roots (ReadConfig's extension and glob
+    filters), then those of the --files-from list (`listed_files`)."""
+    yield from walk_files(roots, read.all_files, read.include, read.exclude)
+    if read.listed is not None:
+        yield from listed_files(read.listed, roots, read.all_files, read.include, read.exclude)
 
 
 def read_file_list(data: bytes, nul_separated: bool, roots: list[bytes]) -> list[bytes]:

@@ -1,6 +1,6 @@
 """A decoder child for tests: the real child loop, with Pillow's decode patched to abort the process on one
-marked image, to hang on another and to be slow (SLOW_S, SLOWISH_S seconds) on others; FAULTY_CHILD_SLOW_START=S makes
-its start-up S seconds longer. Started by IsolatedImageDecoder(child_command=...) in the tests."""
+marked image, to hang on another and to be slow (SLOW_S, SLOWISH_S seconds) on others, and the provenance reader to
+hang on a file marked HANG-PROVENANCE; FAULTY_CHILD_SLOW_START=S makes its start-up S seconds longer. Started by IsolatedImageDecoder(child_command=...) in the tests."""
 
 import os
 import sys
@@ -8,6 +8,7 @@ import time
 
 import scanner.decode as decode
 import scanner.decode_isolated as isolated
+import scanner.provenance as provenance
 
 _real_pillow_decode = decode.pillow_decode
 SLOW_S = 2.5
@@ -26,7 +27,17 @@ def _faulty_pillow_decode(data, spec):
     return _real_pillow_decode(data, spec)
 
 
+_real_read_provenance = provenance.read_provenance
+
+
+def _faulty_read_provenance(data):
+    if data is not None and b"HANG-PROVENANCE" in data:
+        time.sleep(3600)
+    return _real_read_provenance(data)
+
+
 decode.pillow_decode = _faulty_pillow_decode
+provenance.read_provenance = _faulty_read_provenance
 
 if __name__ == "__main__":
     time.sleep(float(os.environ.get("FAULTY_CHILD_SLOW_START", "0")))

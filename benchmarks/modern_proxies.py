@@ -1,0 +1,343 @@
+"""The modern proxies: what users meet today, measured the same way for every model (issue 37).
+
+    python benchmarks/modern_proxies.py --model scanner/default_model --index scanner/default_index \
+        --out runs/modern/default
+
+Data: ../shared/data/modern (generators of 2022-26, real photos of 19 collections, human-made graphics) and the
+two camera sources of ../shared/data/photos, at native crops and re-posted (0.75x, JPEG q75).
+
+1. Held-out family F (nano-banana, unknown-ai, sdxl, sd1, stylegan, flux1): the share of F's images called AI
+   - out of the box: against the model's starter index (without F's classes, if it holds any);
+   - with 20 / 50 shots of F enrolled (drawn from F's images of folds 0-1); queries: F's images of folds 2-4.
+2. Held-out real source R (each collection of modern's real photos and graphics, and photos' two): the share of
+   its images called AI, photos of people and human-made graphics counted apart
+   - out of the box (the starter index without R's images);
+   - after the other families are enrolled: the starter index plus up to 150 images of every modern family and
+     of every other real source (as `real`).
+3. Balanced accuracy out of the box, native and re-posted (0.75x, JPEG q75; the support set stays clean): the mean
+   of "AI caught" pooled over the held-out families' queries and "kept real" pooled over the held-out sources'
+   photos and graphics, each judged as in 1 and 2 (so a model that trains on modern data is only ever judged on
+   what it held out).
+
+A model that trained on some of these images is not held out from them: pass `--trained-on` to record what it
+saw (the figures are then optimistic for those families and sources). Embeddings come from scan's own read /
+decode / embed stages (`scanner.evaluation.evaluate.embed_dataset`, cached by file hash); verdicts from scan's
+rule (`scanner.verdict.decide`, pixel-detail floor included) over exact cosine neighbours, with the index's
+calibration (open-set threshold, ai_score) fitted leave-one-out on each support set, as enrollment does.
+
+Writes OUT/modern_proxies.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from imgscan_core.labels import REAL_LABEL  # noqa: E402
+
+SHARED = HERE.parent.parent / "shared" / "data"
+FAMILIES = ("nano-banana", "unknown-ai", "sdxl", "sd1", "stylegan", "flux1")
+# Collections of photos of people (modern/README.md): a detector that learned "a retouched face is AI" shows here.
+PEOPLE_SOURCES = frozenset({"open-mmlab+mmpose", "google+mediapipe", "deepinsight+insightface",
+                            "ageitgey+face_recognition", "timesler+facenet-pytorch", "davisking+dlib",
+                            "CMU-Perceptual-Computing-Lab+openpose", "Hzzone+pytorch-openpose", "ultralytics+assets"})
+REPOST = "jpeg75,scale0.75"
+SHOTS = (20, 50)
+SHOT_FOLDS = (0, 1)
+ENROLL_PER_CLASS = 150
+K = 11
+
+
+@dataclass
+class Universe:
+    """Every image the proxies judge: modern + photos, one row each, with what the proxies group by."""
+
+    paths: np.ndarray
+    labels: np.ndarray  # generator label, or `real`
+    is_ai: np.ndarray
+    family: np.ndarray  # modern's family; `real` / `graphic` on the not-AI side; photos: `real`
+    source: np.ndarray
+    fold: np.ndarray
+    group: np.ndarray
+
+    @property
+    def graphic(self) -> np.ndarray:
+        return self.family == "graphic"
+
+    @property
+    def people(self) -> np.ndarray:
+        return ~self.is_ai & ~self.graphic & np.isin(self.source, list(PEOPLE_SOURCES))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_universe(modern: Path, photos: Path) -> Universe:
+    rows = []
+    for root, has_family in ((modern, True), (photos, False)):
+        with open(root / "manifest.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append((str(root / r["path"]), r["label"], r["is_ai"] == "1",
+                             r["family"] if has_family else ("real" if r["is_ai"] == "0" else r["label"]),
+                             r["source"], int(r["fold"]), r["group"]))
+    cols = list(zip(*rows))
+    return Universe(*(np.array(c, dtype=object) for c in cols[:2]), np.array(cols[2], dtype=bool),
+                    *(np.array(c, dtype=object) for c in cols[3:5]), np.array(cols[5], dtype=np.int64),
+                    np.array(cols[6], dtype=object))
+
+
+# ---- verdicts over an in-memory support set -------------------------------------------------------------------
+
+def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, sims.shape[1])
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    part = np.take_along_axis(sims, idx, axis=1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def judge(support: np.ndarray, support_labels: np.ndarray, queries: np.ndarray, detail: np.ndarray | None,
+          k: int = K):
+    """Scan's verdicts for `queries` against a support set: exact cosine neighbours, and the calibration an
+    enrollment would fit (leave-one-out on the support set)."""
+    from indexes.manifest import OpenSetCalibration
+    from scanner.verdict import VerdictRule, calibrate, decide
+
+    support_labels = np.asarray(support_labels, dtype=object)
+    self_sims = support @ support.T
+    np.fill_diagonal(self_sims, -np.inf)
+    loo_idx, loo_sims = _top_k(self_sims, k)
+    ai_cal, open_set = calibrate(support_labels[loo_idx], loo_sims, support_labels, OpenSetCalibration(k=k))
+    idx, sims = _top_k(queries @ support.T, k)
+    return decide(support_labels[idx], sims, VerdictRule(open_set.threshold, ai_cal), detail)
+
+
+def share(mask: np.ndarray, is_ai: np.ndarray) -> dict:
+    n = int(mask.sum())
+    return {"n": n, "called_ai": round(float(is_ai[mask].mean()), 4) if n else None}
+
+
+# ---- the proxies -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Embedded:
+    """One model's view of the universe: clean and re-posted embeddings (rows of the universe; NaN rows did not
+    decode), the pixel detail of each, and its starter support set."""
+
+    clean: np.ndarray
+    reposted: np.ndarray
+    detail: np.ndarray
+    detail_reposted: np.ndarray
+    starter: np.ndarray
+    starter_labels: np.ndarray
+    starter_sources: np.ndarray  # the universe source of each starter item, "" where it is not from the universe
+
+
+def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if rows.size <= n:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def family_proxy(u: Universe, e: Embedded, family: str, seed: int = 0) -> dict:
+    ok = ~np.isnan(e.clean[:, 0])
+    mine = (u.family == family) & ok
+    keep = ~np.isin(e.starter_labels, np.unique(u.labels[u.family == family]))
+    base, base_labels = e.starter[keep], e.starter_labels[keep]
+    queries = np.flatnonzero(mine & ~np.isin(u.fold, SHOT_FOLDS))
+    out = {"queries": int(queries.size)}
+    v = judge(base, base_labels, e.clean[queries], e.detail[queries])
+    out["out_of_box"] = round(float(v.is_ai.mean()), 4)
+    rq = queries[~np.isnan(e.reposted[queries, 0])]
+    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq])
+    out["reposted_queries"], out["out_of_box_reposted"] = int(rq.size), round(float(v.is_ai.mean()), 4)
+    pool = np.flatnonzero(mine & np.isin(u.fold, SHOT_FOLDS))
+    for shots in SHOTS:
+        chosen = _sample(pool, shots, seed)
+        v = judge(np.concatenate([base, e.clean[chosen]]), np.concatenate([base_labels, u.labels[chosen]]),
+                  e.clean[queries], e.detail[queries])
+        out[f"shots_{shots}"] = round(float(v.is_ai.mean()), 4)
+        out[f"shots_{shots}_enrolled"] = int(chosen.size)
+    return out
+
+
+def _enrolled_others(u: Universe, e: Embedded, held_source: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ENROLL_PER_CLASS images of every modern family and every other real source (as `real`)."""
+    ok = ~np.isnan(e.clean[:, 0])
+    picked = []
+    for fam in np.unique(u.family[u.is_ai]):
+        picked.append(_sample(np.flatnonzero(ok & (u.family == fam) & (u.source != held_source)), ENROLL_PER_CLASS, seed))
+    for src in np.unique(u.source[~u.is_ai]):
+        if src != held_source:
+            picked.append(_sample(np.flatnonzero(ok & ~u.is_ai & (u.source == src)), ENROLL_PER_CLASS, seed))
+    rows = np.concatenate(picked)
+    return e.clean[rows], np.where(u.is_ai[rows], u.labels[rows], REAL_LABEL)
+
+
+def source_proxy(u: Universe, e: Embedded, source: str, seed: int = 0) -> dict:
+    ok = ~np.isnan(e.clean[:, 0])
+    queries = np.flatnonzero(ok & ~u.is_ai & (u.source == source))
+    keep = e.starter_sources != source
+    base, base_labels = e.starter[keep], e.starter_labels[keep]
+    out = {"people": bool(source in PEOPLE_SOURCES)}
+    for setting, (sup, labs) in (("out_of_box", (base, base_labels)),
+                                 ("others_enrolled", tuple(np.concatenate(p) for p in
+                                                           zip((base, base_labels), _enrolled_others(u, e, source, seed))))):
+        v = judge(sup, labs, e.clean[queries], e.detail[queries])
+        out[setting] = {"photos": share(~u.graphic[queries], v.is_ai), "graphics": share(u.graphic[queries], v.is_ai)}
+    rq = queries[~np.isnan(e.reposted[queries, 0])]
+    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq])
+    out["out_of_box_reposted"] = {"photos": share(~u.graphic[rq], v.is_ai), "graphics": share(u.graphic[rq], v.is_ai)}
+    return out
+
+
+def pooled(families: dict, sources: dict, reposted: bool) -> dict:
+    """Balanced accuracy pooled from the held-out proxies: AI caught over the families' queries, kept real over
+    the sources' photos and graphics (people and graphics also apart)."""
+    fam_key, n_key = ("out_of_box_reposted", "reposted_queries") if reposted else ("out_of_box", "queries")
+    src_key = "out_of_box_reposted" if reposted else "out_of_box"
+    n_ai = sum(f[n_key] for f in families.values())
+    caught = sum(f[fam_key] * f[n_key] for f in families.values()) / n_ai
+
+    def kept(pick) -> float:
+        cells = [s[src_key][kind] for name, s in sources.items() for kind in ("photos", "graphics")
+                 if pick(name, s, kind) and s[src_key][kind]["n"]]
+        n = sum(c["n"] for c in cells)
+        return 1 - sum(c["called_ai"] * c["n"] for c in cells) / n if n else float("nan")
+
+    real_kept = kept(lambda name, s, kind: True)
+    return {"ai_caught": round(caught, 4), "real_kept": round(real_kept, 4),
+            "balanced": round((caught + real_kept) / 2, 4),
+            "people_kept": round(kept(lambda name, s, kind: s["people"] and kind == "photos"), 4),
+            "graphics_kept": round(kept(lambda name, s, kind: kind == "graphics"), 4)}
+
+
+def real_sources(u: Universe) -> list[str]:
+    return sorted(set(u.source[~u.is_ai].tolist()))
+
+
+def run_proxies(u: Universe, embedded_without, seed: int = 0) -> dict:
+    """`embedded_without(family=None, sources=())`: the Embedded of a model that held out that family or those
+    sources (one imgscan model: the same Embedded whatever is asked)."""
+    families = {f: family_proxy(u, embedded_without(family=f), f, seed) for f in FAMILIES}
+    sources = {s: source_proxy(u, embedded_without(sources=(s,)), s, seed) for s in real_sources(u)}
+    return {"families": families, "sources": sources, "native": pooled(families, sources, reposted=False),
+            "reposted": pooled(families, sources, reposted=True)}
+
+
+def summary(result: dict) -> dict:
+    """The acceptance view: worst family caught, worst source's share called AI, balanced accuracies."""
+    fam, src = result["families"], result["sources"]
+
+    def worst(setting: str, kind: str):
+        vals = [(s[setting][kind]["called_ai"], name) for name, s in src.items() if s[setting][kind]["called_ai"] is not None
+                and s[setting][kind]["n"] >= 10]
+        return max(vals) if vals else None
+
+    return {"family_out_of_box_min": min(f["out_of_box"] for f in fam.values()),
+            "family_50_shots_min": min(f["shots_50"] for f in fam.values()),
+            "source_photos_worst": worst("out_of_box", "photos"), "source_graphics_worst": worst("out_of_box", "graphics"),
+            "source_photos_worst_enrolled": worst("others_enrolled", "photos"),
+            "source_graphics_worst_enrolled": worst("others_enrolled", "graphics"),
+            "balanced_native": result["native"]["balanced"], "balanced_reposted": result["reposted"]["balanced"]}
+
+
+def format_table(result: dict) -> str:
+    lines = ["| held-out family | queries | out of the box | 20 shots | 50 shots |", "|---|---:|---:|---:|---:|"]
+    for name, f in result["families"].items():
+        lines.append(f"| {name} | {f['queries']} | {f['out_of_box']:.3f} | {f['shots_20']:.3f} | {f['shots_50']:.3f} |")
+    lines += ["", "| held-out real source | people | photos (n) called AI: out of the box / others enrolled | "
+                  "graphics (n) called AI: out of the box / others enrolled |", "|---|:-:|---:|---:|"]
+
+    def cell(s, kind):
+        a, b = s["out_of_box"][kind], s["others_enrolled"][kind]
+        return "–" if not a["n"] else f"({a['n']}) {a['called_ai']:.3f} / {b['called_ai']:.3f}"
+
+    for name, s in result["sources"].items():
+        lines.append(f"| {name} | {'yes' if s['people'] else ''} | {cell(s, 'photos')} | {cell(s, 'graphics')} |")
+    n, r = result["native"], result["reposted"]
+    lines += ["", "| out of the box | AI caught | real kept | people kept | graphics kept | balanced |",
+              "|---|---:|---:|---:|---:|---:|",
+              f"| native | {n['ai_caught']:.3f} | {n['real_kept']:.3f} | {n['people_kept']:.3f} | {n['graphics_kept']:.3f} | {n['balanced']:.3f} |",
+              f"| re-posted | {r['ai_caught']:.3f} | {r['real_kept']:.3f} | {r['people_kept']:.3f} | {r['graphics_kept']:.3f} | {r['balanced']:.3f} |"]
+    return "\n".join(lines)
+
+
+# ---- an imgscan model --------------------------------------------------------------------------------------------
+
+def embed_model(u: Universe, model: Path, index: Path, cache_dir: Path, runtime: str = "openvino",
+                precision: str = "fp32", batch_size: int = 32) -> Embedded:
+    """Embed the universe (clean and re-posted) with an imgscan model and read its starter index."""
+    from indexes import SupportIndex
+    from scanner.dataset import Dataset
+    from scanner.embed import Embedder
+    from scanner.evaluation.degrade import degraded_copy, parse_degradation
+    from scanner.evaluation.evaluate import embed_dataset
+
+    embedder = Embedder(model, device="cpu", precision=precision, runtime=runtime)
+    ds = Dataset(root=SHARED, paths=u.paths, labels=u.labels, is_ai=u.is_ai, groups=u.group, folds=u.fold,
+                 sources=u.source)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = embedder.card.weights_sha256[:12]
+    clean = embed_dataset(ds, embedder, batch_size=batch_size, cache=cache_dir / f"clean-{tag}.npz")
+    repost_dir = cache_dir / "reposted"
+    repost_dir.mkdir(exist_ok=True)
+    reposted_ds, _ = degraded_copy(ds, parse_degradation(REPOST), repost_dir)
+    reposted = embed_dataset(reposted_ds, embedder, batch_size=batch_size, cache=cache_dir / f"reposted-{tag}.npz")
+    support = SupportIndex.open(index)
+    rows = np.arange(len(support.table))
+    by_name = {Path(p).name: s for p, s in zip(u.paths, u.source)}
+    starter_sources = np.array([by_name.get(Path(str(p)).name, "") for p in support.table.source_path], dtype=object)
+
+    def masked(f):
+        emb = f.embeddings.copy()
+        emb[~f.ok] = np.nan
+        return emb
+
+    return Embedded(masked(clean), masked(reposted), clean.detail, reposted.detail, support.vectors(rows),
+                    np.asarray(support.table.label, dtype=object), starter_sources)
+
+
+def main() -> None:
+    from imgscan_core.errors import run_script
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--index", type=Path, required=True, help="the model's starter index (out of the box)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--modern", type=Path, default=SHARED / "modern")
+    ap.add_argument("--photos", type=Path, default=SHARED / "photos")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "imgscan" / "modern-proxies")
+    ap.add_argument("--runtime", default="openvino")
+    ap.add_argument("--trained-on", default="", help="what the model trained on, recorded beside the figures")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    def work():
+        started = time.time()
+        u = load_universe(args.modern, args.photos)
+        e = embed_model(u, args.model, args.index, args.cache, args.runtime)
+        result = run_proxies(u, lambda **held_out: e, args.seed)
+        result["summary"] = summary(result)
+        result["model"], result["index"], result["trained_on"] = str(args.model), str(args.index), args.trained_on
+        result["elapsed_s"] = round(time.time() - started, 1)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "modern_proxies.json").write_text(json.dumps(result, indent=1))
+        print(format_table(result))
+        print(json.dumps(result["summary"]))
+
+    run_script(work)
+
+
+if __name__ == "__main__":
+    main()

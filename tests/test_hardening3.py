@@ -315,3 +315,27 @@ def test_a_history_manifest_whose_generation_disagrees_with_its_name_is_not_kept
     assert r.exit_code == 2 and "not kept" in r.output
     r = runner.invoke(app, ["index", "history", "--index", str(two_class_index)], terminal_width=200)
     assert r.exit_code == 0 and "9" not in {line.split()[0] for line in r.output.splitlines() if line.split()}
+
+
+# -- found while checking "no outbound connection": the OpenVINO runtime's usage telemetry ------------------
+
+def test_a_scan_sends_no_vendor_telemetry(tmp_path, tiny_model_dir, two_class_index):
+    """`import openvino` sends a usage event to Google Analytics (and writes ~/intel/openvino_ga_cid) unless the
+    user opted out or CI=true is set; a scan run from cron is neither. imgscan_core.offline turns it off."""
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["HOME"] = str(home)
+    crawl = write_class_dir(tmp_path / "crawl", BLUE, 3, seed0=90)
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl), "--out", str(tmp_path / "v.parquet"),
+                        "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu",
+                        "--runtime", "openvino", "-q"], env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert pq.read_table(tmp_path / "v.parquet").num_rows == 3
+    assert not (home / "intel").exists()  # what the telemetry writes before it sends anything
+    probe = ("import imgscan_core, openvino, openvino.tools.ovc.telemetry_utils as t; print(t.tm.__name__)")
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "openvino.tools.ovc.telemetry_stub", r.stderr
+    assert not (home / "intel").exists()

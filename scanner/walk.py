@@ -122,6 +122,9 @@ def files_to_scan(roots: list[bytes], read) -> Iterator[bytes]:
         yield from listed_files(read.listed, roots, read.all_files, read.include, read.exclude)
 
 
+MAX_ENTRY_BYTES = 1 << 16  # a --files-from entry longer than this is no path (PATH_MAX is 4096)
+
+
 @dataclass(frozen=True)
 class FileList:
     """--files-from: a crawler's list of paths, in a file or on standard input ("-"), one per line or
@@ -134,17 +137,28 @@ class FileList:
     block_bytes: int = 1 << 16
 
     def entries(self) -> Iterator[bytes]:
-        """The raw entries, in order (blank ones included)."""
-        sep = b"\0" if self.nul_separated else b"\n"
+        """The raw entries, in order (blank ones included; a line's CRLF ending is a line ending)."""
+        if self.nul_separated:
+            yield from self._split(b"\0")
+        else:
+            yield from (raw.removesuffix(b"\r") for raw in self._split(b"\n"))
+
+    def _split(self, sep: bytes) -> Iterator[bytes]:
         stream = sys.stdin.buffer if self.source == "-" else open(self.source, "rb")  # noqa: SIM115
         try:
-            pending = b""
+            pending, overlong = b"", False
             while block := stream.read1(self.block_bytes):  # what is there now, up to a block: never waits for more
                 *complete, pending = (pending + block).split(sep)
                 for raw in complete:
-                    yield raw.removesuffix(b"\r") if not self.nul_separated else raw
-            if pending:
-                yield pending.removesuffix(b"\r") if not self.nul_separated else pending
+                    if not overlong:
+                        yield raw
+                    overlong = False
+                if len(pending) > MAX_ENTRY_BYTES:  # no path is this long: one entry (its row says so), the rest dropped
+                    if not overlong:
+                        yield pending[:MAX_ENTRY_BYTES]
+                    pending, overlong = b"", True
+            if pending and not overlong:
+                yield pending
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()

@@ -339,3 +339,14 @@ def test_a_scan_sends_no_vendor_telemetry(tmp_path, tiny_model_dir, two_class_in
     r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "openvino.tools.ovc.telemetry_stub", r.stderr
     assert not (home / "intel").exists()
+
+
+def test_a_file_list_is_split_as_a_stream_with_bounded_entries(tmp_path):
+    from scanner.walk import MAX_ENTRY_BYTES, FileList
+
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"/a\r\n/b\n\n" + b"x" * (3 * MAX_ENTRY_BYTES) + b"\n/c")
+    entries = list(FileList(str(listing), block_bytes=1000).entries())
+    assert entries == [b"/a", b"/b", b"", b"x" * MAX_ENTRY_BYTES, b"/c"]  # an endless 'path' is one capped entry
+    listing.write_bytes(b"/a\n1\0/b\0")
+    assert list(FileList(str(listing), nul_separated=True, block_bytes=3).entries()) == [b"/a\n1", b"/b"]

@@ -194,28 +194,3 @@ def listed_files(file_list: FileList, roots: list[bytes], all_files: bool = Fals
                 continue
             seen.add(key)
             yield file
-
-
-def files_to_scan(roots: list[bytes], read) -> Iterator[bytes]:
-    """Everything a scan reads, in order: the files found under the roots (ReadConfig's extension and glob
-    filters), then those of the --files-from list (`listed_files`)."""
-    yield from walk_files(roots, read.all_files, read.include, read.exclude)
-    if read.listed is not None:
-        yield from listed_files(read.listed, roots, read.all_files, read.include, read.exclude)
-
-
-def read_file_list(data: bytes, nul_separated: bool, roots: list[bytes]) -> list[bytes]:
-    """--files-from: one path per line (or NUL-separated with -0), made absolute; blank entries, repeats and
-    files a root's walk already reaches are dropped (each file one row). Missing files are kept: they get a row
-    saying so, as a file that vanished during a crawl would."""
-    entries = data.split(b"\0") if nul_separated else data.replace(b"\r\n", b"\n").split(b"\n")
-    out, seen = [], set()
-    for raw in entries:
-        if not raw:
-            continue
-        path = os.path.normpath(os.path.abspath(raw))
-        if path in seen or any(path == root or reached_by_walk(path, root, True) for root in roots):
-            continue
-        seen.add(path)
-        out.append(path)
-    return out

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image, ImageFilter, PngImagePlugin
 from typer.testing import CliRunner
 

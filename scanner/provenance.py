@@ -140,20 +140,22 @@ def read_xmp(data: bytes) -> list[dict]:
 
 
 def _read_pillow(data: bytes) -> list[dict]:
-    """PNG text chunks and EXIF, from Pillow's header parse (no pixels are decoded)."""
-    from PIL import Image
-
-    found = []
+    """PNG text chunks and EXIF, from Pillow's header parse (no pixels are decoded). Pillow refuses a whole PNG
+    whose text inflates past MAX_TEXT_CHUNK: then the rest is read without the text, and the entries say so."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.open(io.BytesIO(data)).close()
-    except ValueError:  # Pillow refuses text that inflates past MAX_TEXT_CHUNK: say so, read the rest without it
+        return _pillow_entries(data)
+    except ValueError:
         stripped = png_without_text(data)
         if stripped is None:
             raise
-        data = stripped
-        found.append(_entry("png-text", "text chunk over Pillow's size limit (a decompression bomb?), not read"))
+        return [_entry("png-text", "text chunk over Pillow's size limit (a decompression bomb?), not read")] + \
+            _pillow_entries(stripped)
+
+
+def _pillow_entries(data: bytes) -> list[dict]:
+    from PIL import Image
+
+    found = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(io.BytesIO(data)) as im:

@@ -27,7 +27,7 @@ import io
 import re
 import warnings
 
-from scanner.decode import png_without_text
+from scanner.decode import PNG_SIGNATURE, png_without_text
 
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean "made by a model".
 AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia",
@@ -63,7 +63,7 @@ def _source_type_name(value: str) -> str:
 def _mime(data: bytes) -> str | None:
     if data[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data.startswith(PNG_SIGNATURE):
         return "image/png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-import xxhash
-
 from imgscan_core.errors import UsageError
+from scanner.keys import path_key
 
 # What counts as an image file when walking a directory (case-insensitive). Files given explicitly on the
 # command line are always scanned, whatever their name.
@@ -189,7 +188,7 @@ def listed_files(file_list: FileList, roots: list[bytes], all_files: bool = Fals
         found = (walk_files([path], all_files, include, exclude)
                  if os.path.isdir(path) and not os.path.islink(path) else (path,))
         for file in found:
-            key = xxhash.xxh3_64_intdigest(file)
+            key = path_key(file)
             if key in seen or any(file == root or reached_by_walk(file, root, True) for root in roots):
                 continue
             seen.add(key)

@@ -282,20 +282,36 @@ class DaliImageDecoder:
             prefetch_queue_depth=1,
             exec_async=False,
             exec_pipelined=False,
+            enable_conditionals=not on_gpu,
         )
         def pipeline():
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(raw, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
             shapes = images.shape()  # decoded H, W, C (EXIF orientation applied), before resizing
-            if spec.resize == "native":
+            if spec.resize != "native":
+                images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_LINEAR)
+            elif on_gpu:
                 # Only images whose shorter side is under S are scaled (up to S); for the others the target is
                 # their own shorter side, which DALI's resampling reproduces pixel for pixel (tested).
                 short = dali_math.min(shapes[0], shapes[1])
                 target = fn.cast(dali_math.max(short, size), dtype=types.FLOAT)
                 images = fn.resize(images, resize_shorter=target, antialias=True, interp_type=types.INTERP_LINEAR)
-            else:
-                images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_LINEAR)
-            crops = [fn.crop(images, crop=(size, size), crop_pos_x=px, crop_pos_y=py) for px, py in spec.positions]
+            elif dali_math.min(shapes[0], shapes[1]) < size:
+                # On the CPU a per-sample branch: resampling an image to its own size cost 2/3 of the decode stage
+                # at 256 px (docs/benchmarks.md, "Decode stage").
+                images = fn.resize(images, resize_shorter=float(size), antialias=True,
+                                   interp_type=types.INTERP_LINEAR)
+            if on_gpu:  # dense outputs for feed_ndarray; crops are cheap there
+                crops = [fn.crop(images, crop=(size, size), crop_pos_x=px, crop_pos_y=py)
+                         for px, py in spec.positions]
+                return (shapes, *crops)
+            # On the CPU only the views an image gets are cut: the others are 1 x 1 (ViewSpec.count_for).
+            scaled = images.shape()
+            all_views = fn.cast(dali_math.max(scaled[0], scaled[1]) * 2 >= 3 * size, dtype=types.INT32)
+            extent = fn.cast(all_views * (size - 1) + 1, dtype=types.FLOAT)
+            (cx, cy), *others = spec.positions
+            crops = [fn.crop(images, crop=(size, size), crop_pos_x=cx, crop_pos_y=cy)]
+            crops += [fn.crop(images, crop_h=extent, crop_w=extent, crop_pos_x=px, crop_pos_y=py) for px, py in others]
             return (shapes, *crops)
 
         with warnings.catch_warnings():
@@ -310,9 +326,10 @@ class DaliImageDecoder:
             self._pipe = self._build()
 
     def run(self, datas: list[bytes]):
-        """Decode a list of encoded images; returns (uint8 [n, views, S, S, 3], numpy int64 [n, 3] shapes): a
-        numpy array on CPU, a torch CUDA tensor on the GPU. Raises if any item fails (the caller then decodes the
-        items one by one elsewhere)."""
+        """Decode a list of encoded images; returns (views per item, numpy int64 [n, 3] shapes). An item's views
+        are a sequence of uint8 [S, S, 3] to be sliced to ViewSpec.count_for: on CPU numpy arrays that share
+        DALI's buffers (valid until the next run: copy them first), on the GPU one torch CUDA tensor
+        [views, S, S, 3]. Raises if any item fails (the caller then decodes the items one by one elsewhere)."""
         self.build()
         try:
             self._pipe.feed_input("raw", [np.frombuffer(d, dtype=np.uint8) for d in datas])
@@ -331,8 +348,8 @@ class DaliImageDecoder:
                 out = torch.empty(dense.shape(), dtype=torch.uint8, device="cuda")
                 feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
                 outs.append(out)
-            return torch.stack(outs, dim=1), shapes
-        return np.stack([view.as_array() for view in views], axis=1), shapes
+            return list(torch.stack(outs, dim=1)), shapes
+        return [[np.asarray(view[i]) for view in views] for i in range(len(datas))], shapes
 
 
 def provenance_of(datas: list[bytes | None]) -> list[list[dict] | None]:
@@ -352,8 +369,10 @@ class ImageDecoder:
         self.max_pixels = max_pixels
         self.dali = DaliImageDecoder(self.spec, max_batch, device, num_threads)
 
-    def decode(self, datas: list[bytes | None], provenance: bool = False) -> DecodedBatch:
-        """`provenance`: also read each file's provenance evidence from its bytes (before any are swapped)."""
+    def decode(self, datas: list[bytes | None], provenance: bool = False, pixels_out=None) -> DecodedBatch:
+        """`provenance`: also read each file's provenance evidence from its bytes (before any are swapped).
+        `pixels_out(rows)`: where the CPU pixels go (an array [rows, S, S, 3]; the isolated child's shared memory),
+        instead of a new array."""
         provenance_entries = provenance_of(datas) if provenance else None
         datas = list(datas)  # an item may be swapped for its pixel-only bytes (png_without_text)
         n = len(datas)
@@ -390,17 +409,22 @@ class ImageDecoder:
             except Exception as exc:
                 errors[i] = f"decode: {_short(exc)}"
         ok = [frames[i] for i in range(n) if errors[i] is None]
-        return DecodedBatch(pixels=self._stack(ok), sizes=sizes, errors=errors,
-                            view_counts=[int(f.shape[0]) for f in ok], provenance=provenance_entries)
+        return DecodedBatch(pixels=self._stack(ok, pixels_out), sizes=sizes, errors=errors,
+                            view_counts=[len(f) for f in ok], provenance=provenance_entries)
 
-    def _stack(self, frames: list):
-        """Per-item [views_i, S, S, 3] frames -> [sum of views_i, S, S, 3]."""
+    def _stack(self, frames: list, pixels_out=None):
+        """Per-item frames (each a sequence of [S, S, 3] views) -> [sum of views_i, S, S, 3], one copy."""
         if self.device == "cuda":
             import torch
 
             if not frames:
                 return torch.empty((0, self.size, self.size, 3), dtype=torch.uint8, device="cuda")
             return torch.cat([torch.as_tensor(f).to("cuda") for f in frames])
-        if not frames:
-            return np.empty((0, self.size, self.size, 3), dtype=np.uint8)
-        return np.concatenate(frames)
+        rows = sum(len(f) for f in frames)
+        out = pixels_out(rows) if pixels_out else np.empty((rows, self.size, self.size, 3), dtype=np.uint8)
+        row = 0
+        for item in frames:
+            for view in item:
+                out[row] = view
+                row += 1
+        return out

@@ -1,9 +1,12 @@
 """Decoding in a child process, so a decoder that aborts, crashes or hangs on a hostile file costs that file an
 `error` row and nothing else.
 
-The parent sends a batch of encoded images down the child's stdin and reads the decoded pixels back from a
-private pipe; the protocol is length-prefixed raw bytes plus a small JSON header (no pickle in either
-direction). `timeout_s` is per image, strictly: a whole batch must come back within one image's timeout (a
+The parent puts a batch of encoded images in a shared memory file and sends their lengths down the child's
+stdin; the child puts the decoded pixels in a second shared memory file and answers with a small JSON header on a
+private pipe (no pickle in either direction). The bytes and pixels go through memory files rather than the pipes
+because a pipe moves 64 KiB per wake-up of each process: that cost the decode stage a third of its speed at 256 px
+(docs/benchmarks.md, "Decode stage"). The pipes still carry every message, so a child that dies or hangs is seen
+on them as before. `timeout_s` is per image, strictly: a whole batch must come back within one image's timeout (a
 batch of ordinary images takes a small fraction of it), else, or when the child dies, the batch is decoded
 again one image per round trip in fresh children, each image within its own timeout; the image in flight when
 something goes wrong gets `decode: decoder crashed ...` or `decode: timed out after T s`, the others their
@@ -22,6 +25,7 @@ CUDA context does not cross processes cheaply; there the header sniff (pixel lim
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import select
 import signal
@@ -40,6 +44,73 @@ _READY = b'{"ready": true}'
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+# A memory file that grew past this for one large batch (12 MP JPEGs) is emptied after it, not kept at that size.
+KEEP_SHARED_BYTES = 128 * 1024 * 1024
+
+
+def shared_memory_file(name: str) -> int:
+    """An anonymous file in memory (Linux memfd; elsewhere an unlinked temporary file), inherited by the child."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix=name)
+    os.unlink(path)
+    return fd
+
+
+def write_all(fd: int, buffers, offset: int = 0) -> int:
+    """Write buffers one after another at `offset` of a file (a short write is continued); returns the end."""
+    for buf in buffers:
+        view = memoryview(buf).cast("B")
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
+    return offset
+
+
+def read_exact_at(fd: int, n: int, offset: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = os.pread(fd, n - got, offset + got)
+        if not chunk:
+            raise EOFError
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class MappedPixels:
+    """The child's side of the reply file: decoded views are written straight into it (no copy, no fresh pages per
+    batch). The parent may empty the file between batches (KEEP_SHARED_BYTES), so the mapping follows its size."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.view_bytes = fd, size * size * 3
+        self.shape = (size, size, 3)
+        self._map: mmap.mmap | None = None
+
+    def array(self, rows: int) -> np.ndarray:
+        needed = rows * self.view_bytes
+        if needed == 0:
+            return np.empty((0, *self.shape), dtype=np.uint8)
+        size = os.fstat(self.fd).st_size
+        if size < needed:
+            os.ftruncate(self.fd, needed)
+            size = needed
+        if self._map is None or len(self._map) != size:
+            # the old mapping is dropped, not closed: the last batch's array may still hold it until replaced
+            self._map = mmap.mmap(self.fd, size)
+        return np.frombuffer(self._map, dtype=np.uint8, count=needed).reshape(rows, *self.shape)
+
+
+def read_into(fd: int, buf, offset: int = 0) -> None:
+    """Fill `buf` from `offset` of a file; EOFError if the file is shorter."""
+    view = memoryview(buf).cast("B")
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise EOFError
+        view, offset = view[got:], offset + got
 
 
 class DecoderChildFailed(Exception):
@@ -58,35 +129,37 @@ def _read_exact_stream(stream, n: int) -> bytes:
 
 
 def child_main(argv: list[str] | None = None) -> None:
-    """Loop: read a batch from stdin, decode it with the in-process ImageDecoder, write the result."""
+    """Loop: read a batch's lengths from stdin and its bytes from the request file, decode it with the in-process
+    ImageDecoder, put the pixels in the reply file and the header on the reply pipe."""
     args = argv or sys.argv[1:]
     size, max_batch, max_pixels, views = (int(a) for a in args[:4])
     spec = ViewSpec(size, resize=args[4], views=views)
+    request_fd, reply_fd = int(args[5]), int(args[6])
     # Our replies go to a private copy of stdout; fd 1 then points at stderr, so anything a C library prints
     # cannot corrupt the protocol.
     reply = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     decoder = ImageDecoder(spec, max_batch, device="cpu", max_pixels=max_pixels, num_threads=1)
     decoder.dali.build()
+    reply_pixels = MappedPixels(reply_fd, size)
     reply.write(_U32.pack(len(_READY)) + _READY)
     requests = sys.stdin.buffer
     while True:
         try:
             (count,) = _U32.unpack(_read_exact_stream(requests, 4))
             provenance = _read_exact_stream(requests, 1) == b"\x01"
+            lengths = struct.unpack(f"<{count}Q", _read_exact_stream(requests, 8 * count))
         except EOFError:
             return
-        datas = []
-        for _ in range(count):
-            (length,) = _U64.unpack(_read_exact_stream(requests, 8))
-            datas.append(_read_exact_stream(requests, length))
-        batch = decoder.decode(datas, provenance=provenance)
-        pixels = np.ascontiguousarray(batch.pixels, dtype=np.uint8)
+        datas, offset = [], 0
+        for length in lengths:
+            datas.append(read_exact_at(request_fd, length, offset))
+            offset += length
+        batch = decoder.decode(datas, provenance=provenance, pixels_out=reply_pixels.array)
+        pixels = batch.pixels
         header = json.dumps({"sizes": batch.sizes, "errors": batch.errors, "rows": int(pixels.shape[0]),
                              "view_counts": batch.view_counts, "provenance": batch.provenance}).encode()
         reply.write(_U32.pack(len(header)) + header)
-        if pixels.size:  # an image that failed has no pixels (and a zero-size view cannot be cast)
-            reply.write(memoryview(pixels).cast("B"))
 
 
 # --------------------------------------------------------------------------------------------- parent side
@@ -103,6 +176,8 @@ class IsolatedImageDecoder:
         self.startup_s = startup_s
         self.child_command = child_command or [sys.executable, "-m", "scanner.decode_isolated"]
         self._child: subprocess.Popen | None = None
+        self._request_fd = shared_memory_file("imgscan-decode-requests")
+        self._reply_fd = shared_memory_file("imgscan-decode-pixels")
 
     # -- child lifecycle
     def _start(self) -> subprocess.Popen:
@@ -112,8 +187,9 @@ class IsolatedImageDecoder:
         self._kill()
         self._child = subprocess.Popen(
             [*self.child_command, str(self.size), str(self.max_batch), str(self.max_pixels), str(self.spec.views),
-             self.spec.resize],
+             self.spec.resize, str(self._request_fd), str(self._reply_fd)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            pass_fds=(self._request_fd, self._reply_fd),
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         deadline = time.monotonic() + self.startup_s
@@ -150,6 +226,10 @@ class IsolatedImageDecoder:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self._kill()
+        for fd in (self._request_fd, self._reply_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._request_fd = self._reply_fd = -1
 
     # -- one round trip
     def _read_exact(self, fd: int, n: int, deadline: float, late: str) -> bytes:
@@ -182,13 +262,12 @@ class IsolatedImageDecoder:
         """Images to a ready child and their pixels (and provenance, if asked) back, all within timeout_s of
         sending them."""
         child = self._start()
+        request_end = write_all(self._request_fd, datas)
         deadline = time.monotonic() + self.timeout_s
         late = f"timed out after {self.timeout_s:g} s"
         try:
-            child.stdin.write(_U32.pack(len(datas)) + (b"\x01" if provenance else b"\x00"))
-            for d in datas:
-                child.stdin.write(_U64.pack(len(d)))
-                child.stdin.write(d)
+            child.stdin.write(_U32.pack(len(datas)) + (b"\x01" if provenance else b"\x00")
+                              + struct.pack(f"<{len(datas)}Q", *(len(d) for d in datas)))
             child.stdin.flush()
         except (BrokenPipeError, OSError):
             raise DecoderChildFailed(self._death_reason()) from None
@@ -196,8 +275,14 @@ class IsolatedImageDecoder:
         (hlen,) = _U32.unpack(self._read_exact(fd, 4, deadline, late))
         header = json.loads(self._read_exact(fd, hlen, deadline, late))
         rows = int(header["rows"])
-        raw = self._read_exact(fd, rows * self.size * self.size * 3, deadline, late)
-        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(rows, self.size, self.size, 3)
+        pixels = np.empty((rows, self.size, self.size, 3), dtype=np.uint8)
+        try:
+            read_into(self._reply_fd, pixels)
+        except EOFError:
+            raise DecoderChildFailed("decoder replied without its pixels") from None
+        for fd, end in ((self._request_fd, request_end), (self._reply_fd, pixels.nbytes)):
+            if end > KEEP_SHARED_BYTES:
+                os.ftruncate(fd, 0)
         sizes = [tuple(s) if s is not None else None for s in header["sizes"]]
         return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"], view_counts=header["view_counts"],
                             provenance=header.get("provenance"))

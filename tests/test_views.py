@@ -4,6 +4,7 @@ by the embedder, and the same rule wherever images are embedded."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -221,3 +222,24 @@ def test_scan_with_views_records_them_and_enroll_uses_the_same_rule(tmp_path, ti
     rows = table.to_pylist()
     assert len(rows) == 12 and all(row["label"] == "real" for row in rows)
     assert all(row["neighbors"][0]["similarity"] > 0.9999 for row in rows)
+
+
+def test_the_isolated_decoder_survives_its_shared_memory_being_emptied(monkeypatch):
+    """The parent empties a memory file that grew past KEEP_SHARED_BYTES after each batch; the child's mapping of
+    the pixel file must follow (a stale mapping past the end of the file would crash it with SIGBUS)."""
+    import scanner.decode_isolated as isolated_module
+
+    monkeypatch.setattr(isolated_module, "KEEP_SHARED_BYTES", 1)
+    arrays = _random_images([(300, 300), (70, 60), (500, 90), (64, 64)], seed=6)
+    datas = [_png(a) for a in arrays]
+    spec = ViewSpec(64, "native", 4)
+    isolated = isolated_module.IsolatedImageDecoder(spec, 8)
+    try:
+        for batch in (datas, datas[:1], datas[::-1]):
+            want = ImageDecoder(spec, 8).decode(batch)
+            got = isolated.decode(batch)
+            assert got.errors == want.errors and np.array_equal(got.pixels, want.pixels)
+            assert os.fstat(isolated._reply_fd).st_size == 0  # emptied after the batch
+        assert isolated._child.poll() is None  # one child served every batch
+    finally:
+        isolated.close()

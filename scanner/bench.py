@@ -1,39 +1,63 @@
-"""`imgscan bench`: throughput of each stage and of a real scan, measured in one run.
+"""`imgscan bench`: each stage of a scan measured in steady state, and a real scan, in one run.
 
-decode_ips      read + hash + decode + resize (the threaded front of the scan pipeline, no model; includes
-                starting the isolated decoder process, as a scan does)
-provenance_ips  reading provenance (C2PA sniff, XMP, PNG text, EXIF) from the files' bytes, one thread; part of
-                decode_ips and end_to_end_ips, which run with provenance on as a scan does by default
-embed_ips       the embedder alone on ready uint8 tensors, same batch size
-query_ips       HNSW k-NN search + verdict, over a support index of `support` synthetic vectors
-end_to_end_ips  a real scan (walk -> Parquet) of the same images, through run_scan
-peak_rss_mb     peak resident memory of this process
+Every rate is a steady state: a stage first runs once untimed (a decoder child starting, a runtime compiling, the
+page cache filling), then is timed over whole passes of the images for at least MIN_STEADY_S. Start-up is
+reported apart (`decoder_startup_s`, `scan_startup_s`). Next to each rate, the CPU time the stage spends per image
+(`*_cpu_ms`, every thread of the process and of the decoder's child process): on a machine of N cores a scan
+cannot go faster than N / (sum of its stages' CPU per image), and the stage with the largest share is the one that
+bounds it (`cpu_bound_ips`).
 
-Images are generated (smooth random fields with noise, saved as JPEG q95 at the model's input size) unless a
-directory is given. Figures depend on the machine and its load: record the command and machine with them.
+pillow_ips        baseline: Pillow, one thread, each image's bytes to an RGB array (no views, no isolation)
+read_ips          read + hash (scanner.read) of the files, page cache warm
+decode_ips        the scan's decode stage on bytes in memory: header sniff, DALI/Pillow decode, views, and on the
+                  CPU the isolated child process and its shared memory (provenance apart, below)
+provenance_ips    reading provenance (C2PA sniff, XMP, PNG text, EXIF) from the bytes, one thread
+embed_ips         the embedder alone on ready uint8 views, same batch size
+detail_ips        pixel detail (scanner/detail.py) of decoded views
+query_ips         HNSW k-NN search + verdict over a support index of `support` synthetic vectors
+end_to_end_ips    a real scan (walk -> Parquet) of the same files, rows after its first batch over the time they took
+dataloader_ips    baseline: the pipeline a user would write, Pillow decoding the same views in a
+                  torch.utils.data.DataLoader worker (as many as the scan's decoder threads) feeding the same embedder
+decode_per_core_vs_pillow  pillow_cpu_ms / decode_cpu_ms: the decode stage's rate per core against Pillow's
+end_to_end_vs_embed        end_to_end_ips / embed_ips: how close a scan comes to its embedder's speed
+
+Images are generated (smooth random fields with sensor-like noise; JPEG q95 or PNG, `size` px square, the model's
+input size by default) unless a directory is given. Figures depend on the machine and its load: record the
+command, `lscpu` flags and date with them (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import resource
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from scanner.threads import usable_cpus
+from scanner.threads import thread_budget, usable_cpus
 
-BENCH_KEYS = ("decode_ips", "provenance_ips", "embed_ips", "query_ips", "end_to_end_ips", "peak_rss_mb")
-# What was measured, next to the figures: the embedder's runtime and precision (as `auto` resolved them here),
-# device, views, batch size, and the CPU threads each stage was given.
-SETTING_KEYS = ("runtime", "precision", "device", "views", "batch_size", "cpus", "threads")
+MIN_STEADY_S = 2.0  # each stage is timed over whole passes of the images for at least this long
+SETTING_KEYS = ("runtime", "precision", "device", "views", "mirror", "batch_size", "cpus", "threads", "images",
+                "megapixels")
+STARTUP_KEYS = ("decoder_startup_s", "scan_startup_s")
+RATE_KEYS = ("pillow_ips", "read_ips", "decode_ips", "provenance_ips", "embed_ips", "detail_ips", "query_ips",
+             "end_to_end_ips", "dataloader_ips")
+CPU_KEYS = ("pillow_cpu_ms", "read_cpu_ms", "decode_cpu_ms", "provenance_cpu_ms", "embed_cpu_ms", "detail_cpu_ms",
+            "query_cpu_ms")
+DERIVED_KEYS = ("cpu_bound_ips", "decode_per_core_vs_pillow", "end_to_end_vs_embed", "peak_rss_mb")
+BENCH_KEYS = SETTING_KEYS + STARTUP_KEYS + RATE_KEYS + CPU_KEYS + DERIVED_KEYS
+IMAGE_FORMATS = ("jpeg", "png")
 
 
-def make_jpegs(directory: Path, n: int, size: int, seed: int = 0) -> list[Path]:
-    """Photo-like test images: a low-frequency colour field plus sensor-like noise."""
+def make_images(directory: Path, n: int, size: int, fmt: str = "jpeg", seed: int = 0) -> list[Path]:
+    """Photo-like test images: a low-frequency colour field plus sensor-like noise, JPEG q95 or PNG."""
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(IMAGE_FORMATS)}")
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -41,99 +65,180 @@ def make_jpegs(directory: Path, n: int, size: int, seed: int = 0) -> list[Path]:
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.int16)
         arr = np.clip(field + rng.integers(-20, 21, field.shape), 0, 255).astype(np.uint8)
-        path = directory / f"bench_{i:06d}.jpg"
-        Image.fromarray(arr).save(path, "JPEG", quality=95)
+        path = directory / f"bench_{i:06d}.{'jpg' if fmt == 'jpeg' else 'png'}"
+        if fmt == "jpeg":
+            Image.fromarray(arr).save(path, "JPEG", quality=95)
+        else:
+            Image.fromarray(arr).save(path, "PNG", compress_level=6)
         paths.append(path)
     return paths
+
+
+def make_jpegs(directory: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    return make_images(directory, n, size, "jpeg", seed)
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def run_bench(embedder, images_dir: Path | None = None, n_images: int = 256, batch_size: int = 32,
-              support: int = 2000, k: int = 11, repeats: int = 3) -> dict[str, float]:
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc); NaN where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+class _Clock:
+    """Wall and CPU time of a steady-state measurement: this process, plus a child process when given one."""
+
+    def __init__(self, child_pid=None):
+        self.child_pid = child_pid
+
+    def now(self) -> tuple[float, float]:
+        cpu = time.process_time()
+        pid = self.child_pid() if self.child_pid else None
+        if pid is not None:
+            cpu += _process_cpu_s(pid)
+        return time.perf_counter(), cpu
+
+
+def _steady(one_pass, per_pass: int, clock: _Clock | None = None) -> tuple[float, float]:
+    """(items per second, CPU ms per item) of `one_pass` (which handles `per_pass` items) after one untimed pass,
+    over whole passes lasting at least MIN_STEADY_S."""
+    clock = clock or _Clock()
+    one_pass()
+    passes = 0
+    (wall0, cpu0) = clock.now()
+    while True:
+        one_pass()
+        passes += 1
+        wall, cpu = clock.now()
+        if wall - wall0 >= MIN_STEADY_S:
+            break
+    n = passes * per_pass
+    return n / (wall - wall0), 1000.0 * (cpu - cpu0) / n
+
+
+def run_bench(embedder, images_dir: Path | None = None, n_images: int = 512, batch_size: int = 32,
+              support: int = 2000, k: int = 11, size: int | None = None, fmt: str = "jpeg") -> dict:
     with tempfile.TemporaryDirectory(prefix="imgscan-bench-") as tmp:
         tmp = Path(tmp)
         root = images_dir or tmp / "images"
         if images_dir is None:
-            make_jpegs(root, n_images, embedder.size)
-        roots = [os.fsencode(root)]
-        decode_ips, sample = _bench_decode(embedder, roots, batch_size)
-        provenance_ips = _bench_provenance(root)
-        embed_ips = _bench_embed(embedder, sample, batch_size, repeats)
-        detail_ips = _bench_detail(sample, batch_size, repeats)
+            make_images(root, n_images, size or embedder.size, fmt)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        datas = [p.read_bytes() for p in files]
+        out: dict = {}
+        pillow = _bench_pillow(datas)
+        read = _bench_read(files)
+        decode, sample, startup, megapixels = _bench_decode(embedder, datas, batch_size)
+        provenance = _bench_provenance(datas)
+        embed = _bench_embed(embedder, sample, batch_size)
+        detail = _steady(lambda: _detail(sample), batch_size)
         index = _synthetic_index(tmp / "index", embedder, support)
-        query_ips = _bench_query(embedder, index, sample, batch_size, k)
-        end_to_end_ips = _bench_scan(embedder, index, roots, tmp / "verdicts.parquet", batch_size, k)
-    return {
+        query = _bench_query(embedder, index, sample, batch_size, k)
+        end_to_end, scan_startup = _bench_scan(embedder, index, [os.fsencode(root)], tmp / "verdicts.parquet",
+                                               batch_size, k)
+        dataloader = _bench_dataloader(embedder, files, batch_size)
+    out.update({
         "runtime": embedder.runtime, "precision": embedder.precision, "device": embedder.device,
         "views": embedder.view_spec.views, "mirror": embedder.view_spec.mirror, "batch_size": batch_size,
-        "cpus": usable_cpus(),
-        "threads": embedder.threads,
-        "decode_ips": round(decode_ips, 1),
-        "provenance_ips": round(provenance_ips, 1),
-        "embed_ips": round(embed_ips, 1),
-        "detail_ips": round(detail_ips, 1),
-        "query_ips": round(query_ips, 1),
-        "end_to_end_ips": round(end_to_end_ips, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-    }
+        "cpus": usable_cpus(), "threads": embedder.threads, "images": len(files),
+        "megapixels": round(megapixels, 3),
+        "decoder_startup_s": round(startup, 2), "scan_startup_s": round(scan_startup, 2),
+    })
+    stages = {"pillow": pillow, "read": read, "decode": decode, "provenance": provenance, "embed": embed,
+              "detail": detail, "query": query}
+    for name, (ips, cpu_ms) in stages.items():
+        out[f"{name}_ips"] = round(ips, 1)
+    out["end_to_end_ips"] = round(end_to_end, 1)
+    out["dataloader_ips"] = round(dataloader, 1)
+    for name, (_, cpu_ms) in stages.items():
+        out[f"{name}_cpu_ms"] = round(cpu_ms, 3)
+    scan_cpu_ms = sum(stages[s][1] for s in ("read", "decode", "provenance", "embed", "detail", "query"))
+    out["cpu_bound_ips"] = round(1000.0 * usable_cpus() / scan_cpu_ms, 1)
+    out["decode_per_core_vs_pillow"] = round(pillow[1] / decode[1], 3)
+    out["end_to_end_vs_embed"] = round(end_to_end / embed[0], 3)
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return {key: out[key] for key in BENCH_KEYS}
 
 
-def _bench_decode(embedder, roots: list[bytes], batch_size: int):
-    """The scan's own front stages (walk, readers, DALI/Pillow decode), no model."""
-    from scanner.config import DecodeConfig, ReadConfig
-    from scanner.feed import LocalFeeder
-    from scanner.judge import BatchEmbedder
+def _bench_pillow(datas: list[bytes]) -> tuple[float, float]:
+    def one_pass():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning on large photos
+            for data in datas:
+                with Image.open(io.BytesIO(data)) as im:
+                    np.asarray(im.convert("RGB"))
 
-    decoded_n, sample = 0, None
-    start = time.perf_counter()
-    with BatchEmbedder(embedder, DecodeConfig(), batch_size) as stages:
-        for batch in LocalFeeder(roots, ReadConfig(), batch_size, stages.decode):
-            decoded_n += len(batch.reads)
-            if sample is None and len(batch.ok_rows()) == batch_size:
-                sample = batch.decoded  # a full batch of files (with --views, more rows than files)
-    decode_ips = decoded_n / (time.perf_counter() - start)
-    if sample is None:
-        raise ValueError(f"bench needs at least {batch_size} decodable images")
-    return decode_ips, sample
+    return _steady(one_pass, len(datas))
 
 
-def _bench_provenance(root: Path, limit: int = 512) -> float:
-    """scanner.provenance on bytes already in memory (as the scan calls it), files per second."""
+def _bench_read(files: list[Path]) -> tuple[float, float]:
+    from scanner.read import read_file
+
+    paths = [os.fsencode(p) for p in files]
+    return _steady(lambda: [read_file(p) for p in paths], len(paths))
+
+
+def _bench_decode(embedder, datas: list[bytes], batch_size: int):
+    """The scan's decode stage (scanner.judge.make_decoder: the isolated child on CPU) on bytes in memory.
+    Returns ((ips, cpu ms), a full decoded batch for the later stages, the decoder's start-up s, mean megapixels)."""
+    from scanner.config import DecodeConfig
+    from scanner.judge import make_decoder
+
+    decoder = make_decoder(embedder.view_spec, batch_size, embedder.device, DecodeConfig())
+    try:
+        start = time.perf_counter()
+        first = decoder.decode(datas[:1])  # starts the child (or builds the in-process pipeline)
+        startup = time.perf_counter() - start
+        batches = [datas[i:i + batch_size] for i in range(0, len(datas), batch_size)]
+        sample = None
+        for batch in batches:
+            decoded = decoder.decode(batch)
+            if len(batch) == batch_size and all(e is None for e in decoded.errors):
+                sample = decoded
+                break
+        if sample is None:
+            raise ValueError(f"bench needs at least {batch_size} decodable images")
+        megapixels = float(np.mean([w * h for w, h in sample.sizes])) / 1e6
+        del first
+        clock = _Clock(getattr(decoder, "child_pid", None))
+        rate = _steady(lambda: [decoder.decode(b) for b in batches], len(datas), clock)
+    finally:
+        close = getattr(decoder, "close", None)
+        if close is not None:
+            close()
+    return rate, sample, startup, megapixels
+
+
+def _bench_provenance(datas: list[bytes]) -> tuple[float, float]:
+    """scanner.provenance on bytes already in memory (as the decoder child calls it), one thread."""
     from scanner.provenance import read_provenance
 
-    datas = [p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()][:limit]
-    if not datas:
-        return float("nan")
-    start = time.perf_counter()
-    for data in datas:
-        read_provenance(data)
-    return len(datas) / (time.perf_counter() - start)
+    return _steady(lambda: [read_provenance(d) for d in datas], len(datas))
 
 
-def _bench_embed(embedder, sample, batch_size: int, repeats: int) -> float:
+def _bench_embed(embedder, sample, batch_size: int) -> tuple[float, float]:
     """The model alone on a ready batch; files per second, views included."""
     import torch
 
-    embedder.embed_batch(sample)  # warm-up (TorchScript profiling runs, allocator)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    def one_pass():
         embedder.embed_batch(sample)
-    if embedder.device == "cuda":
-        torch.cuda.synchronize()
-    return repeats * batch_size / (time.perf_counter() - start)
+        if embedder.device == "cuda":
+            torch.cuda.synchronize()
+
+    return _steady(one_pass, batch_size)
 
 
-def _bench_detail(sample, batch_size: int, repeats: int) -> float:
-    """Pixel detail (scanner/detail.py) of a decoded batch, as the verdict stage measures it; files per second."""
+def _detail(sample) -> None:
     from scanner.detail import item_detail
 
-    start = time.perf_counter()
-    for _ in range(repeats):
-        item_detail(sample)
-    return repeats * batch_size / (time.perf_counter() - start)
+    item_detail(sample)
 
 
 def _synthetic_index(index_dir: Path, embedder, support: int):
@@ -152,32 +257,85 @@ def _synthetic_index(index_dir: Path, embedder, support: int):
     return SupportIndex.open(index_dir)
 
 
-def _bench_query(embedder, index, sample, batch_size: int, k: int) -> float:
-    """HNSW search + verdict with real embeddings as queries."""
+def _bench_query(embedder, index, sample, batch_size: int, k: int) -> tuple[float, float]:
+    """HNSW search + verdict with real embeddings as queries, a scan's batch at a time."""
     from scanner.verdict import VerdictRule, decide
 
-    queries = np.repeat(embedder.embed_batch(sample), max(1, 2048 // batch_size), axis=0)
-    start = time.perf_counter()
-    found = index.search(queries, k)
-    decide(found.labels, found.sims, VerdictRule.of(index))
-    return len(queries) / (time.perf_counter() - start)
+    queries = embedder.embed_batch(sample)
+    rule = VerdictRule.of(index)
+
+    def one_pass():
+        found = index.search(queries, k)
+        decide(found.labels, found.sims, rule)
+
+    return _steady(one_pass, len(queries))
 
 
-def _bench_scan(embedder, index, roots: list[bytes], out: Path, batch_size: int, k: int) -> float:
-    """A real scan with the local engine, Parquet and all (the model already loaded)."""
+class _RowTimes:
+    """Stands in for the progress display: the time each batch of rows was written."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, int]] = []
+
+    def advance(self, rows: int, ok: int | None = None) -> None:
+        self.marks.append((time.perf_counter(), rows))
+
+
+def _bench_scan(embedder, index, roots: list[bytes], out: Path, batch_size: int, k: int) -> tuple[float, float]:
+    """A real scan with the local engine, Parquet and all (the model already loaded). Returns (rows per second
+    after the first batch, seconds until the first batch was written)."""
     from scanner.config import EmbedConfig, ScanConfig
     from scanner.engines import ScanJob
     from scanner.engines.local import LocalEngine
     from scanner.keys import KeySet
-    from scanner.progress import ScanProgress
     from scanner.writer import JournalOutput
 
     config = ScanConfig(roots=roots, out=out, k=k, embed=EmbedConfig(batch_size=batch_size))
     output = JournalOutput(out)
-    with ScanProgress("bench scan", force_plain=True, log_every_s=1e9) as progress:
-        start = time.perf_counter()
-        job = ScanJob(config, None, index.directory, embedder.card, index, embedder.view_spec,
-                      output.open({"bench": True}), KeySet())
-        LocalEngine(config, embedder=embedder).run(job, output, progress)
-        rows = output.finish()
-        return rows / (time.perf_counter() - start)
+    rows = _RowTimes()
+    start = time.perf_counter()
+    job = ScanJob(config, None, index.directory, embedder.card, index, embedder.view_spec,
+                  output.open({"bench": True}), KeySet())
+    LocalEngine(config, embedder=embedder).run(job, output, rows)
+    output.finish()
+    if len(rows.marks) < 2:
+        raise ValueError(f"bench needs at least {2 * batch_size} images for a scan's steady state")
+    (first_t, _), (last_t, _) = rows.marks[0], rows.marks[-1]
+    return sum(n for _, n in rows.marks[1:]) / (last_t - first_t), first_t - start
+
+
+class _PillowViews:
+    """The baseline's dataset: a file's views by the same rule (scanner.decode.pillow_decode), decoded by Pillow."""
+
+    def __init__(self, files: list[Path], spec):
+        self.files, self.spec = files, spec
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from scanner.decode import pillow_decode
+
+        return pillow_decode(self.files[i].read_bytes(), self.spec)[0]
+
+
+def _collate_views(items):
+    return np.concatenate(items), [len(v) for v in items]
+
+
+def _bench_dataloader(embedder, files: list[Path], batch_size: int) -> float:
+    """Files per second of Pillow in DataLoader workers feeding the same embedder, after the first batch."""
+    import torch.utils.data
+
+    from scanner.decode import DecodedBatch
+
+    loader = torch.utils.data.DataLoader(_PillowViews(files, embedder.view_spec), batch_size=batch_size,
+                                         num_workers=thread_budget().decode, collate_fn=_collate_views)
+    first_t, after_first = None, 0
+    for pixels, counts in loader:
+        embedder.embed_batch(DecodedBatch(pixels, [None] * len(counts), [None] * len(counts), counts))
+        if first_t is None:
+            first_t = time.perf_counter()
+        else:
+            after_first += len(counts)
+    return after_first / (time.perf_counter() - first_t) if after_first else float("nan")

@@ -382,8 +382,10 @@ def index_rollback(
 def bench(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
-    images: Annotated[int, typer.Option("--images", min=1, help="How many test JPEGs to generate (at the model's input size).")] = 256,
-    images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Benchmark on these images instead of generated ones.")] = None,
+    images: Annotated[int, typer.Option("--images", min=1, help="How many test images to generate.")] = 512,
+    size: Annotated[Optional[int], typer.Option("--size", min=16, help="Side of the generated images in pixels (default: the model's input size); e.g. 1024 with --format png.")] = None,
+    image_format: Annotated[str, typer.Option("--format", help="Generated images: jpeg (q95) or png.")] = "jpeg",
+    images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Benchmark on the files in this directory instead of generated ones (e.g. native-size camera photos).")] = None,
     batch_size: BatchOpt = 32,
     support: Annotated[int, typer.Option("--support", min=16, help="Synthetic support vectors in the benchmark index.")] = 2000,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Embedder CPU threads (default: every usable core; scanner.threads).")] = None,
@@ -392,20 +394,28 @@ def bench(
     views: ViewsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly the measured keys as JSON.")] = False,
 ) -> None:
-    """Measure throughput: decode_ips, provenance_ips, embed_ips, detail_ips (pixel detail for the verdict), query_ips,
-    end_to_end_ips (a real scan), peak_rss_mb.
+    """Measure each stage of a scan in steady state, and a real scan, in one run: images/s and CPU ms per image of
+    read, decode, provenance, embed, detail and query; the scan end to end; Pillow alone and a Pillow + DataLoader
+    pipeline with the same model as baselines; start-up apart. Each stage runs once untimed, then is timed over
+    whole passes of the images for at least 2 s; the scan's rate counts the rows after its first batch, so give it
+    at least 8 batches of images (the default 512 at batch size 32 gives 16). Key by key: scanner/bench.py.
 
     \b
-    Example (record the machine and the command with the figures):
-      imgscan bench --images 512 --batch-size 32 --json
+    Examples (record the machine's `lscpu` flags, the command and the date with the figures):
+      imgscan bench --json
+      imgscan bench --images 64 --size 1024 --format png --json
+      imgscan bench --images-dir ../photos/native --batch-size 8 --json
     """
-    from scanner.bench import run_bench
+    from scanner.bench import IMAGE_FORMATS, run_bench
 
     embedder = _embedder(model, device, precision, runtime, views, threads)
     if images_dir is not None and not images_dir.is_dir():
         raise UsageError(f"--images-dir {images_dir}: not a directory")
+    if image_format not in IMAGE_FORMATS:
+        raise UsageError(f"--format {image_format}: expected one of {', '.join(IMAGE_FORMATS)}")
     try:
-        result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support)
+        result = run_bench(embedder, images_dir=images_dir, n_images=images, batch_size=batch_size, support=support,
+                           size=size, fmt=image_format)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if as_json:
@@ -415,7 +425,8 @@ def bench(
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():
-        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:,.3g}" if isinstance(value, float) and abs(value) < 10 else
+                      f"{value:,.1f}" if isinstance(value, float) else str(value))
     out_console.print(table)
 
 

@@ -187,26 +187,32 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
-def png_without_text(data: bytes) -> bytes | None:
-    """A PNG's bytes with its text chunks (tEXt, zTXt, iTXt) left out; None when it is not a PNG, has none, or its
-    chunk layout is broken. Text never changes pixels, and Pillow refuses a whole file whose text inflates past its
-    MAX_TEXT_CHUNK: without this, a prompt padded to a zip bomb would keep the image from ever being judged."""
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """A PNG's chunks as (type, whole chunk bytes: length, type, data and CRC), up to IEND; None when it is not a
+    PNG or its chunk layout is broken. Nothing is decompressed."""
     if not data.startswith(PNG_SIGNATURE):
         return None
-    kept, pos, dropped = [data[:8]], 8, False
+    chunks, pos = [], 8
     while pos + 12 <= len(data):
         length = int.from_bytes(data[pos:pos + 4], "big")
         kind, end = data[pos + 4:pos + 8], pos + 12 + length
         if end > len(data):
             return None
-        if kind in _PNG_TEXT_CHUNKS:
-            dropped = True
-        else:
-            kept.append(data[pos:end])
+        chunks.append((kind, data[pos:end]))
         pos = end
         if kind == b"IEND":
             break
-    return b"".join(kept) if dropped else None
+    return chunks
+
+
+def png_without_text(data: bytes) -> bytes | None:
+    """A PNG's bytes with its text chunks (tEXt, zTXt, iTXt) left out; None when it is not a PNG, has none, or its
+    chunk layout is broken. Text never changes pixels, and Pillow refuses a whole file whose text inflates past its
+    MAX_TEXT_CHUNK: without this, a prompt padded to a zip bomb would keep the image from ever being judged."""
+    chunks = png_chunks(data)
+    if chunks is None or not any(kind in _PNG_TEXT_CHUNKS for kind, _ in chunks):
+        return None
+    return PNG_SIGNATURE + b"".join(chunk for kind, chunk in chunks if kind not in _PNG_TEXT_CHUNKS)
 
 
 def _short(exc: BaseException) -> str:

@@ -206,6 +206,10 @@ class IsolatedImageDecoder:
             raise DecoderChildFailed("decoder did not start (unexpected greeting)", at_start=True)
         return self._child
 
+    def child_pid(self) -> int | None:
+        """The running child's process id (for measuring its CPU time), None when none runs."""
+        return self._child.pid if self._child is not None and self._child.poll() is None else None
+
     def _kill(self) -> None:
         if self._child is not None:
             if self._child.poll() is None:

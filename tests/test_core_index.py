@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import GREEN, RED, write_class_dir
@@ -234,17 +235,40 @@ def test_a_packaged_model_is_named_by_model_and_reads_its_own_starter_index(tmp_
         paths.model_dir_or_default(Path("fast"))
 
 
-def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir):
+def test_bench_json_reports_exactly_the_measured_keys(tiny_model_dir, monkeypatch):
+    import scanner.bench as bench
+
+    monkeypatch.setattr(bench, "MIN_STEADY_S", 0.05)  # the keys and their sense here; the figures in benchmarks.md
     result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--images", "40",
                                  "--batch-size", "8", "--support", "64", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
-    settings = ["runtime", "precision", "device", "views", "mirror", "batch_size", "cpus", "threads"]
-    measured = ["decode_ips", "provenance_ips", "embed_ips", "detail_ips", "query_ips", "end_to_end_ips", "peak_rss_mb"]
-    assert list(figures) == settings + measured
+    assert tuple(figures) == bench.BENCH_KEYS
     assert figures["runtime"] == "openvino" and figures["precision"] in ("fp32", "bf16")  # what `auto` chose here
     assert figures["device"] == "cpu" and figures["batch_size"] == 8 and figures["cpus"] >= 1 and figures["threads"] >= 1
-    assert all(isinstance(figures[k], float) and figures[k] > 0 for k in measured)
+    assert figures["images"] == 40 and figures["megapixels"] == round(32 * 32 / 1e6, 3)  # the tiny model's input
+    measured = bench.STARTUP_KEYS + bench.RATE_KEYS + bench.CPU_KEYS + bench.DERIVED_KEYS
+    assert all(isinstance(figures[k], float) and figures[k] > 0 for k in measured), figures
+    # the derived figures are what they say, from the figures beside them
+    assert figures["end_to_end_vs_embed"] == pytest.approx(figures["end_to_end_ips"] / figures["embed_ips"], rel=0.01)
+    assert figures["decode_per_core_vs_pillow"] == pytest.approx(
+        figures["pillow_cpu_ms"] / figures["decode_cpu_ms"], rel=0.05)
+
+
+def test_bench_generates_the_format_and_size_asked_for(tmp_path):
+    from scanner.bench import make_images
+
+    paths = make_images(tmp_path, 2, 48, "png")
+    assert [p.suffix for p in paths] == [".png", ".png"]
+    with Image.open(paths[0]) as im:
+        assert im.format == "PNG" and im.size == (48, 48)
+    with pytest.raises(ValueError, match="format"):
+        make_images(tmp_path, 1, 48, "gif")
+
+
+def test_bench_rejects_an_unknown_format(tiny_model_dir):
+    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--format", "gif"])
+    assert result.exit_code == 2 and "--format gif" in result.output
 
 
 def test_search_breadth_grows_with_the_index():

@@ -19,6 +19,7 @@ from conftest import RED, coloured, encode
 from indexes.manifest import AiScoreCalibration
 from scanner.cli import app
 from scanner.evaluation.metrics import expected_calibration_error
+from scanner.decode import PNG_SIGNATURE
 from scanner.provenance import indication, read_provenance
 from scanner.verdict import VerdictRule, decide, fit_ai_calibration
 
@@ -144,11 +145,15 @@ def test_exact_and_near_copies_of_an_enrolled_image_take_its_class(two_class_ind
 
 # -- provenance ---------------------------------------------------------------------------------------------
 
-def _png(text: dict[str, str]) -> bytes:
+def _png_info(text: dict[str, str]) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     for k, v in text.items():
         info.add_text(k, v)
-    return encode(coloured(RED, seed=3), "PNG", pnginfo=info)
+    return info
+
+
+def _png(text: dict[str, str]) -> bytes:
+    return encode(coloured(RED, seed=3), "PNG", pnginfo=_png_info(text))
 
 
 def _jpeg_with_exif(**tags) -> bytes:
@@ -180,6 +185,25 @@ def test_png_text_exif_and_xmp_are_read():
     assert [(e["source"], e["detail"], e["indicates"]) for e in xmp] == [
         ("xmp", "DigitalSourceType trainedAlgorithmicMedia", "ai")]
     assert read_provenance(encode(coloured(RED, seed=6))) == []  # nothing said
+
+
+def test_png_metadata_after_the_pixels_is_read_without_decoding_them():
+    """Text and eXIf chunks may follow the pixel data; Pillow reads those only by decoding every pixel (a second
+    full decode per PNG). They are read from the chunks alone: here the pixel data is garbage and they still are."""
+    from scanner.decode import png_chunks
+
+    exif = Image.Exif()
+    exif[0x0131] = "Adobe Firefly"
+    source = encode(coloured(RED, seed=8), "PNG", exif=exif.tobytes(), pnginfo=_png_info({"parameters": "a dog"}))
+    chunks = png_chunks(source)
+    by_kind = {kind: chunk for kind, chunk in chunks}
+    assert b"eXIf" in by_kind and b"tEXt" in by_kind
+    garbage = b"IDAT" + b"\x00not zlib at all" * 50
+    idat = (len(garbage) - 4).to_bytes(4, "big") + garbage + zlib.crc32(garbage).to_bytes(4, "big")
+    after = [c for kind, c in chunks if kind in (b"IHDR",)] + [idat] + [by_kind[b"tEXt"], by_kind[b"eXIf"], by_kind[b"IEND"]]
+    late = PNG_SIGNATURE + b"".join(after)
+    got = {(e["source"], e["detail"].split(":")[0], e["indicates"]) for e in read_provenance(late)}
+    assert got == {("png-text", "AUTOMATIC1111-style parameters", "ai"), ("exif", "Software Adobe Firefly", "ai")}
 
 
 def test_hostile_metadata_gives_an_empty_list_and_nothing_worse():

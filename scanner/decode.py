@@ -15,8 +15,11 @@ size becomes model input, used by scan, enroll, eval, the Ray engine, bench and 
   of the default's recipe it helped on some proxies and hurt detection AUC on others (docs/benchmarks.md). The
   decoder never produces the mirrored copy; the embedder flips the pixels it has.
 
-DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where there is none). Pillow serves
-only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of
+DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where there is none). On the CPU a large
+JPEG (`PARTIAL_DECODE_AREA` times the input or more, not EXIF-rotated) is decoded only inside the window that
+holds its views (`ViewSpec.window`): libjpeg-turbo skips the rest, and the pixels inside are the ones a whole
+decode gives (tested against Pillow for every chroma subsampling and progressive files); a 12 MP photo's five views
+cost about half a whole decode. Pillow serves only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of
 a batch that DALI failed on, so one hostile file costs its own row an `error`, never the batch.
 
 A header sniff (Pillow reads headers only, no pixels) runs first for every item: it rejects non-images and
@@ -94,6 +97,27 @@ class ViewSpec:
         new_w, new_h = self.scaled_size(width, height)
         return self.views if 2 * max(new_w, new_h) >= 3 * self.size else 1
 
+    def origins(self, width: int, height: int) -> list[tuple[int, int]]:
+        """(left, top) of each view an image of this decoded size gets, in the image after the resize rule."""
+        new_w, new_h = self.scaled_size(width, height)
+        return [(_crop_origin(px, new_w - self.size), _crop_origin(py, new_h - self.size))
+                for px, py in self.positions[: self.count_for(width, height)]]
+
+    def window(self, width: int, height: int) -> "Window | None":
+        """The smallest window holding every view, where decoding that window alone gives the same views (no
+        resize: native pixels); None where the whole image is needed or the window is nearly all of it."""
+        if self.scaled_size(width, height) != (width, height):
+            return None
+        origins = self.origins(width, height)
+        left, top = min(x for x, _ in origins), min(y for _, y in origins)
+        right, bottom = max(x for x, _ in origins) + self.size, max(y for _, y in origins) + self.size
+        if (right - left) * (bottom - top) >= 0.9 * width * height:
+            return None
+        # each view's relative position in the window (as DALI's crop places it: pos * (extent - S), rounded)
+        positions = tuple(((x - left) / max(1, right - left - self.size), (y - top) / max(1, bottom - top - self.size))
+                          for x, y in origins)
+        return Window(left, top, right - left, bottom - top, positions)
+
     def to_card(self) -> dict:
         card = {"resize": self.resize, "crop": "views", "views": self.views, "interpolation": "bilinear_antialias"}
         if self.mirror:  # absent means False: cards written before mirroring existed read the same
@@ -129,6 +153,17 @@ def view_spec_for(card, views: int | None = None) -> ViewSpec:
         raise UsageError(f"--views {views}: expected 1..{MAX_VIEWS}") from None
 
 
+@dataclass(frozen=True)
+class Window:
+    """A part of an image to decode instead of all of it, and where each view lies inside it."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+    positions: tuple[tuple[float, float], ...]  # per view, relative (x, y) in the window
+
+
 @dataclass
 class DecodedBatch:
     """Decoded images of one batch: consecutive rows of `pixels` per item whose error is None, in order."""
@@ -152,6 +187,14 @@ class DecodedBatch:
 class Sniffed:
     format: str | None
     error: str | None
+    size: tuple[int, int] | None = None  # (width, height) as stored, before EXIF orientation
+    orientation: int = 1  # EXIF orientation, read only for JPEGs large enough to be decoded in part
+
+
+# A JPEG this many times the input's area or more is decoded in part (the views' window) when it is not rotated.
+PARTIAL_DECODE_AREA = 4
+_JPEG_FORMATS = ("JPEG", "MPO")
+_EXIF_ORIENTATION = 0x0112
 
 
 def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed:
@@ -165,6 +208,9 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit below decides
             with Image.open(io.BytesIO(data)) as im:
                 fmt, (w, h) = im.format, im.size
+                orientation = 1
+                if spec is not None and fmt in _JPEG_FORMATS and w * h >= PARTIAL_DECODE_AREA * spec.size ** 2:
+                    orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Image.UnidentifiedImageError:
         return Sniffed(None, "decode: not an image (unrecognised format)")
     except Image.DecompressionBombError:
@@ -180,7 +226,19 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
         if sw * sh > max_pixels:
             return Sniffed(fmt, f"decode: extreme aspect ratio refused ({w}x{h} would be {sw}x{sh} after scaling, "
                                 f"over {max_pixels} pixels)")
-    return Sniffed(fmt, None)
+    return Sniffed(fmt, None, (w, h), orientation)
+
+
+def partial_window(sniffed: Sniffed, spec: ViewSpec) -> Window | None:
+    """The window of a JPEG to decode instead of all of it (ViewSpec.window), None for the whole image: only
+    JPEGs (libjpeg-turbo skips the rest without decoding it, with the same pixels inside), only unrotated ones
+    (the window is placed on the image as shown), only large ones (below that, whole images cost as little)."""
+    if sniffed.format not in _JPEG_FORMATS or sniffed.orientation != 1 or sniffed.size is None:
+        return None
+    w, h = sniffed.size
+    if w * h < PARTIAL_DECODE_AREA * spec.size ** 2:
+        return None
+    return spec.window(w, h)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -252,26 +310,31 @@ def _crop_origin(pos: float, free: int) -> int:
 def view_crops(im: Image.Image, spec: ViewSpec) -> np.ndarray:
     """A Pillow RGB image -> uint8 [views, S, S, 3] by `spec` (the rule the DALI pipeline applies too)."""
     size = spec.size
+    origins = spec.origins(*im.size)
     new_w, new_h = spec.scaled_size(*im.size)
     if (new_w, new_h) != im.size:
         im = im.resize((new_w, new_h), Image.BILINEAR)
-    count = spec.count_for(*im.size)
-    out = np.empty((count, size, size, 3), dtype=np.uint8)  # copies: a crop view would keep the image alive
-    for v, (px, py) in enumerate(spec.positions[:count]):
-        left, top = _crop_origin(px, new_w - size), _crop_origin(py, new_h - size)
+    out = np.empty((len(origins), size, size, 3), dtype=np.uint8)  # copies: a crop view would keep the image alive
+    for v, (left, top) in enumerate(origins):
         out[v] = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return out
 
 
 class DaliImageDecoder:
-    """A DALI pipeline fed raw bytes through external_source. DALI invalidates a pipeline after any decode
-    error, so the pipeline is rebuilt lazily after a failure."""
+    """DALI pipelines fed raw bytes through external_source: `run` decodes whole images, `run_windows` (CPU) a
+    window of each (large JPEGs: `partial_window`). DALI invalidates a pipeline after any decode error, so a
+    pipeline is rebuilt lazily after a failure; the window pipeline is built the first time a batch needs it."""
 
     def __init__(self, spec: ViewSpec, max_batch: int, device: str = "cpu", num_threads: int = 2):
         self.spec, self.max_batch, self.device, self.num_threads = spec, max_batch, device, num_threads
-        self._pipe = None
+        self._pipes: dict[str, object] = {}
 
-    def _build(self):
+    def _pipeline_args(self) -> dict:
+        return {"batch_size": self.max_batch, "num_threads": self.num_threads,
+                "device_id": 0 if self.device == "cuda" else None, "prefetch_queue_depth": 1,
+                "exec_async": False, "exec_pipelined": False}
+
+    def _build_whole(self):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali import math as dali_math
@@ -281,15 +344,7 @@ class DaliImageDecoder:
         spec = self.spec
         size = spec.size
 
-        @pipeline_def(
-            batch_size=self.max_batch,
-            num_threads=self.num_threads,
-            device_id=0 if on_gpu else None,
-            prefetch_queue_depth=1,
-            exec_async=False,
-            exec_pipelined=False,
-            enable_conditionals=not on_gpu,
-        )
+        @pipeline_def(**self._pipeline_args(), enable_conditionals=not on_gpu)
         def pipeline():
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(raw, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
@@ -320,29 +375,61 @@ class DaliImageDecoder:
             crops += [fn.crop(images, crop_h=extent, crop_w=extent, crop_pos_x=px, crop_pos_y=py) for px, py in others]
             return (shapes, *crops)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pipe = pipeline()
-            pipe.build()
-        return pipe
+        return pipeline()
+
+    def _build_windows(self):
+        """CPU: decode each image's window alone (libjpeg-turbo skips what lies outside it) and cut its views at
+        their places in the window. A window holds every view of a native-size image: no resize."""
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import pipeline_def
+
+        size, views = self.spec.size, self.spec.views
+
+        @pipeline_def(**self._pipeline_args())
+        def pipeline():
+            raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
+            anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
+            extent = fn.external_source(name="extent", dtype=types.FLOAT, ndim=1)
+            positions = fn.external_source(name="positions", dtype=types.FLOAT, ndim=1)
+            images = fn.decoders.image_slice(raw, anchor, extent, axis_names="WH", normalized_anchor=False,
+                                             normalized_shape=False, device="cpu", output_type=types.RGB)
+            crops = [fn.crop(images, crop=(size, size), crop_pos_x=positions[2 * v], crop_pos_y=positions[2 * v + 1])
+                     for v in range(views)]
+            return (images.shape(), *crops)
+
+        return pipeline()
+
+    def _pipe(self, kind: str):
+        if kind not in self._pipes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pipe = self._build_whole() if kind == "whole" else self._build_windows()
+                pipe.build()
+            self._pipes[kind] = pipe
+        return self._pipes[kind]
 
     def build(self) -> None:
-        """Build the pipeline now rather than on the first batch (the isolated child does, before saying ready)."""
-        if self._pipe is None:
-            self._pipe = self._build()
+        """Build the whole-image pipeline now rather than on the first batch (the isolated child does, before
+        saying ready)."""
+        self._pipe("whole")
+
+    def _run(self, kind: str, inputs: dict):
+        pipe = self._pipe(kind)
+        try:
+            for name, values in inputs.items():
+                pipe.feed_input(name, values)
+            return pipe.run()
+        except Exception:
+            del self._pipes[kind]
+            raise
 
     def run(self, datas: list[bytes]):
-        """Decode a list of encoded images; returns (views per item, numpy int64 [n, 3] shapes). An item's views
-        are a sequence of uint8 [S, S, 3] to be sliced to ViewSpec.count_for: on CPU numpy arrays that share
+        """Decode a list of encoded images whole; returns (views per item, numpy int64 [n, 3] shapes). An item's
+        views are a sequence of uint8 [S, S, 3] to be sliced to ViewSpec.count_for: on CPU numpy arrays that share
         DALI's buffers (valid until the next run: copy them first), on the GPU one torch CUDA tensor
         [views, S, S, 3]. Raises if any item fails (the caller then decodes the items one by one elsewhere)."""
-        self.build()
-        try:
-            self._pipe.feed_input("raw", [np.frombuffer(d, dtype=np.uint8) for d in datas])
-            shapes, *views = self._pipe.run()
-        except Exception:
-            self._pipe = None
-            raise
+        shapes, *views = self._run("whole", {"raw": [np.frombuffer(d, dtype=np.uint8) for d in datas]})
         shapes = np.asarray(shapes.as_array(), dtype=np.int64).reshape(len(datas), -1)
         if self.device == "cuda":
             import torch
@@ -356,6 +443,20 @@ class DaliImageDecoder:
                 outs.append(out)
             return list(torch.stack(outs, dim=1)), shapes
         return [[np.asarray(view[i]) for view in views] for i in range(len(datas))], shapes
+
+    def run_windows(self, datas: list[bytes], windows: list[Window]) -> list:
+        """CPU: each image's views from its window alone; per item a list of uint8 [S, S, 3] (as `run`)."""
+        positions = []
+        for window in windows:
+            placed = [p for xy in window.positions for p in xy]
+            positions.append(np.asarray(placed + [0.0] * (2 * self.spec.views - len(placed)), dtype=np.float32))
+        _, *views = self._run("window", {
+            "raw": [np.frombuffer(d, dtype=np.uint8) for d in datas],
+            "anchor": [np.asarray((w.left, w.top), dtype=np.float32) for w in windows],
+            "extent": [np.asarray((w.width, w.height), dtype=np.float32) for w in windows],
+            "positions": positions,
+        })
+        return [[np.asarray(view[i]) for view in views] for i in range(len(datas))]
 
 
 def provenance_of(datas: list[bytes | None]) -> list[list[dict] | None]:
@@ -386,6 +487,7 @@ class ImageDecoder:
         sizes: list[tuple[int, int] | None] = [None] * n
         frames: list[object | None] = [None] * n  # per item: a tensor [S,S,3] once decoded
         for_dali, for_pillow = [], []
+        sniffs: list[Sniffed | None] = [None] * n
         for i, data in enumerate(datas):
             if data is None:
                 errors[i] = "decode: no data"
@@ -395,20 +497,31 @@ class ImageDecoder:
                 retry = sniff(stripped, self.max_pixels, self.spec)
                 if retry.error is None:  # only its text was in the way: judge the pixels
                     datas[i], sniffed = stripped, retry
+            sniffs[i] = sniffed
             if sniffed.error:
                 errors[i] = sniffed.error
             elif sniffed.format in DALI_FORMATS:
                 for_dali.append(i)
             else:
                 for_pillow.append(i)
-        if for_dali:
+        windows = {i: w for i in for_dali if self.device != "cuda" and (w := partial_window(sniffs[i], self.spec))}
+        whole = [i for i in for_dali if i not in windows]
+        if whole:
             try:
-                pixels, shapes = self.dali.run([datas[i] for i in for_dali])
-                for row, i in enumerate(for_dali):
+                pixels, shapes = self.dali.run([datas[i] for i in whole])
+                for row, i in enumerate(whole):
                     sizes[i] = (int(shapes[row][1]), int(shapes[row][0]))
                     frames[i] = pixels[row][: self.spec.count_for(*sizes[i])]
             except Exception:
-                for_pillow.extend(for_dali)  # isolate the bad item(s): decode this batch one by one
+                for_pillow.extend(whole)  # isolate the bad item(s): decode this batch one by one
+        if windows:
+            try:
+                items = list(windows)
+                for i, views in zip(items, self.dali.run_windows([datas[i] for i in items], list(windows.values()))):
+                    sizes[i] = sniffs[i].size  # a windowed JPEG is unrotated: its size is the one its header gave
+                    frames[i] = views[: self.spec.count_for(*sizes[i])]
+            except Exception:
+                for_pillow.extend(windows)
         for i in for_pillow:
             try:
                 frames[i], sizes[i] = pillow_decode(datas[i], self.spec)

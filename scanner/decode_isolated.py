@@ -135,11 +135,12 @@ def child_main(argv: list[str] | None = None) -> None:
     size, max_batch, max_pixels, views = (int(a) for a in args[:4])
     spec = ViewSpec(size, resize=args[4], views=views)
     request_fd, reply_fd = int(args[5]), int(args[6])
+    threads = int(args[7]) if len(args) > 7 else 1
     # Our replies go to a private copy of stdout; fd 1 then points at stderr, so anything a C library prints
     # cannot corrupt the protocol.
     reply = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    decoder = ImageDecoder(spec, max_batch, device="cpu", max_pixels=max_pixels, num_threads=1)
+    decoder = ImageDecoder(spec, max_batch, device="cpu", max_pixels=max_pixels, num_threads=threads)
     decoder.dali.build()
     reply_pixels = MappedPixels(reply_fd, size)
     reply.write(_U32.pack(len(_READY)) + _READY)
@@ -169,8 +170,10 @@ class IsolatedImageDecoder:
 
     def __init__(self, spec: ViewSpec, max_batch: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_STARTUP_S,
-                 child_command: list[str] | None = None):
+                 child_command: list[str] | None = None, threads: int = 1):
+        """`threads`: the child's DALI threads (scanner.threads.thread_budget().decode in a scan)."""
         self.spec = spec
+        self.threads = threads
         self.size = spec.size
         self.max_batch, self.max_pixels, self.timeout_s = max_batch, max_pixels, timeout_s
         self.startup_s = startup_s
@@ -187,10 +190,10 @@ class IsolatedImageDecoder:
         self._kill()
         self._child = subprocess.Popen(
             [*self.child_command, str(self.size), str(self.max_batch), str(self.max_pixels), str(self.spec.views),
-             self.spec.resize, str(self._request_fd), str(self._reply_fd)],
+             self.spec.resize, str(self._request_fd), str(self._reply_fd), str(self.threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             pass_fds=(self._request_fd, self._reply_fd),
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
         )
         deadline = time.monotonic() + self.startup_s
         fd = self._child.stdout.fileno()

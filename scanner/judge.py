@@ -31,7 +31,8 @@ def make_decoder(spec: ViewSpec, batch_size: int, device: str, config: DecodeCon
     """The decode stage: in a child process on CPU (a crashing or hanging decoder costs one row), in-process
     on CUDA (nvJPEG needs this process's CUDA context) or when isolation is turned off."""
     if config.isolate and device != "cuda":
-        return IsolatedImageDecoder(spec, batch_size, max_pixels=config.max_pixels, timeout_s=config.timeout_s)
+        return IsolatedImageDecoder(spec, batch_size, max_pixels=config.max_pixels, timeout_s=config.timeout_s,
+                                    threads=thread_budget().decode)
     return ImageDecoder(spec, batch_size, device=device, max_pixels=config.max_pixels,
                         num_threads=thread_budget().decode)
 

@@ -243,3 +243,33 @@ def test_the_isolated_decoder_survives_its_shared_memory_being_emptied(monkeypat
         assert isolated._child.poll() is None  # one child served every batch
     finally:
         isolated.close()
+
+
+def _jpeg(arr: np.ndarray, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=92, **options)
+    return buf.getvalue()
+
+
+def test_large_jpegs_decoded_in_part_give_the_same_views_as_pillow_decoding_all():
+    """A large JPEG's views are decoded from their window alone (libjpeg-turbo skips the rest): odd window
+    offsets, each chroma subsampling, progressive files and an EXIF-rotated photo (decoded whole) must give the
+    pixels Pillow gives from the whole image."""
+    from scanner.decode import partial_window, sniff
+
+    spec = ViewSpec(64, "native", MAX_VIEWS)
+    arrays = _random_images([(517, 389), (333, 701), (1001, 1003), (100, 90)], seed=9)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown as 389 x 517
+    datas = [_jpeg(arrays[0], subsampling=2), _jpeg(arrays[1], subsampling=1), _jpeg(arrays[2], subsampling=0),
+             _jpeg(arrays[2], subsampling=2, progressive=True), _jpeg(arrays[0], exif=exif.tobytes()),
+             _jpeg(arrays[3])]
+    windows = [partial_window(sniff(d, 10**8, spec), spec) for d in datas]
+    assert [w is not None for w in windows] == [True, True, True, True, False, False]
+    assert windows[2].width * windows[2].height < 0.4 * 1001 * 1003  # the part decoded of the largest
+    batch = ImageDecoder(spec, 8).decode(datas)
+    assert batch.errors == [None] * len(datas)
+    assert batch.sizes == [(517, 389), (333, 701), (1001, 1003), (1001, 1003), (389, 517), (100, 90)]
+    pil = np.concatenate([pillow_decode(d, spec)[0] for d in datas])
+    assert batch.view_counts == [MAX_VIEWS] * 6
+    assert np.array_equal(batch.pixels, pil)

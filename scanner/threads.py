@@ -1,11 +1,11 @@
 """How many CPU threads each stage of a scan gets, from the cores this process may use.
 
 On a machine with few cores the stages compete: the decode child process, the reader threads, the embedder's
-threads and hnswlib's search threads. On 2 AVX2 cores (docs/benchmarks.md, "Fast on every CPU") the embedder
-costs 0.027 core-seconds per 256-px image and decoding 0.006, so the embedder gets every core (OpenVINO with
-2 threads: 49.1 img/s end to end; with 1 thread: 36.4); the decoder one DALI thread in its child process; the
-k-NN search one thread (a scan's batch of 64 queries is a fraction of a millisecond of search; more threads
-would only take cores from the embedder).
+threads and hnswlib's search threads. On 2 AVX2 cores (docs/benchmarks.md, "Decode stage and end to end in steady
+state") the embedder costs 39 ms of CPU per 256-px file (5-view model) and decoding 0.8, so the embedder gets
+every core; the decoder one DALI thread in its child process (two above 4 cores); the k-NN search one thread (a
+scan's batch of 64 queries is a fraction of a millisecond of search; more threads would only take cores from the
+embedder).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def _embedder(model: Optional[Path], device: str, precision: str = "auto", runti
 @app.command()
 def scan(
     out: Annotated[Path, typer.Option("--out", "-o", help="Verdict Parquet file to write. Re-running the same command resumes an interrupted scan.")],
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Files or directories to scan (directories recursively).", show_default=False)] = None,
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Files or directories to scan (directories recursively), or shards: webdataset .tar, Parquet/Arrow files with an image column, local or at s3:// gs:// hf:// https:// URLs; brace ranges such as 'shards/{00000..00999}.tar' (quote them).", show_default=False)] = None,
     index: IndexOpt = None,
     k: KOpt = 11,
     min_detail: MinDetailOpt = DEFAULT_MIN_DETAIL,
@@ -100,6 +100,7 @@ def scan(
     null: Annotated[bool, typer.Option("--null", "-0", rich_help_panel=READ_PANEL, help="--files-from entries are separated by NUL bytes (find -print0), not newlines.")] = False,
     include: Annotated[Optional[list[str]], typer.Option("--include", rich_help_panel=READ_PANEL, help="Only files this glob matches, against the path under its root ('2026-11-*/*.jpg') or the name ('*.png'). Repeatable; quote it.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel=READ_PANEL, help="Leave out files this glob matches (as --include). Repeatable; quote it.")] = None,
+    image_column: Annotated[str, typer.Option("--image-column", rich_help_panel=READ_PANEL, help="Parquet/Arrow shards: the column holding image bytes (img2dataset writes jpg; a struct with a bytes field, as Hugging Face datasets writes images, works too).")] = "jpg",
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=READ_PANEL, help="Refuse images larger than this (decompression bombs).")] = 100_000_000,
     readers: Annotated[int, typer.Option("--readers", min=1, max=64, rich_help_panel=READ_PANEL, help="Threads reading and hashing files.")] = 4,
     isolate_decode: Annotated[bool, typer.Option("--isolate-decode/--in-process-decode", rich_help_panel=READ_PANEL, help="On CPU, decode in a child process so a decoder crash or hang on a hostile file costs only that file's row.")] = True,
@@ -123,11 +124,14 @@ def scan(
     Examples:
       imgscan scan ./crawl --out verdicts.parquet
       imgscan scan ./crawl/2026-11-22 --out night.parquet --skip-known night-*.parquet
+      imgscan scan 'shards/{00000..00099}.tar' --out shards.parquet
+      imgscan scan 's3://bucket/laion/{00000..00999}.tar' data/part-*.parquet --out crawl.parquet
     """
     from scanner.config import DecodeConfig, EmbedConfig, RayConfig, ReadConfig, ScanConfig
     from scanner.keys import is_verdict_file, skip_known_files
     from scanner.progress import ScanProgress
     from scanner.scan import run_scan
+    from scanner.shards import expand_braces
     from scanner.walk import check_roots
 
     stop_on_signals()
@@ -146,7 +150,7 @@ def scan(
         raise UsageError("nothing to scan: give folders or images, or --files-from LIST")
     if files_from is not None and engine != "local":
         raise UsageError("--files-from works with the local engine (list folders as roots for --engine ray)")
-    switch_values = [str(p) for p in paths if str(p).lower() in ("true", "false", "yes", "no") and not p.exists()]
+    switch_values = [str(p) for p in paths if str(p).lower() in ("true", "false", "yes", "no") and not Path(p).exists()]
     if switch_values:
         raise UsageError(f"{switch_values[0]!r} is not a folder or image: switches such as --overwrite and --all-files "
                          "take no value (write `--overwrite`, not `--overwrite true`)")
@@ -159,12 +163,12 @@ def scan(
         paths = [p for p in paths if p not in verdict_files]
         if not paths and files_from is None:
             raise UsageError("no folder or image to scan: every argument is a verdict file (--skip-known)")
-    roots = check_roots(paths, all_files)
+    roots = check_roots([spec for p in paths for spec in expand_braces(str(p))], all_files)
     listed = _file_list(files_from, null) if files_from is not None else None
     config = ScanConfig(
         roots=roots, out=out, index_dir=index, k=k, min_detail=min_detail, overwrite=overwrite, engine=engine,
         read=ReadConfig(all_files=all_files, readers=readers, skip_known=known_files, include=include or [],
-                        exclude=exclude or [], listed=listed),
+                        exclude=exclude or [], listed=listed, image_column=image_column),
         decode=DecodeConfig(max_pixels=max_pixels, isolate=isolate_decode, timeout_s=decode_timeout,
                             provenance=provenance),
         embed=EmbedConfig(model_dir=model, device=device, precision=precision, runtime=runtime, views=views,

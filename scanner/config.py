@@ -36,6 +36,7 @@ class ReadConfig:
     include: list[str] = field(default_factory=list)  # globs: only files one matches (scanner.walk.pattern_match)
     exclude: list[str] = field(default_factory=list)  # globs: files any matches are left out
     listed: FileList | None = None  # --files-from, streamed after the roots (scanner.walk.listed_files)
+    image_column: str = "jpg"  # the image-bytes column of Parquet/Arrow shards (scanner.shards)
 
 
 @dataclass

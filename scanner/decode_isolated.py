@@ -284,7 +284,8 @@ class IsolatedImageDecoder:
         rows = int(header["rows"])
         pixels = np.empty((rows, self.size, self.size, 3), dtype=np.uint8)
         try:
-            read_into(self._reply_fd, pixels)
+            if rows:  # a batch of files that all failed has no pixels
+                read_into(self._reply_fd, pixels)
         except EOFError:
             raise DecoderChildFailed("decoder replied without its pixels") from None
         for fd, end in ((self._request_fd, request_end), (self._reply_fd, pixels.nbytes)):

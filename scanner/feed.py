@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from scanner.config import ReadConfig
 from scanner.keys import KeySet, path_key, sha_key
 from scanner.read import ReadResult, read_file
+from scanner.shards import is_shard, read_shard
 from scanner.walk import files_to_scan
 
 _END = object()
@@ -132,6 +133,10 @@ class LocalFeeder:
                 raw = self.paths_q.get()
                 if raw is _END:
                     return
+                if is_shard(raw):
+                    if not self._read_shard(raw):
+                        return
+                    continue
                 planned = _planned_bytes(raw, self.read.max_bytes)
                 if not self.budget.take(planned):
                     return
@@ -142,6 +147,17 @@ class LocalFeeder:
                     return
         finally:
             self._put(self.read_q, _END)
+
+    def _read_shard(self, shard: bytes) -> bool:
+        """A shard's members, streamed into the read queue one by one, each within the byte budget."""
+        for result in read_shard(shard, self.read.max_bytes, self.read.all_files,
+                                 skip=lambda p: path_key(p) in self.done, image_column=self.read.image_column):
+            held = len(result.data) if result.data is not None else 0
+            if not self.budget.take(held):
+                return False
+            if not self._put(self.read_q, result):
+                return False
+        return True
 
     def _batch_and_decode(self) -> None:
         readers_left = self.read.readers

@@ -126,6 +126,7 @@ def verdict_rows(batch: DecodedReads, neighbors, verdicts, matches: Matches, ind
     for i, r in enumerate(reads):
         col["path"][i], col["path_bytes"][i] = display_path(r.path)
         col["sha"][i], col["bytes"][i] = r.sha, r.nbytes
+        col["key"][i], col["source_url"][i] = r.key, r.source_url
         col["error"][i] = batch.error(i)
         col["model"][i], col["index"][i], col["scanned_at"][i] = model_id, index.name, now
         if decoded.sizes[i] is not None:

@@ -27,6 +27,8 @@ class ReadResult:
     sha: str | None
     nbytes: int | None
     error: str | None = None
+    key: str | None = None  # a shard member's sample key (scanner.shards); None for a file
+    source_url: str | None = None  # where a shard member was downloaded from, when the shard says
 
 
 def is_transient(error: str | None) -> bool:

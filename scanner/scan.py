@@ -23,6 +23,7 @@ from scanner.engines import ScanJob
 from scanner.keys import load_known_shas
 from scanner.model import ModelCard
 from scanner.paths import index_dir_for_reading, model_dir_or_default
+from scanner.shards import count_members, is_shard
 from scanner.walk import files_to_scan
 from scanner.writer import ScanOutput, summarize
 
@@ -85,10 +86,16 @@ def count_files(roots: list[bytes], read: ReadConfig, stop: threading.Event, on_
     if read.listed is not None and read.listed.source == "-":
         return
     n = 0
-    for _ in files_to_scan(roots, read):
+    for raw in files_to_scan(roots, read):
         if stop.is_set():
             return
-        n += 1
+        if is_shard(raw):
+            members = count_members(raw, read.all_files, read.image_column)
+            if members is None:
+                return  # a shard at a URL would have to be downloaded to count: no total
+            n += members
+        else:
+            n += 1
     on_total(n)
 
 

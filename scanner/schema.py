@@ -17,7 +17,7 @@ PROVENANCE_TYPE = pa.struct(
 
 VERDICT_SCHEMA = pa.schema(
     [
-        ("path", pa.string()),  # absolute (roots made absolute); bytes that are not UTF-8 appear as \xNN escapes
+        ("path", pa.string()),  # absolute (roots made absolute), or a shard member: shard.tar#name, table.parquet#row=N; bytes that are not UTF-8 appear as \xNN escapes
         ("path_bytes", pa.binary()),  # the exact path bytes, set only when the path is not valid UTF-8
         ("sha", pa.string()),  # xxh3-128 of the file's bytes, hex
         ("bytes", pa.int64()),
@@ -37,10 +37,23 @@ VERDICT_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("index", pa.string()),
         ("scanned_at", pa.timestamp("us", tz="UTC")),
+        ("key", pa.string()),  # a shard member's sample key (webdataset key, or the `key` column); null for a file
+        ("source_url", pa.string()),  # the URL a shard member was downloaded from, when the shard records it
     ]
 )
 
 COLUMN_NAMES = VERDICT_SCHEMA.names
+
+
+def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch read back from an unfinished run or a finished file, in VERDICT_SCHEMA: a column added since it
+    was written (`key`, `source_url`) comes back as nulls, so an upgrade never strands a resumable run."""
+    if batch.schema.names == COLUMN_NAMES:
+        return pa.RecordBatch.from_arrays(batch.columns, schema=VERDICT_SCHEMA)
+    names = batch.schema.names
+    arrays = [batch.column(names.index(f.name)) if f.name in names else pa.nulls(batch.num_rows, f.type)
+              for f in VERDICT_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=VERDICT_SCHEMA)
 
 
 def display_path(raw: bytes) -> tuple[str, bytes | None]:

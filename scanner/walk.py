@@ -33,11 +33,18 @@ def check_roots(roots: Iterable[str | bytes], all_files: bool = False) -> list[b
     """The roots as absolute paths, each file reached once: a root that another root's walk already reaches
     (the same path spelled differently, a file or folder inside a root given too) is dropped, so a file never
     gets two rows and a resumed run finds its rows whatever spelling the roots had. Roots that do not exist are
-    refused before any work starts (an unusable argument, not a per-file error)."""
+    refused before any work starts (an unusable argument, not a per-file error); a shard (scanner.shards) that
+    cannot be read, local or at a URL, gets a row saying so instead, as one of a range of shards may."""
+    from scanner.shards import is_remote, is_shard
+
     out: list[bytes] = []
     for root in roots:
         raw = os.fsencode(root)
-        if not os.path.lexists(raw):
+        if is_remote(raw):  # a shard in an object store: its row says if it cannot be read
+            if raw not in out:
+                out.append(raw)
+            continue
+        if not os.path.lexists(raw) and not is_shard(raw):
             raise UsageError(f"{os.fsdecode(raw)}: no such file or directory")
         raw = os.path.normpath(os.path.abspath(raw))
         if not any(raw == kept or reached_by_walk(raw, kept, all_files) for kept in out):
@@ -180,9 +187,16 @@ def listed_files(file_list: FileList, roots: list[bytes], all_files: bool = Fals
     is (extension and glob filters apply inside it); a file is always scanned. Blank entries, repeats (a 64-bit
     key per path held) and files a root's walk already reaches are dropped, so each file gets one row. Missing
     files are kept: they get a row saying so, as a file that vanished during a crawl would."""
+    from scanner.shards import is_remote
+
     seen: set[int] = set()
     for raw in file_list.entries():
         if not raw:
+            continue
+        if is_remote(raw):  # a shard URL: its members get the rows
+            if path_key(raw) not in seen:
+                seen.add(path_key(raw))
+                yield raw
             continue
         path = os.path.normpath(os.path.abspath(raw))
         found = (walk_files([path], all_files, include, exclude)

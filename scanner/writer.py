@@ -42,7 +42,7 @@ from imgscan_core.files import atomic_path, atomic_write_json
 from imgscan_core.locks import LOCK_FILE, lock_holder, try_lock
 from scanner.keys import KeySet, batch_path_keys
 from scanner.read import TRANSIENT_MARK
-from scanner.schema import VERDICT_SCHEMA
+from scanner.schema import VERDICT_SCHEMA, conform
 
 ROW_GROUP_ROWS = 65536
 
@@ -267,7 +267,7 @@ def read_journal(path: Path) -> Iterator[pa.RecordBatch]:
                 return  # killed before the schema was complete: nothing in it
             while True:
                 try:
-                    yield reader.read_next_batch()
+                    yield conform(reader.read_next_batch())
                 except StopIteration:
                     return
                 except (pa.ArrowInvalid, OSError):
@@ -306,7 +306,7 @@ class JournalOutput(ScanOutput):
         with atomic_path(self.staging / "journal-00000.arrows") as tmp:
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, VERDICT_SCHEMA) as writer:
                 for batch in pq.ParquetFile(self.out).iter_batches(batch_size=65536):
-                    writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=VERDICT_SCHEMA))
+                    writer.write_batch(conform(batch))
 
     def journals(self) -> list[Path]:
         return sorted(self.staging.glob("journal-*.arrows"))
@@ -442,7 +442,7 @@ class PartsOutput(ScanOutput):
         adopt_staging(self.staging, PARTS_RUN_FILE, {**fingerprint, "layout": PARTS_LAYOUT})
         # One part per row group: memory stays at one row group however large the finished file is.
         for batch in pq.ParquetFile(self.single_file).iter_batches(batch_size=ROW_GROUP_ROWS):
-            batch = pa.RecordBatch.from_arrays(batch.columns, schema=VERDICT_SCHEMA)
+            batch = conform(batch)
             self.write_part(part_name([batch]), [batch])
 
     def adopt(self, fingerprint: dict) -> KeySet:
@@ -539,7 +539,7 @@ class PartsOutput(ScanOutput):
         if self.single_file is None:
             self.unlock()
             return rows
-        rows = write_parquet(self.single_file, (b for f in parts for b in pq.ParquetFile(f).iter_batches(
+        rows = write_parquet(self.single_file, (conform(b) for f in parts for b in pq.ParquetFile(f).iter_batches(
             batch_size=ROW_GROUP_ROWS)), self.metadata)
         self.remove_staging()
         return rows

@@ -235,11 +235,11 @@ def test_the_isolated_decoder_survives_its_shared_memory_being_emptied(monkeypat
     spec = ViewSpec(64, "native", 4)
     isolated = isolated_module.IsolatedImageDecoder(spec, 8)
     try:
-        for batch in (datas, datas[:1], datas[::-1]):
+        for batch in (datas, datas[:1], [b"junk", b""], datas[::-1]):  # a batch with no pixels at all too
             want = ImageDecoder(spec, 8).decode(batch)
             got = isolated.decode(batch)
             assert got.errors == want.errors and np.array_equal(got.pixels, want.pixels)
-            assert os.fstat(isolated._reply_fd).st_size == 0  # emptied after the batch
+            assert os.fstat(isolated._reply_fd).st_size == 0  # emptied after the batch (or never filled)
         assert isolated._child.poll() is None  # one child served every batch
     finally:
         isolated.close()

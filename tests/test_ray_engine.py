@@ -307,3 +307,26 @@ def test_ray_rerun_reads_again_the_files_whose_error_was_transient(tmp_path, tin
     else:
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("verdicts")) == ["verdicts.parquet"]
     assert run_scan(opts) is None  # nothing transient left: left alone
+
+
+def test_ray_engine_scans_shards_as_the_local_engine_does(tmp_path, tiny_model_dir, two_class_index, local_ray):
+    """Each shard is one read task streaming its members (scanner.shards): the same rows as the local engine."""
+    from test_shards import _write_shards
+
+    shards, good, hostile = _write_shards(tmp_path / "shards")
+    args = [str(tmp_path / "shards" / "{00000..00002}.tar"), *map(str, shards[3:])]
+    common = ["--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "16",
+              "--in-process-decode"]
+    tables = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.parquet"
+        extra = ["--engine", "ray", "--workers", "1"] if engine == "ray" else []
+        result = runner.invoke(app, ["scan", *args, "--out", str(out), *common, *extra])
+        assert result.exit_code == 0, result.output
+        tables[engine] = {r["path"]: r for r in pq.read_table(out).to_pylist()}
+    assert len(tables["ray"]) == len(good) + len(hostile)
+    assert tables["ray"].keys() == tables["local"].keys()
+    for path, row in tables["local"].items():
+        other = tables["ray"][path]
+        assert (other["sha"], other["label"], other["error"], other["key"], other["source_url"]) == (
+            row["sha"], row["label"], row["error"], row["key"], row["source_url"])

@@ -3,7 +3,8 @@
 One Ray Data pipeline, streamed (no stage ever holds the crawl):
 
     roots --list (one task per root: scanner.walk.walk_files, resumed paths skipped)
-          --read (tasks: scanner.read.read_file, bytes + xxh3-128, --skip-known)
+          --read (tasks: scanner.read.read_file, bytes + xxh3-128, --skip-known; a shard is one task that
+                  streams its members, scanner.shards.read_shard, resumed members skipped)
           --verdict (a pool of stateful actors, one per worker: model + support index loaded once, on the GPU
                      when the worker has one; scanner.judge.BatchJudge, the local engine's own per-batch work)
           --> parts (scanner.writer.PartsOutput), written atomically by the actor that made them
@@ -34,7 +35,7 @@ LIST_BLOCK_ROWS = 1024  # paths per block out of the listing tasks
 # What flows from the read stage to the verdict actors.
 READ_SCHEMA = pa.schema([
     ("path", pa.binary()), ("data", pa.binary()), ("sha", pa.string()), ("nbytes", pa.int64()),
-    ("error", pa.string()), ("known", pa.bool_()),
+    ("error", pa.string()), ("known", pa.bool_()), ("key", pa.string()), ("source_url", pa.string()),
 ])
 SUMMARY_SCHEMA = pa.schema([
     ("part", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("skipped_known", pa.int64()),
@@ -68,16 +69,35 @@ def _list_roots(batch: pa.Table, done_ref, all_files: bool, include: list[str], 
             yield pa.table({"path": pa.array(chunk, pa.binary())})
 
 
-def _read_files(batch: pa.Table, known_ref, max_bytes: int, readers: int) -> pa.Table:
-    """Reading: bytes + xxh3-128 per file (scanner.read.read_file: failures are error strings, never raises)."""
+def _read_files(batch: pa.Table, known_ref, done_ref, max_bytes: int, readers: int, all_files: bool,
+                image_column: str, rows_per_table: int):
+    """Reading: bytes + xxh3-128 per file (scanner.read.read_file: failures are error strings, never raises); a
+    shard's members streamed (scanner.shards.read_shard), a table of `rows_per_table` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scanner.read import read_file
+    from scanner.shards import is_shard, read_shard
 
-    known = _keys(known_ref)
+    known, done = _keys(known_ref), _keys(done_ref)
     paths = batch.column("path").to_pylist()
+    files = [raw for raw in paths if not is_shard(raw)]
     with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
-        results = list(pool.map(lambda raw: read_file(raw, max_bytes), paths))
+        results = list(pool.map(lambda raw: read_file(raw, max_bytes), files))
+    if results:
+        yield _read_table(results, known)
+    for shard in (raw for raw in paths if is_shard(raw)):
+        members = []
+        for result in read_shard(shard, max_bytes, all_files, skip=lambda p: path_key(p) in done,
+                                 image_column=image_column):
+            members.append(result)
+            if len(members) >= rows_per_table:
+                yield _read_table(members, known)
+                members = []
+        if members:
+            yield _read_table(members, known)
+
+
+def _read_table(results: list, known: KeySet) -> pa.Table:
     is_known = [r.sha is not None and sha_key(r.sha) in known for r in results]
     return pa.table({
         "path": pa.array([r.path for r in results], pa.binary()),
@@ -86,6 +106,8 @@ def _read_files(batch: pa.Table, known_ref, max_bytes: int, readers: int) -> pa.
         "nbytes": pa.array([r.nbytes for r in results], pa.int64()),
         "error": pa.array([r.error for r in results], pa.string()),
         "known": pa.array(is_known, pa.bool_()),
+        "key": pa.array([r.key for r in results], pa.string()),
+        "source_url": pa.array([r.source_url for r in results], pa.string()),
     }, schema=READ_SCHEMA)
 
 
@@ -130,8 +152,9 @@ class VerdictWorker:
         from scanner.read import ReadResult
 
         cols = {name: batch.column(name).to_pylist() for name in READ_SCHEMA.names}
-        reads = [ReadResult(p, d, s, n, e) for p, d, s, n, e, known in zip(
-            cols["path"], cols["data"], cols["sha"], cols["nbytes"], cols["error"], cols["known"]) if not known]
+        reads = [ReadResult(p, d, s, n, e, key, url) for p, d, s, n, e, known, key, url in zip(
+            cols["path"], cols["data"], cols["sha"], cols["nbytes"], cols["error"], cols["known"], cols["key"],
+            cols["source_url"]) if not known]
         out = [self.judge(reads[i:i + self.batch_size]) for i in range(0, len(reads), self.batch_size)]
         part = self.output.write(out) or ""
         rows = sum(b.num_rows for b in out)
@@ -248,8 +271,10 @@ class RayEngine:
                             fn_kwargs={"done_ref": done_ref, "all_files": config.read.all_files,
                                        "include": config.read.include, "exclude": config.read.exclude})
         ds = ds.map_batches(_read_files, batch_size=config.embed.batch_size, batch_format="pyarrow", num_cpus=1,
-                            fn_kwargs={"known_ref": known_ref, "max_bytes": config.read.max_bytes,
-                                       "readers": config.read.readers})
+                            fn_kwargs={"known_ref": known_ref, "done_ref": done_ref, "max_bytes": config.read.max_bytes,
+                                       "readers": config.read.readers, "all_files": config.read.all_files,
+                                       "image_column": config.read.image_column,
+                                       "rows_per_table": config.embed.batch_size})
         ds = ds.map_batches(
             VerdictWorker, batch_size=rc.part_rows, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,

@@ -22,7 +22,8 @@ decode_per_core_vs_pillow  pillow_cpu_ms / decode_cpu_ms: the decode stage's rat
 end_to_end_vs_embed        end_to_end_ips / embed_ips: how close a scan comes to its embedder's speed
 
 Images are generated (smooth random fields with sensor-like noise; JPEG q95 or PNG, `size` px square, the model's
-input size by default) unless a directory is given. Figures depend on the machine and its load: record the
+input size by default) unless a directory is given; a directory of shards (scanner.shards) is measured on their
+members, read from the shards, and the scan is given the shards. Figures depend on the machine and its load: record the
 command, `lscpu` flags and date with them (docs/benchmarks.md).
 """
 
@@ -39,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scanner.read import DEFAULT_MAX_BYTES
+from scanner.shards import is_shard, read_shard
 from scanner.threads import thread_budget, usable_cpus
 
 MIN_STEADY_S = 2.0  # each stage is timed over whole passes of the images for at least this long
@@ -131,23 +134,29 @@ def run_bench(embedder, images_dir: Path | None = None, n_images: int = 512, bat
         if images_dir is None:
             make_images(root, n_images, size or embedder.size, fmt)
         files = sorted(p for p in root.rglob("*") if p.is_file())
-        datas = [p.read_bytes() for p in files]
+        shards = [os.fsencode(p) for p in files if is_shard(p.name)]
+        if shards:  # a folder of shards: their members are the images, the shards the scan's roots
+            datas = [r.data for shard in shards for r in read_shard(shard, DEFAULT_MAX_BYTES) if r.data is not None]
+            read = _steady(lambda: [None for shard in shards for _ in read_shard(shard, DEFAULT_MAX_BYTES)], len(datas))
+            scan_roots, items = shards, datas
+        else:
+            datas = [p.read_bytes() for p in files]
+            read = _bench_read(files)
+            scan_roots, items = [os.fsencode(root)], files
         out: dict = {}
         pillow = _bench_pillow(datas)
-        read = _bench_read(files)
         decode, sample, startup, megapixels = _bench_decode(embedder, datas, batch_size)
         provenance = _bench_provenance(datas)
         embed = _bench_embed(embedder, sample, batch_size)
         detail = _steady(lambda: _detail(sample), batch_size)
         index = _synthetic_index(tmp / "index", embedder, support)
         query = _bench_query(embedder, index, sample, batch_size, k)
-        end_to_end, scan_startup = _bench_scan(embedder, index, [os.fsencode(root)], tmp / "verdicts.parquet",
-                                               batch_size, k)
-        dataloader = _bench_dataloader(embedder, files, batch_size)
+        end_to_end, scan_startup = _bench_scan(embedder, index, scan_roots, tmp / "verdicts.parquet", batch_size, k)
+        dataloader = _bench_dataloader(embedder, items, batch_size)
     out.update({
         "runtime": embedder.runtime, "precision": embedder.precision, "device": embedder.device,
         "views": embedder.view_spec.views, "mirror": embedder.view_spec.mirror, "batch_size": batch_size,
-        "cpus": usable_cpus(), "threads": embedder.threads, "images": len(files),
+        "cpus": usable_cpus(), "threads": embedder.threads, "images": len(datas),
         "megapixels": round(megapixels, 3),
         "decoder_startup_s": round(startup, 2), "scan_startup_s": round(scan_startup, 2),
     })
@@ -305,31 +314,33 @@ def _bench_scan(embedder, index, roots: list[bytes], out: Path, batch_size: int,
 
 
 class _PillowViews:
-    """The baseline's dataset: a file's views by the same rule (scanner.decode.pillow_decode), decoded by Pillow."""
+    """The baseline's dataset: a file's (or a shard member's bytes') views by the same rule
+    (scanner.decode.pillow_decode), decoded by Pillow."""
 
-    def __init__(self, files: list[Path], spec):
-        self.files, self.spec = files, spec
+    def __init__(self, items: list, spec):
+        self.items, self.spec = items, spec
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     def __getitem__(self, i: int):
         from scanner.decode import pillow_decode
 
-        return pillow_decode(self.files[i].read_bytes(), self.spec)[0]
+        item = self.items[i]
+        return pillow_decode(item if isinstance(item, bytes) else item.read_bytes(), self.spec)[0]
 
 
 def _collate_views(items):
     return np.concatenate(items), [len(v) for v in items]
 
 
-def _bench_dataloader(embedder, files: list[Path], batch_size: int) -> float:
+def _bench_dataloader(embedder, items: list, batch_size: int) -> float:
     """Files per second of Pillow in DataLoader workers feeding the same embedder, after the first batch."""
     import torch.utils.data
 
     from scanner.decode import DecodedBatch
 
-    loader = torch.utils.data.DataLoader(_PillowViews(files, embedder.view_spec), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_PillowViews(items, embedder.view_spec), batch_size=batch_size,
                                          num_workers=thread_budget().decode, collate_fn=_collate_views)
     first_t, after_first = None, 0
     for pixels, counts in loader:

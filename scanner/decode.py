@@ -203,6 +203,9 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
     would become 256 x 5,120,000 pixels)."""
     if not data:
         return Sniffed(None, "decode: empty file")
+    size = jpeg_frame_size(data)
+    if size is not None and spec is not None and size[0] * size[1] < PARTIAL_DECODE_AREA * spec.size ** 2:
+        return _checked(Sniffed("JPEG", None, size), max_pixels, spec)  # no EXIF needed at this size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit below decides
@@ -217,6 +220,12 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
         return Sniffed(None, f"decode: decompression bomb refused (over {max_pixels} pixels)")
     except Exception as exc:  # Pillow raises many types on hostile headers; all mean "not an image we take"
         return Sniffed(None, f"decode: not a recognised image ({_short(exc)})")
+    return _checked(Sniffed(fmt, None, (w, h), orientation), max_pixels, spec)
+
+
+def _checked(sniffed: Sniffed, max_pixels: int, spec: ViewSpec | None) -> Sniffed:
+    """The sniffed image refused when it has no pixels or too many, as stored or once scaled."""
+    fmt, (w, h) = sniffed.format, sniffed.size
     if w <= 0 or h <= 0:
         return Sniffed(fmt, "decode: image has zero width or height")
     if w * h > max_pixels:
@@ -226,7 +235,42 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
         if sw * sh > max_pixels:
             return Sniffed(fmt, f"decode: extreme aspect ratio refused ({w}x{h} would be {sw}x{sh} after scaling, "
                                 f"over {max_pixels} pixels)")
-    return Sniffed(fmt, None, (w, h), orientation)
+    return sniffed
+
+
+# JPEG frame headers (SOF0-SOF15 but DHT, JPG and DAC, which share the range), and markers without a length.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])
+
+
+def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first frame header, the one libjpeg decodes, walking the markers before it;
+    None when it is not a JPEG or the walk fails (Pillow's parse then decides). Pillow's own header parse, in
+    Python, cost a twelfth of the whole decode stage of a 256-px JPEG (docs/benchmarks.md, "Decode stage")."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # scan data or the end before any frame header
+            return None
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if pos + 9 > n:
+                return None
+            return int.from_bytes(data[pos + 7:pos + 9], "big"), int.from_bytes(data[pos + 5:pos + 7], "big")
+        pos += 2 + length
+    return None
 
 
 def partial_window(sniffed: Sniffed, spec: ViewSpec) -> Window | None:

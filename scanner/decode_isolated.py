@@ -341,7 +341,10 @@ class IsolatedImageDecoder:
         for slot, i in enumerate(todo):
             errors[i], sizes[i] = item_errors[slot], item_sizes[slot]
         frames = [b.pixels for b in batches if b.pixels.shape[0]]
-        pixels = np.concatenate(frames) if frames else np.empty((0, self.size, self.size, 3), np.uint8)
+        if len(frames) == 1:
+            pixels = frames[0]  # the usual case, a whole batch in one round trip: no second copy
+        else:
+            pixels = np.concatenate(frames) if frames else np.empty((0, self.size, self.size, 3), np.uint8)
         counts = [c for b in batches for c in b.view_counts]
         return DecodedBatch(pixels=pixels, sizes=sizes, errors=errors, view_counts=counts, provenance=entries)
 

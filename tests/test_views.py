@@ -273,3 +273,23 @@ def test_large_jpegs_decoded_in_part_give_the_same_views_as_pillow_decoding_all(
     pil = np.concatenate([pillow_decode(d, spec)[0] for d in datas])
     assert batch.view_counts == [MAX_VIEWS] * 6
     assert np.array_equal(batch.pixels, pil)
+
+
+def test_the_jpeg_header_walk_finds_the_size_pillow_finds():
+    """scanner.decode.jpeg_frame_size (the sniff's fast path) against Pillow's parse: EXIF, ICC, progressive,
+    restart intervals, a comment; None for what is not a JPEG or stops before its frame header."""
+    from scanner.decode import jpeg_frame_size
+
+    (arr,) = _random_images([(123, 77)], seed=11)
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    variants = [_jpeg(arr), _jpeg(arr, progressive=True), _jpeg(arr, exif=exif.tobytes()),
+                _jpeg(arr, icc_profile=b"\0" * 3000), _jpeg(arr, subsampling=0, comment=b"hello")]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", restart_marker_blocks=1)
+    variants.append(buf.getvalue())
+    for data in variants:
+        with Image.open(io.BytesIO(data)) as im:
+            assert jpeg_frame_size(data) == im.size == (123, 77)
+    assert jpeg_frame_size(_png(arr)) is None and jpeg_frame_size(b"") is None
+    assert jpeg_frame_size(variants[2][:40]) is None  # cut inside the EXIF segment

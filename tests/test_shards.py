@@ -221,3 +221,26 @@ def test_shards_in_an_s3_bucket_scanned_killed_and_resumed(tmp_path, tiny_model_
         assert sum(r["error"] is None for r in rows) == len(good)
     finally:
         server.stop()
+
+
+def test_links_gzip_and_a_list_of_shards(tmp_path, tiny_model_dir, two_class_index):
+    images = _images(3, 950)
+    gz = tmp_path / "a.tar.gz"
+    with tarfile.open(gz, "w:gz") as tar:
+        for i, data in enumerate(images):
+            _add(tar, f"s/{i}.jpg", data)
+        link = tarfile.TarInfo("s/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    got = {r.path.rsplit(b"#", 1)[1]: r for r in read_shard(os.fsencode(gz), 1 << 20)}
+    assert [got[f"s/{i}.jpg".encode()].data for i in range(3)] == images
+    assert got[b"s/link.jpg"].error == "read: tar member is a link or device, not a file"
+    assert got[b"s/0.jpg"].key == "s/0"  # no sidecar JSON: webdataset's key from the name
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{gz}\n{gz}\n")  # a shard listed twice is read once
+    out = tmp_path / "v.parquet"
+    result = _scan([], out, two_class_index, tiny_model_dir, "--files-from", str(listing))
+    assert result.exit_code == 0, result.output
+    paths = sorted(pq.read_table(out).column("path").to_pylist())
+    assert paths == sorted(f"{gz}#s/{name}" for name in ("0.jpg", "1.jpg", "2.jpg", "link.jpg"))

@@ -53,17 +53,17 @@ def _images(n: int, seed0: int) -> list[bytes]:
 
 
 def _write_shards(root: Path) -> tuple[list[Path], dict[str, bytes], dict[str, str]]:
-    """3 webdataset shards and 2 Parquet files in img2dataset's layout, 300 image members among them, with
+    """3 webdataset shards and 2 Parquet files in img2dataset's layout, 300 image members among them, 7 of them
     hostile members in the first shard and the first Parquet file. Returns the shards, {member path suffix: bytes}
     of the good images and {member path suffix: expected error prefix} of the hostile ones."""
     root.mkdir(parents=True)
     good, hostile, shards = {}, {}, []
-    images = _images(290, 500)
+    images = _images(293, 500)
     at = 0
     for s in range(3):
         path = root / f"{s:05d}.tar"
         with tarfile.open(path, "w") as tar:
-            for i in range(60):
+            for i in range(61):
                 key = f"{s:05d}{i:04d}"
                 _add(tar, f"{key}.jpg", images[at])
                 _add(tar, f"{key}.txt", b"a caption")
@@ -99,7 +99,7 @@ def _write_shards(root: Path) -> tuple[list[Path], dict[str, bytes], dict[str, s
                           "caption": ["c"] * len(row_keys), "jpg": pa.array(cells, pa.binary())})
         pq.write_table(table, path, row_group_size=20)
         shards.append(path)
-    assert len(good) == 290 and len(good) + len(hostile) == 297
+    assert len(good) == 293 and len(good) + len(hostile) == 300
     return shards, good, hostile
 
 

@@ -238,70 +238,69 @@ def _image_bytes(value):
     return value if isinstance(value, (bytes, bytearray, memoryview)) else None
 
 
-def _record_batches(stream, shard: bytes, columns: list[str] | None, schema_only: bool = False):
+def _table_reader(stream, shard: bytes):
+    """(schema, batches(columns)) of a Parquet file (a row group at a time) or an Arrow IPC stream or file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if os.fsdecode(shard).lower().endswith(".parquet"):
         pf = pq.ParquetFile(stream)
-        if schema_only:
-            return pf.schema_arrow
-        return pf.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=columns)
+        return pf.schema_arrow, lambda columns: pf.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=columns)
     try:
         reader = pa.ipc.open_stream(stream)  # Hugging Face datasets' .arrow files are IPC streams
+        return reader.schema, lambda columns: (b.select(columns) for b in reader)
     except pa.ArrowInvalid:
         stream.seek(0)
         file_reader = pa.ipc.open_file(stream)
-        if schema_only:
-            return file_reader.schema
-        return (file_reader.get_batch(i).select(columns) for i in range(file_reader.num_record_batches))
-    if schema_only:
-        return reader.schema
-    return (b.select(columns) for b in reader)
+        return file_reader.schema, lambda columns: (file_reader.get_batch(i).select(columns)
+                                                    for i in range(file_reader.num_record_batches))
 
 
 def _table_rows(shard: bytes, max_bytes: int, skip, image_column: str) -> Iterator[ReadResult]:
     try:
         stream = _open(shard)
-        schema = _record_batches(stream, shard, None, schema_only=True)
-        stream.seek(0)
     except Exception as exc:
-        yield _shard_error(shard, "could not be opened as a table", exc)
+        yield _shard_error(shard, "could not be opened", exc)
         return
-    names = schema.names
-    if image_column not in names:
-        stream.close()
-        yield ReadResult(shard, None, None, None,
-                         f"read: shard has no image column {image_column!r} (columns: {', '.join(names[:20])}); "
-                         "name it with --image-column")
-        return
-    columns = [image_column] + [c for c in ("key", "url") if c in names and c != image_column]
-    row = 0
-    try:
-        with stream:
-            for batch in _record_batches(stream, shard, columns):
+    with stream:
+        try:
+            schema, batches = _table_reader(stream, shard)
+        except Exception as exc:
+            yield _shard_error(shard, "is not a readable Parquet or Arrow file", exc)
+            return
+        if image_column not in schema.names:
+            yield ReadResult(shard, None, None, None,
+                             f"read: shard has no image column {image_column!r} (columns: "
+                             f"{', '.join(schema.names[:20])}); name it with --image-column")
+            return
+        columns = [image_column] + [c for c in ("key", "url") if c in schema.names and c != image_column]
+        row = 0
+        try:
+            for batch in batches(columns):
                 cells = batch.to_pydict()
                 for i in range(batch.num_rows):
                     path = member_path(shard, f"row={row}")
                     row += 1
-                    if skip(path):
-                        continue
-                    data = _image_bytes(cells[image_column][i])
-                    key = cells["key"][i] if "key" in cells else None
-                    url = cells["url"][i] if "url" in cells else None
-                    if data is None:
-                        result = ReadResult(path, None, None, None, "read: no image bytes in the row (null)")
-                    elif len(data) > max_bytes:
-                        result = ReadResult(path, None, None, len(data),
-                                            f"read: row holds {len(data)} bytes, over the {max_bytes}-byte limit")
-                    else:
-                        data = bytes(data)
-                        result = ReadResult(path, data, xxhash.xxh3_128_hexdigest(data), len(data))
-                    result.key = str(key) if key is not None else None
-                    result.source_url = url if isinstance(url, str) else None
-                    yield result
-    except Exception as exc:
-        yield _shard_error(shard, f"could not be read past row {row}", exc)
+                    if not skip(path):
+                        yield _table_row(path, _image_bytes(cells[image_column][i]), max_bytes,
+                                         cells["key"][i] if "key" in cells else None,
+                                         cells["url"][i] if "url" in cells else None)
+        except Exception as exc:
+            yield _shard_error(shard, f"could not be read past row {row}", exc)
+
+
+def _table_row(path: bytes, data, max_bytes: int, key, url) -> ReadResult:
+    if data is None:
+        result = ReadResult(path, None, None, None, "read: no image bytes in the row (null)")
+    elif len(data) > max_bytes:
+        result = ReadResult(path, None, None, len(data), f"read: row holds {len(data)} bytes, over the "
+                                                         f"{max_bytes}-byte limit")
+    else:
+        data = bytes(data)
+        result = ReadResult(path, data, xxhash.xxh3_128_hexdigest(data), len(data))
+    result.key = str(key) if key is not None else None
+    result.source_url = url if isinstance(url, str) else None
+    return result
 
 
 def count_members(shard: bytes, all_files: bool = False, image_column: str = DEFAULT_IMAGE_COLUMN) -> int | None:

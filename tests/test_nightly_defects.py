@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -796,6 +797,7 @@ def test_every_readme_imgscan_bash_example_runs(tmp_path):
     assert len(blocks) >= 2
     write_class_dir(tmp_path / "crawl", RED, 4)
     write_class_dir(tmp_path / "samples", BLUE, 3, seed0=70)
+    _readme_shards(tmp_path)
     for block in blocks:
         for line in block.strip().splitlines():
             command = line.split("#")[0].strip()
@@ -805,3 +807,26 @@ def test_every_readme_imgscan_bash_example_runs(tmp_path):
             if " --out verdicts.parquet" in command:
                 assert pq.read_table(tmp_path / "verdicts.parquet").num_rows == 4
                 (tmp_path / "verdicts.parquet").unlink()
+
+
+def _readme_shards(root: Path) -> None:
+    """What the README's shard examples name: three tar shards, img2dataset Parquet files, a Hugging Face style
+    Parquet file and a list of shards."""
+    import io
+    import tarfile
+
+    from conftest import coloured, encode
+
+    (root / "shards").mkdir()
+    (root / "data").mkdir()
+    images = [encode(coloured(RED, seed=900 + i)) for i in range(6)]
+    for s in range(3):
+        with tarfile.open(root / "shards" / f"{s:05d}.tar", "w") as tar:
+            for i, data in enumerate(images[:2]):
+                info = tarfile.TarInfo(f"{s:05d}{i:04d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    for s in range(2):
+        pq.write_table(pa.table({"key": ["a", "b"], "jpg": images[2:4]}), root / "data" / f"part-{s}.parquet")
+    pq.write_table(pa.table({"image": [{"bytes": images[4], "path": "x.jpg"}]}), root / "hf.parquet")
+    (root / "shard-list.txt").write_text("shards/00000.tar\n")

@@ -244,3 +244,24 @@ def test_links_gzip_and_a_list_of_shards(tmp_path, tiny_model_dir, two_class_ind
     assert result.exit_code == 0, result.output
     paths = sorted(pq.read_table(out).column("path").to_pylist())
     assert paths == sorted(f"{gz}#s/{name}" for name in ("0.jpg", "1.jpg", "2.jpg", "link.jpg"))
+
+
+def test_arrow_files_and_skip_known_members(tmp_path, tiny_model_dir, two_class_index):
+    images = _images(4, 970)
+    table = pa.table({"key": ["a", "b", "c", "d"], "url": ["u1", None, "u3", "u4"], "jpg": images})
+    stream_file, ipc_file = tmp_path / "s.arrow", tmp_path / "f.arrow"
+    with pa.OSFile(str(stream_file), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=3)
+    with pa.OSFile(str(ipc_file), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=3)
+    for path in (stream_file, ipc_file):
+        got = list(read_shard(os.fsencode(path), 1 << 20))
+        assert [r.data for r in got] == images and [r.key for r in got] == ["a", "b", "c", "d"]
+        assert [r.source_url for r in got] == ["u1", None, "u3", "u4"]
+        assert got[3].path == os.fsencode(path) + b"#row=3"
+    first = tmp_path / "first.parquet"
+    assert _scan([stream_file], first, two_class_index, tiny_model_dir).exit_code == 0
+    again = tmp_path / "again.parquet"
+    result = _scan([ipc_file], again, two_class_index, tiny_model_dir, "--skip-known", str(first))
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(again).num_rows == 0  # the same images, judged already: skipped by their sha

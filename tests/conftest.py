@@ -150,3 +150,17 @@ def real_photos_data(tmp_path) -> Path:
         w.writerow(["path", "label", "is_ai", "source", "group", "fold", "upscaled"])
         w.writerows(rows)
     return data
+
+
+def sigkill_when_journaled(proc, staging: Path, nbytes: int, timeout_s: float = 120.0) -> None:
+    """SIGKILL a running scan once the journals of its unfinished run (`staging`, OUT.partial) hold `nbytes`:
+    rows were written, the scan is not finished."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > nbytes):
+        assert proc.poll() is None and time.monotonic() < deadline, "scan ended before it could be killed"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

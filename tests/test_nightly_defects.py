@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BLUE, RED, REPO, write_class_dir
+from conftest import BLUE, RED, REPO, sigkill_when_journaled, write_class_dir
 from imgscan_core.errors import UsageError
 from scanner.cli import app
 
@@ -55,12 +55,7 @@ def test_resume_with_the_root_spelled_differently_adds_no_row(tmp_path, tiny_mod
             "--batch-size", "4", "--readers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "scan", "mut", *base], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 120
-    while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > 30_000):
-        assert proc.poll() is None and time.monotonic() < deadline, "scan ended before it could be killed"
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_journaled(proc, tmp_path / "v.parquet.partial", 30_000)
     done = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(crawl.resolve()), *base],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -297,12 +292,7 @@ def test_a_resume_after_an_enroll_is_refused_and_overwrite_starts_over(tmp_path,
             "cpu", "--batch-size", "4", "--readers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 120
-    while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > 20_000):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_journaled(proc, tmp_path / "v.parquet.partial", 20_000)
     enrolled = runner.invoke(app, ["enroll", "gen_blue2", str(write_class_dir(tmp_path / "b", BLUE, 3, seed0=9600)),
                                    "--index", str(index), "--model", str(tiny_model_dir), "--device", "cpu"])
     assert enrolled.exit_code == 0, enrolled.output

@@ -7,12 +7,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tarfile
-import time
 import zlib
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BLUE, RED, coloured, encode
+from conftest import BLUE, RED, coloured, encode, sigkill_when_journaled
 from imgscan_core.errors import UsageError
 from scanner.cli import app
 from scanner.shards import expand_braces, read_shard
@@ -205,12 +203,7 @@ def test_shards_in_an_s3_bucket_scanned_killed_and_resumed(tmp_path, tiny_model_
                "--out", str(out), "--index", str(two_class_index), "--model", str(tiny_model_dir), "--device", "cpu",
                "--batch-size", "4", "--readers", "1"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        staging, deadline = tmp_path / "v.parquet.partial", time.monotonic() + 180
-        while not (staging.exists() and sum(j.stat().st_size for j in staging.glob("journal-*.arrows")) > 20_000):
-            assert proc.poll() is None and time.monotonic() < deadline, "scan ended before it could be killed"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        sigkill_when_journaled(proc, tmp_path / "v.parquet.partial", 20_000, timeout_s=180)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         rows = pq.read_table(out).to_pylist()

@@ -111,12 +111,13 @@ def scan(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, rich_help_panel=RAY_PANEL, help="--engine ray: verdict actors, each loading the model and index once. Default: one per GPU; without GPUs, CPUs/2.")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0.0, rich_help_panel=RAY_PANEL, help="--engine ray: GPUs per actor (fractions share a GPU). Default: 1 when the cluster has GPUs, else 0.")] = None,
 ) -> None:
-    """Scan images into a Parquet file of verdicts: one row per file, with label, scores, neighbours, errors.
+    """Scan images into a Parquet file of verdicts: one row per file (or shard member), with label, scores,
+    neighbours, errors.
 
     \b
     Columns: path, sha, bytes, width, height, label, closed_set_label, is_ai, ai_score (calibrated P(AI)),
     open_set_score, neighbors, match (exact / near copy of an enrolled image), provenance (C2PA, XMP,
-    PNG text, EXIF), error, model, index, scanned_at (see README). A file that cannot be read or decoded gets a
+    PNG text, EXIF), error, model, index, scanned_at, key and source_url (shard members) (see README). A file that cannot be read or decoded gets a
     row with `error` set; the run goes on and exits 0. Kill it at any time: running the same command again
     continues where it stopped.
 

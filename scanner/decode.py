@@ -378,7 +378,11 @@ class DaliImageDecoder:
                 "device_id": 0 if self.device == "cuda" else None, "prefetch_queue_depth": 1,
                 "exec_async": False, "exec_pipelined": False}
 
-    def _build_whole(self):
+    def _build_whole(self, upscale: bool = False):
+        """Whole images. On the CPU with the native rule, `upscale` builds the pipeline for images whose shorter
+        side is under S (scaled up to S); the other pipeline never resamples: resampling an image to its own size
+        cost 2/3 of the decode stage at 256 px (docs/benchmarks.md, "Decode stage"). Items are routed by the size
+        their header gave (`ImageDecoder.decode`)."""
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali import math as dali_math
@@ -388,24 +392,19 @@ class DaliImageDecoder:
         spec = self.spec
         size = spec.size
 
-        @pipeline_def(**self._pipeline_args(), enable_conditionals=not on_gpu)
+        @pipeline_def(**self._pipeline_args())
         def pipeline():
             raw = fn.external_source(name="raw", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(raw, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
             shapes = images.shape()  # decoded H, W, C (EXIF orientation applied), before resizing
             if spec.resize != "native":
                 images = fn.resize(images, resize_shorter=size, antialias=True, interp_type=types.INTERP_LINEAR)
-            elif on_gpu:
+            elif on_gpu or upscale:
                 # Only images whose shorter side is under S are scaled (up to S); for the others the target is
                 # their own shorter side, which DALI's resampling reproduces pixel for pixel (tested).
                 short = dali_math.min(shapes[0], shapes[1])
                 target = fn.cast(dali_math.max(short, size), dtype=types.FLOAT)
                 images = fn.resize(images, resize_shorter=target, antialias=True, interp_type=types.INTERP_LINEAR)
-            elif dali_math.min(shapes[0], shapes[1]) < size:
-                # On the CPU a per-sample branch: resampling an image to its own size cost 2/3 of the decode stage
-                # at 256 px (docs/benchmarks.md, "Decode stage").
-                images = fn.resize(images, resize_shorter=float(size), antialias=True,
-                                   interp_type=types.INTERP_LINEAR)
             if on_gpu:  # dense outputs for feed_ndarray; crops are cheap there
                 crops = [fn.crop(images, crop=(size, size), crop_pos_x=px, crop_pos_y=py)
                          for px, py in spec.positions]
@@ -448,7 +447,9 @@ class DaliImageDecoder:
         if kind not in self._pipes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                pipe = self._build_whole() if kind == "whole" else self._build_windows()
+                builders = {"whole": self._build_whole, "upscale": lambda: self._build_whole(upscale=True),
+                            "window": self._build_windows}
+                pipe = builders[kind]()
                 pipe.build()
             self._pipes[kind] = pipe
         return self._pipes[kind]
@@ -468,12 +469,13 @@ class DaliImageDecoder:
             del self._pipes[kind]
             raise
 
-    def run(self, datas: list[bytes]):
-        """Decode a list of encoded images whole; returns (views per item, numpy int64 [n, 3] shapes). An item's
-        views are a sequence of uint8 [S, S, 3] to be sliced to ViewSpec.count_for: on CPU numpy arrays that share
-        DALI's buffers (valid until the next run: copy them first), on the GPU one torch CUDA tensor
-        [views, S, S, 3]. Raises if any item fails (the caller then decodes the items one by one elsewhere)."""
-        shapes, *views = self._run("whole", {"raw": [np.frombuffer(d, dtype=np.uint8) for d in datas]})
+    def run(self, datas: list[bytes], upscale: bool = False):
+        """Decode a list of encoded images whole (`upscale`, CPU: images whose shorter side is under S); returns
+        (views per item, numpy int64 [n, 3] shapes). An item's views are a sequence of uint8 [S, S, 3] to be sliced
+        to ViewSpec.count_for: numpy arrays on CPU, one torch CUDA tensor [views, S, S, 3] on the GPU. Raises if any
+        item fails (the caller then decodes the items one by one elsewhere)."""
+        kind = "upscale" if upscale and self.device != "cuda" else "whole"
+        shapes, *views = self._run(kind, {"raw": [np.frombuffer(d, dtype=np.uint8) for d in datas]})
         shapes = np.asarray(shapes.as_array(), dtype=np.int64).reshape(len(datas), -1)
         if self.device == "cuda":
             import torch
@@ -486,7 +488,7 @@ class DaliImageDecoder:
                 feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
                 outs.append(out)
             return list(torch.stack(outs, dim=1)), shapes
-        return [[np.asarray(view[i]) for view in views] for i in range(len(datas))], shapes
+        return [[np.array(view[i]) for view in views] for i in range(len(datas))], shapes
 
     def run_windows(self, datas: list[bytes], windows: list[Window]) -> list:
         """CPU: each image's views from its window alone; per item a list of uint8 [S, S, 3] (as `run`)."""
@@ -500,7 +502,7 @@ class DaliImageDecoder:
             "extent": [np.asarray((w.width, w.height), dtype=np.float32) for w in windows],
             "positions": positions,
         })
-        return [[np.asarray(view[i]) for view in views] for i in range(len(datas))]
+        return [[np.array(view[i]) for view in views] for i in range(len(datas))]
 
 
 def provenance_of(datas: list[bytes | None]) -> list[list[dict] | None]:
@@ -550,14 +552,17 @@ class ImageDecoder:
                 for_pillow.append(i)
         windows = {i: w for i in for_dali if self.device != "cuda" and (w := partial_window(sniffs[i], self.spec))}
         whole = [i for i in for_dali if i not in windows]
-        if whole:
+        small = {i for i in whole if self.spec.resize == "native" and min(sniffs[i].size) < self.size}
+        for group, upscale in (([i for i in whole if i not in small], False), ([i for i in whole if i in small], True)):
+            if not group:
+                continue
             try:
-                pixels, shapes = self.dali.run([datas[i] for i in whole])
-                for row, i in enumerate(whole):
+                pixels, shapes = self.dali.run([datas[i] for i in group], upscale=upscale)
+                for row, i in enumerate(group):
                     sizes[i] = (int(shapes[row][1]), int(shapes[row][0]))
                     frames[i] = pixels[row][: self.spec.count_for(*sizes[i])]
             except Exception:
-                for_pillow.extend(whole)  # isolate the bad item(s): decode this batch one by one
+                for_pillow.extend(group)  # isolate the bad item(s): decode this batch one by one
         if windows:
             try:
                 items = list(windows)

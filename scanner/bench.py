@@ -77,10 +77,6 @@ def make_images(directory: Path, n: int, size: int, fmt: str = "jpeg", seed: int
     return paths
 
 
-def make_jpegs(directory: Path, n: int, size: int, seed: int = 0) -> list[Path]:
-    return make_images(directory, n, size, "jpeg", seed)
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 

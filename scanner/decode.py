@@ -197,6 +197,10 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 
 
+def _large_for_a_window(width: int, height: int, spec: ViewSpec) -> bool:
+    return width * height >= PARTIAL_DECODE_AREA * spec.size ** 2
+
+
 def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed:
     """Identify the format from the header and refuse decompression bombs, without decoding pixels: images over
     `max_pixels` as stored, or (with `spec`) once the resize rule has scaled them (a 1 x 20,000 PNG of 164 bytes
@@ -204,7 +208,7 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
     if not data:
         return Sniffed(None, "decode: empty file")
     size = jpeg_frame_size(data)
-    if size is not None and spec is not None and size[0] * size[1] < PARTIAL_DECODE_AREA * spec.size ** 2:
+    if size is not None and spec is not None and not _large_for_a_window(*size, spec):
         return _checked(Sniffed("JPEG", None, size), max_pixels, spec)  # no EXIF needed at this size
     try:
         with warnings.catch_warnings():
@@ -212,7 +216,7 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
             with Image.open(io.BytesIO(data)) as im:
                 fmt, (w, h) = im.format, im.size
                 orientation = 1
-                if spec is not None and fmt in _JPEG_FORMATS and w * h >= PARTIAL_DECODE_AREA * spec.size ** 2:
+                if spec is not None and fmt in _JPEG_FORMATS and _large_for_a_window(w, h, spec):
                     orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Image.UnidentifiedImageError:
         return Sniffed(None, "decode: not an image (unrecognised format)")
@@ -279,10 +283,9 @@ def partial_window(sniffed: Sniffed, spec: ViewSpec) -> Window | None:
     (the window is placed on the image as shown), only large ones (below that, whole images cost as little)."""
     if sniffed.format not in _JPEG_FORMATS or sniffed.orientation != 1 or sniffed.size is None:
         return None
-    w, h = sniffed.size
-    if w * h < PARTIAL_DECODE_AREA * spec.size ** 2:
+    if not _large_for_a_window(*sniffed.size, spec):
         return None
-    return spec.window(w, h)
+    return spec.window(*sniffed.size)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -40,6 +40,7 @@ DEFAULT_IMAGE_COLUMN = "jpg"  # img2dataset's name for the image bytes
 SIDECAR_SUFFIXES = (".json", ".txt", ".cls")  # a webdataset sample's other members: metadata, never rows
 MAX_SIDECAR_BYTES = 1 << 20  # a sidecar JSON is a few hundred bytes; a larger one is not read
 MAX_BRACE_EXPANSION = 1_000_000
+TRUNCATED_MEMBER = "read: truncated member"  # after such a member the stream is over: nothing more is listed
 TABLE_BATCH_ROWS = 64
 
 
@@ -183,8 +184,8 @@ def _tar_members(shard: bytes, max_bytes: int, all_files: bool, skip) -> Iterato
                 result = _tar_member(tar, member, shard, max_bytes, all_files, skip, sample)
                 if result is not None:
                     sample.rows.append(result)
-                    if result.error is not None and "truncated" in result.error:
-                        break  # the stream ends inside this member: nothing after it can be listed
+                    if result.error is not None and result.error.startswith(TRUNCATED_MEMBER):
+                        break
     except Exception as exc:  # not a tar at all, or the stream failing under tarfile (a connection, a bad gzip)
         yield from sample.results()
         sample = _Sample(None)
@@ -223,9 +224,9 @@ def _tar_member(tar, member, shard: bytes, max_bytes: int, all_files: bool, skip
     try:
         data = tar.extractfile(member).read()
     except (tarfile.ReadError, OSError, EOFError) as exc:
-        return ReadResult(path, None, None, member.size, f"read: truncated member ({_describe(exc)})")
+        return ReadResult(path, None, None, member.size, f"{TRUNCATED_MEMBER} ({_describe(exc)})")
     if len(data) < member.size:
-        return ReadResult(path, None, None, member.size, "read: truncated member (the shard ends inside it)")
+        return ReadResult(path, None, None, member.size, f"{TRUNCATED_MEMBER} (the shard ends inside it)")
     return ReadResult(path, data, xxhash.xxh3_128_hexdigest(data), len(data))
 
 

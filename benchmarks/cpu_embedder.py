@@ -135,7 +135,9 @@ def _runner(variant: str, model_dir: Path, batch: np.ndarray):
     if variant in ("ov_fp32", "ov_bf16"):
         import openvino as ov
 
-        core = ov.Core()
+        from scanner.openvino_runtime import openvino_core
+
+        core = openvino_core()
         ov_model = ov.convert_model(eager, example_input=nchw[:1])
         hint = "f32" if variant == "ov_fp32" else "bf16"
         compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": hint,

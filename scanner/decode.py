@@ -19,8 +19,10 @@ DALI decodes and resizes (`mixed`: nvJPEG on the GPU; its CPU pipeline where the
 JPEG (`PARTIAL_DECODE_AREA` times the input or more, not EXIF-rotated) is decoded only inside the window that
 holds its views (`ViewSpec.window`): libjpeg-turbo skips the rest, and the pixels inside are the ones a whole
 decode gives (tested against Pillow for every chroma subsampling and progressive files); a 12 MP photo's five views
-cost about half a whole decode. Pillow serves only what DALI cannot take: formats it has no decoder for (GIF, ...) and, one item at a time, every item of
-a batch that DALI failed on, so one hostile file costs its own row an `error`, never the batch.
+cost about half a whole decode. Pillow serves what DALI cannot take: formats it has no decoder for (GIF, ...),
+files whose end is missing (`looks_whole`), and, one item at a time, every item of a batch that DALI failed on,
+so one hostile file costs its own row an `error`, never the batch. After such a failure DALI is not run again in
+that process (`DaliImageDecoder` says why); the isolated decoder's child then hands over to a fresh one.
 
 A header sniff (Pillow reads headers only, no pixels) runs first for every item: it rejects non-images and
 decompression bombs (width x height over `max_pixels`) before any decoder allocates memory for them.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,6 +192,8 @@ class Sniffed:
     error: str | None
     size: tuple[int, int] | None = None  # (width, height) as stored, before EXIF orientation
     orientation: int = 1  # EXIF orientation, read only for JPEGs large enough to be decoded in part
+    # False when the file's end is visibly missing or damaged (`looks_whole`): such files go to Pillow, never DALI
+    whole: bool = True
 
 
 # A JPEG this many times the input's area or more is decoded in part (the views' window) when it is not rotated.
@@ -207,9 +212,10 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
     would become 256 x 5,120,000 pixels)."""
     if not data:
         return Sniffed(None, "decode: empty file")
-    size = jpeg_frame_size(data)
+    size, scan_at = _jpeg_walk(data)
     if size is not None and spec is not None and not _large_for_a_window(*size, spec):
-        return _checked(Sniffed("JPEG", None, size), max_pixels, spec)  # no EXIF needed at this size
+        whole = scan_at is not None and data.rfind(b"\xff\xd9", scan_at) > 0
+        return _checked(Sniffed("JPEG", None, size, whole=whole), max_pixels, spec)  # no EXIF needed at this size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit below decides
@@ -224,7 +230,7 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
         return Sniffed(None, f"decode: decompression bomb refused (over {max_pixels} pixels)")
     except Exception as exc:  # Pillow raises many types on hostile headers; all mean "not an image we take"
         return Sniffed(None, f"decode: not a recognised image ({_short(exc)})")
-    return _checked(Sniffed(fmt, None, (w, h), orientation), max_pixels, spec)
+    return _checked(Sniffed(fmt, None, (w, h), orientation, looks_whole(data, fmt)), max_pixels, spec)
 
 
 def _checked(sniffed: Sniffed, max_pixels: int, spec: ViewSpec | None) -> Sniffed:
@@ -251,12 +257,18 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's first frame header, the one libjpeg decodes, walking the markers before it;
     None when it is not a JPEG or the walk fails (Pillow's parse then decides). Pillow's own header parse, in
     Python, cost a twelfth of the whole decode stage of a 256-px JPEG (docs/benchmarks.md, "Decode stage")."""
+    return _jpeg_walk(data)[0]
+
+
+def _jpeg_walk(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
+    """A JPEG's markers walked up to its first scan: ((width, height) of the first frame header, offset of the
+    first scan's data); either None where the walk does not get there."""
     if data[:3] != b"\xff\xd8\xff":
-        return None
-    pos, n = 2, len(data)
+        return None, None
+    pos, n, size = 2, len(data), None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            return None
+            return size, None
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -264,17 +276,34 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
         if marker in _STANDALONE_MARKERS:
             pos += 2
             continue
-        if marker in (0xDA, 0xD9):  # scan data or the end before any frame header
-            return None
+        if marker == 0xD9:  # the end before any scan
+            return size, None
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if length < 2:
-            return None
-        if marker in _SOF_MARKERS:
+            return size, None
+        if marker == 0xDA:
+            return size, (pos + 2 + length if size is not None else None)
+        if marker in _SOF_MARKERS and size is None:
             if pos + 9 > n:
-                return None
-            return int.from_bytes(data[pos + 7:pos + 9], "big"), int.from_bytes(data[pos + 5:pos + 7], "big")
+                return None, None
+            size = int.from_bytes(data[pos + 7:pos + 9], "big"), int.from_bytes(data[pos + 5:pos + 7], "big")
         pos += 2 + length
-    return None
+    return size, None
+
+
+def looks_whole(data: bytes, fmt: str | None) -> bool:
+    """Whether a JPEG, PNG or WebP file has its end: a JPEG's end-of-image marker after its first scan, a PNG's
+    chunks intact (lengths, CRCs) up to IEND, a WebP's RIFF length all there. Other formats: True. A cut-off
+    download is the usual damaged file in a crawl; both decoders refuse it, but DALI is unusable in the process
+    after any failure (`DaliImageDecoder`), so such files are sent to Pillow and never reach it."""
+    if fmt in _JPEG_FORMATS:
+        scan_at = _jpeg_walk(data)[1]
+        return scan_at is not None and data.rfind(b"\xff\xd9", scan_at) > 0
+    if fmt == "PNG":
+        return _png_intact(data)
+    if fmt == "WEBP":
+        return data[:4] == b"RIFF" and len(data) >= 8 + int.from_bytes(data[4:8], "little")
+    return True
 
 
 def partial_window(sniffed: Sniffed, spec: ViewSpec) -> Window | None:
@@ -308,6 +337,22 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
         if kind == b"IEND":
             break
     return chunks
+
+
+def _png_intact(data: bytes) -> bool:
+    """Every chunk up to IEND present with a matching CRC (zlib's crc32: a small fraction of inflating them)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    view, pos, n = memoryview(data), 8, len(data)
+    while pos + 12 <= n:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if end > n or zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
+            return False
+        if view[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def png_without_text(data: bytes) -> bytes | None:
@@ -367,10 +412,30 @@ def view_crops(im: Image.Image, spec: ViewSpec) -> np.ndarray:
     return out
 
 
+class DaliUnusable(RuntimeError):
+    """DALI failed earlier in this process and is not run again in it (`DaliImageDecoder`)."""
+
+
+_dali_failed_in_process = False
+_pipelines_kept_after_failure: list = []  # never destroyed: see DaliImageDecoder
+
+
+def dali_failed_in_process() -> bool:
+    """Whether a DALI pipeline of this process has failed; DALI is not run again in it after that."""
+    return _dali_failed_in_process
+
+
 class DaliImageDecoder:
     """DALI pipelines fed raw bytes through external_source: `run` decodes whole images, `run_windows` (CPU) a
-    window of each (large JPEGs: `partial_window`). DALI invalidates a pipeline after any decode error, so a
-    pipeline is rebuilt lazily after a failure; the window pipeline is built the first time a batch needs it."""
+    window of each (large JPEGs: `partial_window`); the window pipeline is built the first time a batch needs it.
+
+    A failed run invalidates its pipeline, and DALI 2.4 on the CPU is not safe to use again in that process:
+    building a fresh pipeline after a failure, or destroying the failed one, crashed the process (SIGSEGV in
+    DALI's own threads) in most runs of a test that decodes in a second thread while another works (the pattern
+    of a scan's feeder). So after the first failure every run in the process raises `DaliUnusable` (its callers
+    then decode with Pillow) and the failed pipeline is kept, not destroyed. The isolated decoder's child exits
+    after such a batch and a fresh child takes the next one; files whose end is missing (`looks_whole`) never reach
+    DALI, so an ordinary crawl seldom pays that restart."""
 
     def __init__(self, spec: ViewSpec, max_batch: int, device: str = "cpu", num_threads: int = 2):
         self.spec, self.max_batch, self.device, self.num_threads = spec, max_batch, device, num_threads
@@ -463,13 +528,17 @@ class DaliImageDecoder:
         self._pipe("whole")
 
     def _run(self, kind: str, inputs: dict):
+        global _dali_failed_in_process
+        if _dali_failed_in_process:
+            raise DaliUnusable("DALI failed earlier in this process")
         pipe = self._pipe(kind)
         try:
             for name, values in inputs.items():
                 pipe.feed_input(name, values)
             return pipe.run()
         except Exception:
-            del self._pipes[kind]
+            _dali_failed_in_process = True
+            _pipelines_kept_after_failure.extend(self._pipes.values())
             raise
 
     def run(self, datas: list[bytes], upscale: bool = False):
@@ -549,7 +618,7 @@ class ImageDecoder:
             sniffs[i] = sniffed
             if sniffed.error:
                 errors[i] = sniffed.error
-            elif sniffed.format in DALI_FORMATS:
+            elif sniffed.format in DALI_FORMATS and sniffed.whole and not _dali_failed_in_process:
                 for_dali.append(i)
             else:
                 for_pillow.append(i)

@@ -10,7 +10,8 @@ on them as before. `timeout_s` is per image, strictly: a whole batch must come b
 batch of ordinary images takes a small fraction of it), else, or when the child dies, the batch is decoded
 again one image per round trip in fresh children, each image within its own timeout; the image in flight when
 something goes wrong gets `decode: decoder crashed ...` or `decode: timed out after T s`, the others their
-pixels. A fresh child says it is ready (decoder built) before anything is sent, so its start-up (`startup_s`)
+pixels. A child whose DALI failed on a file finishes that batch with Pillow, says so in its reply and exits:
+DALI is not safe to run again in that process (scanner.decode.DaliImageDecoder). A fresh child says it is ready (decoder built) before anything is sent, so its start-up (`startup_s`)
 is never charged to an image. One image per round trip costs about 0.6 ms per image (DALI's per-run overhead
 and the pipe), which is why the batch goes first.
 
@@ -36,7 +37,7 @@ import time
 
 import numpy as np
 
-from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder, ViewSpec
+from scanner.decode import DEFAULT_MAX_PIXELS, DecodedBatch, ImageDecoder, ViewSpec, dali_failed_in_process
 
 DEFAULT_TIMEOUT_S = 20.0  # per image, from the moment it is sent to the moment its pixels are back
 DEFAULT_STARTUP_S = 30.0  # a fresh child's start-up (DALI import, pipeline build), before any image is sent
@@ -158,9 +159,13 @@ def child_main(argv: list[str] | None = None) -> None:
             offset += length
         batch = decoder.decode(datas, provenance=provenance, pixels_out=reply_pixels.array)
         pixels = batch.pixels
+        retire = dali_failed_in_process()  # DALI is not run again in this process: a fresh child takes over
         header = json.dumps({"sizes": batch.sizes, "errors": batch.errors, "rows": int(pixels.shape[0]),
-                             "view_counts": batch.view_counts, "provenance": batch.provenance}).encode()
+                             "view_counts": batch.view_counts, "provenance": batch.provenance,
+                             "retire": retire}).encode()
         reply.write(_U32.pack(len(header)) + header)
+        if retire:
+            os._exit(0)  # without running DALI's teardown, which is what crashed after a failure
 
 
 # --------------------------------------------------------------------------------------------- parent side
@@ -212,6 +217,14 @@ class IsolatedImageDecoder:
     def child_pid(self) -> int | None:
         """The running child's process id (for measuring its CPU time), None when none runs."""
         return self._child.pid if self._child is not None and self._child.poll() is None else None
+
+    def _retire(self) -> None:
+        """The child said it exits after this reply (its DALI failed): let it, so the next batch gets a fresh one."""
+        try:
+            self._child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill()
 
     def _kill(self) -> None:
         if self._child is not None:
@@ -291,6 +304,8 @@ class IsolatedImageDecoder:
         for fd, end in ((self._request_fd, request_end), (self._reply_fd, pixels.nbytes)):
             if end > KEEP_SHARED_BYTES:
                 os.ftruncate(fd, 0)
+        if header.get("retire"):
+            self._retire()
         sizes = [tuple(s) if s is not None else None for s in header["sizes"]]
         return DecodedBatch(pixels=pixels, sizes=sizes, errors=header["errors"], view_counts=header["view_counts"],
                             provenance=header.get("provenance"))

@@ -13,6 +13,7 @@ and the check's result; a file whose hash differs, or without a passed check, is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -37,6 +38,21 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return (a * b).sum(axis=1)
+
+
+@functools.cache
+def openvino_core():
+    """The process's one `openvino.Core`. Each Core's CPU plugin installs its own alternate signal stack on the
+    thread that first compiles with it and, when destroyed, puts back the one it found. Cores destroyed out of that
+    order left the main thread's alternate stack pointing at unmapped memory, and the next signal with a handler
+    (a child's exit, SIGCHLD) killed the process with SIGSEGV (seen in the test suite; two Cores released first-in,
+    first-out are enough). One Core that lives as long as the process installs one stack and never leaves a stale
+    one."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UsageError("--runtime openvino needs OpenVINO: pip install openvino") from None
+    return ov.Core()
 
 
 def _compile(core, model_path: Path, hint: str, threads: int | None):
@@ -103,13 +119,9 @@ class OpenVinoEmbedder:
     def __init__(self, module, weights_sha256: str, input_size: int, precision: str, threads: int | None = None,
                  int8_xml: Path | None = None):
         """`int8_xml`: the model's verified int8 IR (scanner.model.verify_int8), run instead of the ONNX export."""
-        try:
-            import openvino as ov
-        except ImportError:
-            raise UsageError("--runtime openvino needs OpenVINO: pip install openvino") from None
         if precision not in ("fp32", "bf16", "int8"):
             raise UsageError(f"--runtime openvino runs fp32, bf16 or int8, not {precision}")
-        core = ov.Core()
+        core = openvino_core()
         graph = int8_xml if precision == "int8" else cached_onnx(module, weights_sha256, input_size, core)
         # int8 layers run in int8 whatever the hint; f32 keeps its few float layers exact.
         self._compiled = _compile(core, graph, "bf16" if precision == "bf16" else "f32", threads)

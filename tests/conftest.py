@@ -164,3 +164,26 @@ def sigkill_when_journaled(proc, staging: Path, nbytes: int, timeout_s: float = 
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def dali_never_fails_in_the_test_process():
+    """DALI is not run again in a process after one of its pipelines failed (scanner.decode.DaliImageDecoder), so
+    a test that made it fail here would turn every later in-process DALI test into a Pillow test unseen. Tests
+    that need a DALI failure make it in a child process (the isolated decoder's, or one of their own)."""
+    yield
+    from scanner.decode import dali_failed_in_process
+
+    assert not dali_failed_in_process(), "DALI failed in the test process; make that failure in a child process"
+
+
+def dali_failing_jpeg() -> bytes:
+    """A whole JPEG (its end is there: `looks_whole` lets it through) whose scan names a component its frame does
+    not have: both DALI and Pillow refuse it."""
+    from scanner.decode import _jpeg_walk
+
+    data = bytearray(encode(coloured(RED, size=(64, 48), seed=1)))
+    scan_at = _jpeg_walk(bytes(data))[1]
+    sos = data.rfind(b"\xff\xda", 0, scan_at)
+    data[sos + 5] = 9  # the scan's first component id
+    return bytes(data)

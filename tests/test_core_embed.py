@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +193,48 @@ def test_int8_version_is_made_verified_and_run_by_openvino(tiny_model_dir, tmp_p
     (model / card.int8["bin"]).write_bytes(b"\0" * 64)
     with pytest.raises(UsageError, match="sha256 differs"):
         Embedder(model, device="cpu", precision="int8")
+
+
+_EMBEDDERS_RELEASED_OUT_OF_ORDER = """
+import ctypes, signal, subprocess, sys
+import numpy as np
+from scanner.embed import Embedder
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def alternate_stack_is_mapped():
+    s = Stack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(s))
+    if not s.sp:
+        return True
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= s.sp < hi:
+            return True
+    return False
+
+first = Embedder(sys.argv[1], device="cpu", precision="fp32", runtime="openvino")
+second = Embedder(sys.argv[1], device="cpu", precision="fp32", runtime="openvino")
+x = np.zeros((1, 32, 32, 3), np.uint8)
+first.embed(x), second.embed(x)
+del first  # released first in, first out
+del second
+print("mapped" if alternate_stack_is_mapped() else "dangling", flush=True)
+signal.signal(signal.SIGCHLD, lambda *_: None)  # what torch's DataLoader installs
+for _ in range(3):
+    subprocess.run(["true"])
+print("alive")
+"""
+
+
+def test_embedders_released_in_any_order_leave_signals_deliverable(tiny_model_dir, tmp_path):
+    """Every OpenVINO Core's CPU plugin swaps the thread's alternate signal stack in and back out; Cores released
+    first-in, first-out left it pointing at unmapped memory and the next SIGCHLD killed the process (the test
+    suite died of it). One Core per process (scanner.openvino_runtime.openvino_core) keeps it valid. In a process
+    of its own: the failure mode is a SIGSEGV."""
+    pytest.importorskip("openvino")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _EMBEDDERS_RELEASED_OUT_OF_ORDER, str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stdout.split() == ["mapped", "alive"], (done.returncode, done.stderr[-2000:])

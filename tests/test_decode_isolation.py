@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from conftest import BLUE, RED, coloured, encode
+from conftest import BLUE, RED, coloured, dali_failing_jpeg, encode
 from scanner.decode import ImageDecoder, ViewSpec
 from scanner.decode_isolated import IsolatedImageDecoder
 
@@ -74,3 +76,71 @@ def test_a_decoder_that_cannot_start_fails_the_batch_in_one_line_each():
     finally:
         decoder.close()
     assert batch.errors == ["decode: decoder exited (status 3)"] * 2 and batch.pixels.shape[0] == 0
+
+
+def test_a_file_dali_fails_on_retires_the_child_and_a_fresh_one_takes_the_next_batch():
+    """DALI is not safe to run again in a process after it failed (scanner.decode.DaliImageDecoder): the child
+    finishes that batch with Pillow, says so and exits; the next batch starts a fresh child. A good batch keeps
+    its child."""
+    good = [encode(coloured(RED if i % 2 else BLUE, seed=i)) for i in range(3)]
+    decoder = IsolatedImageDecoder(ViewSpec(32), 8)
+    try:
+        first = decoder.decode(good)
+        pid = decoder.child_pid()
+        decoder.decode(good)
+        assert decoder.child_pid() == pid
+        failed = decoder.decode([good[0], dali_failing_jpeg(), good[1]])
+        assert decoder.child_pid() is None  # it exited after its reply
+        after = decoder.decode(good)
+        assert decoder.child_pid() not in (None, pid)
+    finally:
+        decoder.close()
+    assert failed.errors[0] is None and failed.errors[2] is None
+    assert failed.errors[1].startswith("decode:") and "crashed" not in failed.errors[1]
+    assert np.array_equal(failed.pixels, first.pixels[:2]) and np.array_equal(after.pixels, first.pixels)
+
+
+_AFTER_A_FAILURE = """
+import json, sys, threading
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import numpy as np
+from conftest import BLUE, RED, coloured, dali_failing_jpeg, encode
+from scanner.decode import ImageDecoder, ViewSpec, dali_failed_in_process
+
+decoder = ImageDecoder(ViewSpec(32), 32)
+good = [encode(coloured(RED if i % 2 else BLUE, seed=i)) for i in range(24)]
+reference = decoder.decode(good)  # DALI, before any failure
+stop, report = threading.Event(), {}
+
+def busy():  # another thread at work, as the scan's embedder is beside its feeder
+    while not stop.is_set():
+        sum(range(1000))
+
+def feeder():
+    failed = decoder.decode(good[:5] + [dali_failing_jpeg()] + good[5:10])
+    report["failed_errors"] = [e is not None for e in failed.errors]
+    report["dali_failed"] = dali_failed_in_process()
+    same = True
+    for n in range(1, 25):
+        batch = decoder.decode(good[:n])
+        same &= batch.errors == [None] * n and np.array_equal(batch.pixels, reference.pixels[:n])
+    report["same_after"] = bool(same)
+
+threading.Thread(target=busy).start()
+worker = threading.Thread(target=feeder)
+worker.start()
+worker.join()
+stop.set()
+print(json.dumps(report))
+"""
+
+
+def test_after_dali_fails_a_process_decodes_with_pillow_and_lives_on():
+    """In a process of its own (the test process must never see DALI fail): a batch with a file DALI fails on,
+    decoded in a second thread while another works, then batches of every size. Before DALI was retired after a
+    failure, this pattern died of SIGSEGV in most runs."""
+    done = subprocess.run([sys.executable, "-c", _AFTER_A_FAILURE, str(HERE), str(HERE.parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"failed_errors": [False] * 5 + [True] + [False] * 5, "dali_failed": True, "same_after": True}

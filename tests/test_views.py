@@ -293,3 +293,35 @@ def test_the_jpeg_header_walk_finds_the_size_pillow_finds():
             assert jpeg_frame_size(data) == im.size == (123, 77)
     assert jpeg_frame_size(_png(arr)) is None and jpeg_frame_size(b"") is None
     assert jpeg_frame_size(variants[2][:40]) is None  # cut inside the EXIF segment
+
+
+def test_files_whose_end_is_missing_go_to_pillow_not_dali():
+    """A cut-off download (the usual damaged file in a crawl) is refused by both decoders, but DALI is not run
+    again in a process after a failure (scanner.decode.DaliImageDecoder): `looks_whole` keeps such files from it.
+    The autouse fixture `dali_never_fails_in_the_test_process` checks that DALI did not fail here."""
+    from scanner.decode import looks_whole, sniff
+
+    (arr,) = _random_images([(120, 90)], seed=5)
+    exif = Image.Exif()
+    exif[0x010F] = "a maker note ending \xff\xd9"  # an end-of-image marker before the scan must not count
+    jpeg, progressive, png = _jpeg(arr, exif=exif.tobytes()), _jpeg(arr, progressive=True), _png(arr)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "WEBP", quality=90)
+    webp = buf.getvalue()
+    whole = {"JPEG": [jpeg, progressive, jpeg + b"trailing bytes"], "PNG": [png, png + b"trailing"], "WEBP": [webp]}
+    cut = {"JPEG": [jpeg[: len(jpeg) // 2], progressive[:-2], jpeg[:-1]], "PNG": [png[:-1], png[: len(png) // 2]],
+           "WEBP": [webp[:-1]]}
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF  # a CRC no longer matches
+    cut["PNG"].append(bytes(flipped))
+    for fmt, datas in whole.items():
+        assert all(looks_whole(d, fmt) for d in datas), fmt
+    for fmt, datas in cut.items():
+        assert not any(looks_whole(d, fmt) for d in datas), fmt
+    assert looks_whole(b"GIF89a", "GIF")  # formats DALI does not take are not its business
+    spec = ViewSpec(32)
+    assert sniff(jpeg, 10**8, spec).whole and not sniff(jpeg[:-1], 10**8, spec).whole
+    # Pillow decides: half a file is an error row, a file short of its last byte or two may still decode
+    halves = [jpeg[: len(jpeg) // 2], png[: len(png) // 2], webp[: len(webp) // 2]]
+    batch = ImageDecoder(spec, 16).decode(halves + [d for datas in cut.values() for d in datas] + [jpeg])
+    assert all(e and e.startswith("decode:") for e in batch.errors[:3]) and batch.errors[-1] is None

@@ -125,14 +125,16 @@ def check_against_onnx(model, net, img_size: int = 224, seed: int = 0) -> float:
     """Max |difference| of the final-LayerNorm tokens, ONNX graph (OpenVINO) vs timm, on one random image."""
     import numpy as np
     import onnx
-    import openvino as ov
     import torch
+
+    from scanner.openvino_runtime import openvino_core
 
     # the LayerNorm is decomposed in the export: its last op adds the bias
     ln_out = next(n.output[0] for n in model.graph.node if "backbone.layernorm.bias" in n.input)
     if not any(o.name == ln_out for o in model.graph.output):
         model.graph.output.append(onnx.helper.make_tensor_value_info(ln_out, onnx.TensorProto.FLOAT, None))
-    compiled = ov.Core().compile_model(ov.Core().read_model(model.SerializeToString()), "CPU")
+    core = openvino_core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU")
     x = np.random.default_rng(seed).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
     want = compiled(x)[compiled.output(ln_out)]
     with torch.no_grad():

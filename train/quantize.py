@@ -45,10 +45,10 @@ def quantize_model(model_dir: Path, data: list[Path], images: int = 300, exclude
         import openvino as ov
     except ImportError as exc:
         raise UsageError(f"imgscan quantize needs {exc.name}: pip install nncf openvino") from None
-    from scanner.openvino_runtime import cached_onnx
+    from scanner.openvino_runtime import cached_onnx, openvino_core
 
     card, module = load_model(model_dir)
-    core = ov.Core()
+    core = openvino_core()
     fp32 = core.read_model(str(cached_onnx(module, card.weights_sha256, card.input_size, core)))
     calibration_paths, check_paths = _split_images(data, images, exclude_fold, seed)
     calibration = centre_view_pixels(calibration_paths, card)

@@ -1,5 +1,9 @@
 """Mutation fuzzing of the read -> decode -> embed stages, in-process (no isolation, the harsher setting).
 
+DALI is not run again in a process after its first failure (scanner.decode.DaliImageDecoder): the report says
+after how many inputs that happened (`dali_failed_after`); from then on the run fuzzes the Pillow path and the
+sniff. The tests run this file in a child process for that reason.
+
 Seeds are small valid JPEG, PNG, WebP and GIF files; each input is a seed mutated by byte flips, truncation,
 insertion, deletion, chunk duplication or a header spliced from another format. Every input must end as
 exactly one of: an embedding row, or an `error` string, with no exception escaping and no hang.
@@ -93,9 +97,10 @@ def mutate(data: bytes, rnd: random.Random, seeds: list[bytes]) -> bytes:
 
 def run(n_inputs: int, batch: int, seed: int, size: int = 32, embed=None) -> dict:
     """Fuzz n_inputs; return counts. `embed` maps uint8 NHWC -> [m, dim] (a real model in the tests)."""
-    from scanner.decode import ImageDecoder, ViewSpec
+    from scanner.decode import ImageDecoder, ViewSpec, dali_failed_in_process
 
     rnd = random.Random(seed)
+    dali_failed_after = None
     seeds = seed_files()
     decoder = ImageDecoder(ViewSpec(size), batch, device="cpu", max_pixels=4_000_000)
     outcomes: Counter = Counter()
@@ -114,11 +119,43 @@ def run(n_inputs: int, batch: int, seed: int, size: int = 32, embed=None) -> dic
             assert emb.shape[0] == ok and np.isfinite(emb).all()
         for err in decoded.errors:
             outcomes["decoded" if err is None else err.split(" (")[0].split(":")[0] + ": " + err.split(":", 1)[1].split("(")[0].strip()[:40]] += 1
+        if dali_failed_after is None and dali_failed_in_process():
+            dali_failed_after = done
         done += len(datas)
     return {
         "inputs": done, "seconds": round(time.monotonic() - started, 1), "slowest_batch_s": round(slowest, 3),
         "decoded": outcomes.pop("decoded", 0), "errors": dict(outcomes.most_common()),
+        "dali_failed_after": dali_failed_after,
     }
+
+
+def hypothesis_property(model_dir: Path, examples: int) -> None:
+    """Hypothesis draws (and shrinks) the same mutations as `mutate`; each mutated file is decoded next to a good
+    image that must still decode, and whatever decodes is embedded. Raises on the first counterexample."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from scanner.decode import ImageDecoder, ViewSpec
+    from scanner.embed import Embedder
+
+    seeds = seed_files()
+    embedder = Embedder(model_dir, device="cpu")
+    decoder = ImageDecoder(ViewSpec(embedder.size), 4, device="cpu", max_pixels=4_000_000)
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(seed=st.integers(0, len(seeds) - 1),
+           ops=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1 << 16), st.binary(max_size=64)),
+                        min_size=1, max_size=4))
+    def decodes_to_pixels_or_an_error(seed, ops):
+        data = apply_ops(seeds[seed], ops, seeds)
+        batch = decoder.decode([data, seeds[0]])
+        assert batch.errors[1] is None
+        assert (batch.errors[0] is None) == (batch.pixels.shape[0] == 2)
+        assert batch.errors[0] is None or batch.errors[0].startswith("decode: ")
+        emb = embedder.embed(batch.pixels)
+        assert emb.shape == (batch.pixels.shape[0], 128) and np.isfinite(emb).all()
+
+    decodes_to_pixels_or_an_error()
 
 
 def main() -> None:
@@ -128,7 +165,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--report", type=Path)
     ap.add_argument("--model", type=Path, help="embed every decoded input with this model directory")
+    ap.add_argument("--hypothesis", type=int, metavar="EXAMPLES",
+                    help="instead: hypothesis draws this many mutations, each decoded beside a good image (needs --model)")
     args = ap.parse_args()
+    if args.hypothesis:
+        hypothesis_property(args.model, args.hypothesis)
+        print(json.dumps({"hypothesis_examples": args.hypothesis, "passed": True}))
+        return
     embed, size = None, 32
     if args.model:
         from scanner.embed import Embedder

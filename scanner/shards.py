@@ -173,6 +173,13 @@ def _tar_members(shard: bytes, max_bytes: int, all_files: bool, skip) -> Iterato
                         yield _shard_error(shard, f"could not be listed past member {listed}", exc)
                     break
                 if member is None:
+                    if _data_after_the_end(tar):
+                        yield from sample.results()
+                        sample = _Sample(None)
+                        yield _shard_error(shard, f"could not be listed past member {listed}",
+                                           tarfile.ReadError("bytes follow where the listing stopped: a corrupt member "
+                                                             "header (the members after it are not read) or data after "
+                                                             "the archive's end"))
                     break
                 listed += 1
                 if member.isdir():
@@ -194,6 +201,17 @@ def _tar_members(shard: bytes, max_bytes: int, all_files: bool, skip) -> Iterato
         else:
             yield _shard_error(shard, f"could not be read past member {listed}", exc)
     yield from sample.results()
+
+
+def _data_after_the_end(tar) -> bool:
+    """Whether anything but zeros follows where tarfile stopped. Python's tarfile ends the listing silently at a
+    corrupt header past the first member (as at the end-of-archive blocks), so without this the members after a
+    damaged header would be missing from the output without a row saying so. What follows a proper end is at most
+    a record's zero padding."""
+    while chunk := tar.fileobj.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return True
+    return False
 
 
 def _tar_member(tar, member, shard: bytes, max_bytes: int, all_files: bool, skip, sample: _Sample):

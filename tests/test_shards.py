@@ -158,6 +158,15 @@ def test_a_truncated_or_unreadable_shard_costs_its_own_rows(tmp_path):
     assert [r.path.rsplit(b"#", 1)[1] for r in results] == [b"0.jpg", b"1.jpg"]
     assert results[0].error is None and results[0].data == images[0]
     assert results[1].error.startswith("read: truncated member")
+    damaged = bytearray(raw)
+    second_header = 512 + (len(images[0]) + 511) // 512 * 512
+    damaged[second_header + 148] ^= 0xFF  # its checksum: tarfile alone would end the listing here without a word
+    (tmp_path / "damaged.tar").write_bytes(bytes(damaged))
+    results = list(read_shard(os.fsencode(tmp_path / "damaged.tar"), 1 << 20))
+    assert [r.path.rsplit(b"#", 1)[-1] for r in results[:1]] == [b"0.jpg"] and results[0].data == images[0]
+    assert len(results) == 2 and results[1].path == os.fsencode(tmp_path / "damaged.tar")
+    assert results[1].error.startswith("read: shard could not be listed past member 1") and "corrupt" in results[1].error
+    assert [r.error for r in read_shard(os.fsencode(whole), 1 << 20)] == [None] * 4  # a whole shard: no such row
     not_tar = tmp_path / "junk.tar"
     not_tar.write_bytes(b"\x01" * 2000)
     (only,) = read_shard(os.fsencode(not_tar), 1 << 20)

@@ -260,6 +260,12 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
     return _jpeg_walk(data)[0]
 
 
+def jpeg_scan_offset(data: bytes) -> int | None:
+    """Where a JPEG's first scan data starts (everything before it is markers and segments: APPn metadata, tables,
+    the frame header); None when it is not a JPEG or the walk fails."""
+    return _jpeg_walk(data)[1]
+
+
 def _jpeg_walk(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
     """A JPEG's markers walked up to its first scan: ((width, height) of the first frame header, offset of the
     first scan's data); either None where the walk does not get there."""

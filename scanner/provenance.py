@@ -28,7 +28,7 @@ import re
 import warnings
 import zlib
 
-from scanner.decode import PNG_SIGNATURE, png_chunks, png_without_text
+from scanner.decode import PNG_SIGNATURE, jpeg_scan_offset, png_chunks, png_without_text
 
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean "made by a model".
 AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia",
@@ -87,9 +87,12 @@ def _offline_context():
     return _CONTEXT[0]
 
 
-def read_c2pa(data: bytes) -> list[dict]:
-    """C2PA manifest store, if the bytes carry one (a JUMBF box labelled c2pa); the native reader runs only then."""
-    if b"jumb" not in data or b"c2pa" not in data:
+def read_c2pa(data: bytes, metadata: bytes | None = None) -> list[dict]:
+    """C2PA manifest store, if the bytes carry one (a JUMBF box labelled c2pa); the native reader runs only then.
+    `metadata`: where to look for the box (`metadata_bytes`); the reader itself gets all of `data`, whose hashes
+    the manifest binds."""
+    where = data if metadata is None else metadata
+    if b"jumb" not in where or b"c2pa" not in where:
         return []
     mime = _mime(data)
     if mime is None:
@@ -194,14 +197,38 @@ def _pillow_entries(data: bytes) -> list[dict]:
     return found
 
 
+def metadata_bytes(data: bytes) -> bytes:
+    """Where a file's provenance metadata can be: all of it but the pixel data. A PNG's chunks other than pixel data
+    (`png_metadata`: C2PA's caBX, XMP's iTXt, text, eXIf) and a JPEG's segments before its first scan (APP1 XMP,
+    APP11 C2PA), each with whatever follows the image's end (a packet appended to the file); all of any other
+    file (a WebP's XMP chunk may follow its pixels). Searching all of a 1024-px PNG for the C2PA and XMP markers
+    cost 2.6 ms per file, of a 12 MP JPEG 8 ms; the pixel data never holds them."""
+    if data.startswith(PNG_SIGNATURE):
+        chunks = png_chunks(data)
+        if chunks is None or chunks[-1][0] != b"IEND":
+            return data
+        end = len(PNG_SIGNATURE) + sum(len(chunk) for _, chunk in chunks)
+        return png_metadata(data) + data[end:]
+    scan_at = jpeg_scan_offset(data)
+    if scan_at is None:
+        return data
+    image_end = data.rfind(b"\xff\xd9", scan_at)
+    return data[:scan_at] + (data[image_end + 2:] if image_end >= 0 else b"")
+
+
 def read_provenance(data: bytes | None) -> list[dict]:
     """Every provenance entry found in a file's bytes; [] when there is none or the bytes cannot be parsed."""
     if not data:
         return []
     found: dict[tuple, dict] = {}
-    for reader in (read_c2pa, read_xmp, _read_pillow):
+    try:
+        metadata = metadata_bytes(data)
+    except Exception:  # a hostile layout: search everything, as before
+        metadata = data
+    readers = (lambda: read_c2pa(data, metadata), lambda: read_xmp(metadata), lambda: _read_pillow(data))
+    for reader in readers:
         try:
-            entries = reader(data)
+            entries = reader()
         except Exception:  # hostile metadata costs its own entries, nothing else
             continue
         for e in entries:

@@ -241,6 +241,30 @@ def test_provenance_entries_are_deduplicated_and_capped(tmp_path):
     assert ("xmp", "DigitalSourceType trainedAlgorithmicMedia", "ai") in keys
 
 
+def test_provenance_is_looked_for_outside_the_pixel_data_only():
+    """scanner.provenance.metadata_bytes: a JPEG's segments before its scan and what follows its end, a PNG's
+    chunks other than pixel data and what follows IEND; the pixel data is never searched (it cost 2.6 ms per
+    1024-px PNG and 8 ms per 12 MP JPEG) and nothing that was found before is lost."""
+    from PIL import PngImagePlugin
+
+    from scanner.provenance import metadata_bytes, read_provenance
+
+    claim = '<rdf:Description Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/' \
+            'trainedAlgorithmicMedia"/>'
+    marker, payload = _xmp_segment(claim)
+    want = ("xmp", "DigitalSourceType trainedAlgorithmicMedia", "ai")
+    big = encode(coloured(RED, size=(800, 600), seed=9), quality=95)
+    in_header = big[:2] + marker + (len(payload) + 2).to_bytes(2, "big") + payload + big[2:]
+    appended = big + payload[len(b"http://ns.adobe.com/xap/1.0/\x00"):]
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", payload[len(b"http://ns.adobe.com/xap/1.0/\x00"):].decode())
+    png = encode(coloured(RED, size=(400, 300), seed=9), "PNG", pnginfo=info)
+    for data in (in_header, appended, png, png + b"trailing " + payload):
+        assert len(metadata_bytes(data)) < len(data) // 4
+        assert want in [(e["source"], e["detail"], e["indicates"]) for e in read_provenance(data)]
+    assert metadata_bytes(b"GIF89a...") == b"GIF89a..."  # other formats: all of the file
+
+
 # -- 5 and 6. --files-from: a directory in the list, and a list that streams ---------------------------------
 
 def test_a_directory_named_in_files_from_is_walked(tmp_path, tiny_model_dir, two_class_index):

@@ -153,8 +153,15 @@ class Candidate:
         self.trained: dict = {}
 
     def train_class(self, i: int) -> str:
+        """`--people-class`: real photos of people are a class of their own in training and in the starter
+        support (enrolled as `real`), so that the head must tell them from AI portraits and the support holds up to
+        150 of them."""
         u = self.u
-        return u.family[i] if u.is_ai[i] else "graphic" if u.graphic[i] else REAL_LABEL
+        if u.is_ai[i]:
+            return u.family[i]
+        if u.graphic[i]:
+            return "graphic"
+        return "people" if self.args.people_class and u.people[i] else REAL_LABEL
 
     def fit(self, rows: np.ndarray, labels: np.ndarray):
         import torch
@@ -275,6 +282,7 @@ def main() -> None:
     c.add_argument("--epochs", type=int, default=40)
     c.add_argument("--groups", type=int, default=5)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--people-class", action="store_true", help="real photos of people as a training class of their own")
     c.set_defaults(func=candidate)
     args = ap.parse_args()
     run_script(lambda: args.func(args))

@@ -83,7 +83,7 @@ def main() -> None:
             embedded_without = ff.Candidate(argparse.Namespace(
                 features=args.features, modern=mp.SHARED / "modern", photos=mp.SHARED / "photos",
                 kit=mp.SHARED / "kit", tae_features=None, layers="all", epochs=args.epochs, groups=args.groups,
-                seed=0))
+                seed=0, people_class=False))
         result = sweep(u, embedded_without, [float(t) for t in args.thresholds.split(",")])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

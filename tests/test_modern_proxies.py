@@ -86,3 +86,21 @@ def test_the_verdicts_are_scans_rule_over_exact_neighbours():
     nearest = np.argsort(-sims, axis=1)[:, :mp.K]
     assert all(set(e.starter_labels[nearest[i]]) == {"kitgan"} for i in range(5))
     assert v.is_ai.all() and (v.label != "real").all()
+
+
+def test_operating_points_rethreshold_the_same_protocol():
+    """benchmarks/modern_operating_points.py: at 0.5 it is the protocol as shipped; a stricter threshold never
+    calls more images AI; the module's judge is put back afterwards."""
+    mp = load_script("benchmarks/modern_proxies.py")
+    ops = load_script("benchmarks/modern_operating_points.py")
+    ops.mp = mp  # the same module object the sweep patches
+    mp.FAMILIES = ("sdxl", "sd1")  # the families _setup makes
+    u, e = _setup(mp)
+    shipped = mp.judge
+    swept = ops.sweep(u, lambda **held_out: e, [0.5, 0.9, 0.999])
+    assert mp.judge is shipped
+    assert swept["0.5"]["native"] == mp.run_proxies(u, lambda **held_out: e)["native"]
+    caught = [swept[t]["native"]["ai_caught"] for t in ("0.5", "0.9", "0.999")]
+    kept = [swept[t]["native"]["real_kept"] for t in ("0.5", "0.9", "0.999")]
+    assert caught == sorted(caught, reverse=True) and kept == sorted(kept)
+    assert caught[-1] < caught[0]  # the threshold does move the verdicts

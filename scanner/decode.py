@@ -214,7 +214,7 @@ def sniff(data: bytes, max_pixels: int, spec: ViewSpec | None = None) -> Sniffed
         return Sniffed(None, "decode: empty file")
     size, scan_at = _jpeg_walk(data)
     if size is not None and spec is not None and not _large_for_a_window(*size, spec):
-        whole = scan_at is not None and data.rfind(b"\xff\xd9", scan_at) > 0
+        whole = _jpeg_ends(data, scan_at)
         return _checked(Sniffed("JPEG", None, size, whole=whole), max_pixels, spec)  # no EXIF needed at this size
     try:
         with warnings.catch_warnings():
@@ -297,14 +297,18 @@ def _jpeg_walk(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
     return size, None
 
 
+def _jpeg_ends(data: bytes, scan_at: int | None) -> bool:
+    """An end-of-image marker after the first scan's start (one in an EXIF thumbnail, before it, does not count)."""
+    return scan_at is not None and data.rfind(b"\xff\xd9", scan_at) >= 0
+
+
 def looks_whole(data: bytes, fmt: str | None) -> bool:
     """Whether a JPEG, PNG or WebP file has its end: a JPEG's end-of-image marker after its first scan, a PNG's
     chunks intact (lengths, CRCs) up to IEND, a WebP's RIFF length all there. Other formats: True. A cut-off
     download is the usual damaged file in a crawl; both decoders refuse it, but DALI is unusable in the process
     after any failure (`DaliImageDecoder`), so such files are sent to Pillow and never reach it."""
     if fmt in _JPEG_FORMATS:
-        scan_at = _jpeg_walk(data)[1]
-        return scan_at is not None and data.rfind(b"\xff\xd9", scan_at) > 0
+        return _jpeg_ends(data, _jpeg_walk(data)[1])
     if fmt == "PNG":
         return _png_intact(data)
     if fmt == "WEBP":
@@ -327,38 +331,37 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
-    """A PNG's chunks as (type, whole chunk bytes: length, type, data and CRC), up to IEND; None when it is not a
-    PNG or its chunk layout is broken. Nothing is decompressed."""
+def png_chunk_spans(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """A PNG's chunks as (type, start, end) of each whole chunk (length, type, data and CRC) in `data`, up to IEND;
+    None when it is not a PNG or a chunk's length runs past the end. Nothing is copied or decompressed."""
     if not data.startswith(PNG_SIGNATURE):
         return None
-    chunks, pos = [], 8
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind, end = data[pos + 4:pos + 8], pos + 12 + length
-        if end > len(data):
+    spans, pos, n = [], len(PNG_SIGNATURE), len(data)
+    while pos + 12 <= n:
+        kind, end = data[pos + 4:pos + 8], pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if end > n:
             return None
-        chunks.append((kind, data[pos:end]))
+        spans.append((kind, pos, end))
         pos = end
         if kind == b"IEND":
             break
-    return chunks
+    return spans
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """A PNG's chunks as (type, whole chunk bytes), up to IEND; None as `png_chunk_spans`."""
+    spans = png_chunk_spans(data)
+    return None if spans is None else [(kind, data[start:end]) for kind, start, end in spans]
 
 
 def _png_intact(data: bytes) -> bool:
     """Every chunk up to IEND present with a matching CRC (zlib's crc32: a small fraction of inflating them)."""
-    if not data.startswith(PNG_SIGNATURE):
+    spans = png_chunk_spans(data)
+    if not spans or spans[-1][0] != b"IEND":
         return False
-    view, pos, n = memoryview(data), 8, len(data)
-    while pos + 12 <= n:
-        length = int.from_bytes(view[pos:pos + 4], "big")
-        end = pos + 12 + length
-        if end > n or zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
-            return False
-        if view[pos + 4:pos + 8] == b"IEND":
-            return True
-        pos = end
-    return False
+    view = memoryview(data)
+    return all(zlib.crc32(view[start + 4:end - 4]) == int.from_bytes(view[end - 4:end], "big")
+               for _, start, end in spans)
 
 
 def png_without_text(data: bytes) -> bytes | None:
@@ -422,13 +425,12 @@ class DaliUnusable(RuntimeError):
     """DALI failed earlier in this process and is not run again in it (`DaliImageDecoder`)."""
 
 
-_dali_failed_in_process = False
 _pipelines_kept_after_failure: list = []  # never destroyed: see DaliImageDecoder
 
 
 def dali_failed_in_process() -> bool:
     """Whether a DALI pipeline of this process has failed; DALI is not run again in it after that."""
-    return _dali_failed_in_process
+    return bool(_pipelines_kept_after_failure)
 
 
 class DaliImageDecoder:
@@ -534,8 +536,7 @@ class DaliImageDecoder:
         self._pipe("whole")
 
     def _run(self, kind: str, inputs: dict):
-        global _dali_failed_in_process
-        if _dali_failed_in_process:
+        if dali_failed_in_process():
             raise DaliUnusable("DALI failed earlier in this process")
         pipe = self._pipe(kind)
         try:
@@ -543,8 +544,7 @@ class DaliImageDecoder:
                 pipe.feed_input(name, values)
             return pipe.run()
         except Exception:
-            _dali_failed_in_process = True
-            _pipelines_kept_after_failure.extend(self._pipes.values())
+            _pipelines_kept_after_failure.extend(self._pipes.values())  # holds the failed one: DALI is now off
             raise
 
     def run(self, datas: list[bytes], upscale: bool = False):
@@ -624,7 +624,7 @@ class ImageDecoder:
             sniffs[i] = sniffed
             if sniffed.error:
                 errors[i] = sniffed.error
-            elif sniffed.format in DALI_FORMATS and sniffed.whole and not _dali_failed_in_process:
+            elif sniffed.format in DALI_FORMATS and sniffed.whole and not dali_failed_in_process():
                 for_dali.append(i)
             else:
                 for_pillow.append(i)

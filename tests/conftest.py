@@ -180,10 +180,10 @@ def dali_never_fails_in_the_test_process():
 def dali_failing_jpeg() -> bytes:
     """A whole JPEG (its end is there: `looks_whole` lets it through) whose scan names a component its frame does
     not have: both DALI and Pillow refuse it."""
-    from scanner.decode import _jpeg_walk
+    from scanner.decode import jpeg_scan_offset
 
     data = bytearray(encode(coloured(RED, size=(64, 48), seed=1)))
-    scan_at = _jpeg_walk(bytes(data))[1]
+    scan_at = jpeg_scan_offset(bytes(data))
     sos = data.rfind(b"\xff\xda", 0, scan_at)
     data[sos + 5] = 9  # the scan's first component id
     return bytes(data)

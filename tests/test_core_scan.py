@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import BLUE, GREEN, RED, write_class_dir
+from conftest import BLUE, GREEN, RED, sigkill_when_journaled, write_class_dir
 from hostile import make_hostile_files
 from scanner.cli import app
 from scanner.schema import COLUMN_NAMES
@@ -160,16 +160,7 @@ def test_scan_killed_with_sigkill_resumes_to_exactly_one_row_per_file(tmp_path, 
     args = scan_cmd([crawl], out, two_class_index, tiny_model_dir, "--batch-size", "4", "--readers", "1")
     proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal_dir = tmp_path / "v.parquet.partial"
-    deadline = time.monotonic() + 120
-    # Kill once some batches are on disk but the scan is not finished.
-    while time.monotonic() < deadline:
-        journals = list(journal_dir.glob("journal-*.arrows")) if journal_dir.exists() else []
-        if journals and sum(j.stat().st_size for j in journals) > 30_000:
-            break
-        assert proc.poll() is None, "scan finished before it could be killed: make the crawl larger"
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_journaled(proc, journal_dir, 30_000)  # some batches on disk, the scan not finished
     assert not out.exists() and journal_dir.exists()
 
     from scanner.writer import read_journal

@@ -1,7 +1,7 @@
 """The modern proxies at several `is_ai` thresholds: is a model's trouble a threshold or a ranking?
 
-    python benchmarks/modern_operating_points.py model --out /tmp/modern/ops_v050.json        # the shipped default
-    python benchmarks/modern_operating_points.py frozen /tmp/modern/dino_feats.npz --out /tmp/modern/ops_c1.json
+    python benchmarks/modern_operating_points.py --out /tmp/modern/ops_v050.json model        # the shipped default
+    python benchmarks/modern_operating_points.py --out /tmp/modern/ops_c1.json frozen /tmp/modern/dino_feats.npz
 
 `model` judges an imgscan model and its starter index (embeddings cached as benchmarks/modern_proxies.py caches
 them); `frozen` the DINOv2-head candidate c1 of benchmarks/frozen_features.py (heads trained once, reused for every

@@ -25,6 +25,10 @@ decode / embed stages (`scanner.evaluation.evaluate.embed_dataset`, cached by fi
 rule (`scanner.verdict.decide`, pixel-detail floor included) over exact cosine neighbours, with the index's
 calibration (open-set threshold, ai_score) fitted leave-one-out on each support set, as enrollment does.
 
+A model trained on part of the set (the same recipe trained twice, each run holding out different families and
+sources) is judged on what each run held out: `--held-out-families` / `--held-out-sources` per run, then
+`--combine RUN_A RUN_B --out BOTH` merges the runs into one table, pooled figures recomputed.
+
 Writes OUT/modern_proxies.json and prints a table.
 """
 
@@ -226,13 +230,36 @@ def real_sources(u: Universe) -> list[str]:
     return sorted(set(u.source[~u.is_ai].tolist()))
 
 
-def run_proxies(u: Universe, embedded_without, seed: int = 0) -> dict:
+def run_proxies(u: Universe, embedded_without, seed: int = 0, families: tuple[str, ...] | None = None,
+                sources: tuple[str, ...] | None = None) -> dict:
     """`embedded_without(family=None, sources=())`: the Embedded of a model that held out that family or those
-    sources (one imgscan model: the same Embedded whatever is asked)."""
-    families = {f: family_proxy(u, embedded_without(family=f), f, seed) for f in FAMILIES}
-    sources = {s: source_proxy(u, embedded_without(sources=(s,)), s, seed) for s in real_sources(u)}
-    return {"families": families, "sources": sources, "native": pooled(families, sources, reposted=False),
-            "reposted": pooled(families, sources, reposted=True)}
+    sources (one imgscan model: the same Embedded whatever is asked). `families` / `sources`: the ones to judge
+    (default every family and every real source); a model trained on part of the set is judged on what it held
+    out only."""
+    fam = {f: family_proxy(u, embedded_without(family=f), f, seed) for f in (families or FAMILIES)}
+    src = {s: source_proxy(u, embedded_without(sources=(s,)), s, seed) for s in (sources or real_sources(u))}
+    return with_pooled({"families": fam, "sources": src})
+
+
+def with_pooled(result: dict) -> dict:
+    fam, src = result["families"], result["sources"]
+    return {**result, "native": pooled(fam, src, reposted=False), "reposted": pooled(fam, src, reposted=True)}
+
+
+def combine(results: list[dict]) -> dict:
+    """One table from runs that each held out part of the set (the same recipe trained several times): every
+    family and source judged by the run that held it out; pooled figures recomputed over all of them."""
+    merged = {"families": {}, "sources": {}, "runs": []}
+    for r in results:
+        for kind in ("families", "sources"):
+            twice = set(merged[kind]) & set(r[kind])
+            if twice:
+                raise ValueError(f"judged by two runs: {', '.join(sorted(twice))}")
+            merged[kind].update(r[kind])
+        merged["runs"].append({k: r.get(k) for k in ("model", "index", "trained_on")})
+    merged = with_pooled(merged)
+    merged["summary"] = summary(merged)
+    return merged
 
 
 def summary(result: dict) -> dict:
@@ -309,27 +336,50 @@ def embed_model(u: Universe, model: Path, index: Path, cache_dir: Path, runtime:
 
 
 def main() -> None:
-    from imgscan_core.errors import run_script
+    from imgscan_core.errors import UsageError, run_script
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--index", type=Path, required=True, help="the model's starter index (out of the box)")
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--index", type=Path, help="the model's starter index (out of the box)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modern", type=Path, default=SHARED / "modern")
     ap.add_argument("--photos", type=Path, default=SHARED / "photos")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "imgscan" / "modern-proxies")
     ap.add_argument("--runtime", default="openvino")
     ap.add_argument("--trained-on", default="", help="what the model trained on, recorded beside the figures")
+    ap.add_argument("--held-out-families", default="",
+                    help="comma-separated families the model never saw: judge only these (default: all six)")
+    ap.add_argument("--held-out-sources", default="",
+                    help="comma-separated real sources the model never saw: judge only these (default: all)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="RUN",
+                    help="instead of a model: merge the OUT folders of runs that held out different parts")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
 
     def work():
         started = time.time()
-        u = load_universe(args.modern, args.photos)
-        e = embed_model(u, args.model, args.index, args.cache, args.runtime)
-        result = run_proxies(u, lambda **held_out: e, args.seed)
-        result["summary"] = summary(result)
-        result["model"], result["index"], result["trained_on"] = str(args.model), str(args.index), args.trained_on
+        if args.combine:
+            try:
+                result = combine([json.loads((d / "modern_proxies.json").read_text()) for d in args.combine])
+            except ValueError as exc:
+                raise UsageError(f"--combine: {exc}") from exc
+        else:
+            if args.model is None or args.index is None:
+                raise UsageError("--model and --index are needed (or --combine RUN...)")
+            families = split(args.held_out_families) or None
+            unknown = sorted(set(families or ()) - set(FAMILIES))
+            if unknown:
+                raise UsageError(f"--held-out-families: not one of {', '.join(FAMILIES)}: {', '.join(unknown)}")
+            u = load_universe(args.modern, args.photos)
+            sources = split(args.held_out_sources) or None
+            unknown = sorted(set(sources or ()) - set(real_sources(u)))
+            if unknown:
+                raise UsageError(f"--held-out-sources: no real images from {', '.join(unknown)}")
+            e = embed_model(u, args.model, args.index, args.cache, args.runtime)
+            result = run_proxies(u, lambda **held_out: e, args.seed, families, sources)
+            result["summary"] = summary(result)
+            result["model"], result["index"], result["trained_on"] = str(args.model), str(args.index), args.trained_on
         result["elapsed_s"] = round(time.time() - started, 1)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "modern_proxies.json").write_text(json.dumps(result, indent=1))

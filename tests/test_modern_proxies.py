@@ -104,3 +104,25 @@ def test_operating_points_rethreshold_the_same_protocol():
     kept = [swept[t]["native"]["real_kept"] for t in ("0.5", "0.9", "0.999")]
     assert caught == sorted(caught, reverse=True) and kept == sorted(kept)
     assert caught[-1] < caught[0]  # the threshold does move the verdicts
+
+
+def test_runs_that_held_out_different_parts_combine_into_one_table():
+    """Two trainings of one recipe, each holding out part of the set, judged each on what it held out: combined,
+    the table is the one a single model judged on everything would give; nothing may be judged twice."""
+    import pytest
+
+    mp = load_script("benchmarks/modern_proxies.py")
+    u, e = _setup(mp)
+    same = lambda **held_out: e  # noqa: E731
+    whole = mp.run_proxies(u, same, families=("sdxl", "sd1"))
+    others = tuple(s for s in mp.real_sources(u) if s != "cam-a")
+    a = mp.run_proxies(u, same, families=("sdxl",), sources=("cam-a",))
+    b = mp.run_proxies(u, same, families=("sd1",), sources=others)
+    assert set(a["families"]) == {"sdxl"} and set(a["sources"]) == {"cam-a"}
+    assert a["native"]["ai_caught"] == 1.0  # pooled over what run a judged only
+    both = mp.combine([a, b])
+    for key in ("families", "sources", "native", "reposted"):
+        assert both[key] == whole[key]
+    assert both["summary"] == mp.summary(whole)
+    with pytest.raises(ValueError, match="sdxl"):
+        mp.combine([a, a])

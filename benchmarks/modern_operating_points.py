@@ -37,12 +37,12 @@ def at_threshold(threshold: float):
     return judged
 
 
-def sweep(u, embedded_without, thresholds, seed: int = 0) -> dict:
+def sweep(u, embedded_without, thresholds, seed: int = 0, families=None, sources=None) -> dict:
     shipped_judge, out = mp.judge, {}
     try:
         for t in thresholds:
             mp.judge = at_threshold(t)
-            result = mp.run_proxies(u, embedded_without, seed)
+            result = mp.run_proxies(u, embedded_without, seed, families, sources)
             out[str(t)] = {"native": result["native"], "reposted": result["reposted"], "summary": mp.summary(result),
                            "families": {f: {"out_of_box": v["out_of_box"], "shots_50": v["shots_50"]}
                                         for f, v in result["families"].items()}}
@@ -66,6 +66,8 @@ def main() -> None:
     m.add_argument("--model", type=Path, default=HERE.parent / "scanner" / "default_model")
     m.add_argument("--index", type=Path, default=HERE.parent / "scanner" / "default_index")
     m.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "imgscan" / "modern-proxies")
+    m.add_argument("--held-out-families", default="", help="as modern_proxies.py: judge only these families")
+    m.add_argument("--held-out-sources", default="", help="as modern_proxies.py: judge only these real sources")
     f = sub.add_parser("frozen", help="benchmarks/frozen_features.py's candidate on cached features")
     f.add_argument("features", type=Path)
     f.add_argument("--epochs", type=int, default=40)
@@ -84,7 +86,9 @@ def main() -> None:
                 features=args.features, modern=mp.SHARED / "modern", photos=mp.SHARED / "photos",
                 kit=mp.SHARED / "kit", tae_features=None, layers="all", epochs=args.epochs, groups=args.groups,
                 seed=0, people_class=False))
-        result = sweep(u, embedded_without, [float(t) for t in args.thresholds.split(",")])
+        split = lambda s: tuple(x for x in s.split(",") if x) or None  # noqa: E731
+        held = ((split(args.held_out_families), split(args.held_out_sources)) if args.what == "model" else (None, None))
+        result = sweep(u, embedded_without, [float(t) for t in args.thresholds.split(",")], 0, *held)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
 

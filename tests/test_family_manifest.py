@@ -28,3 +28,11 @@ def test_derived_copies_count_as_the_collection_they_came_from():
     assert fm.original_source("camera:drewnoakes") == "camera:drewnoakes"
     tae = [{"path": "a", "label": "tae-sd", "source": "tae-sd:faces"}, {"path": "b", "label": "real", "source": "reposted:cam"}]
     assert [r["path"] for r in fm.family_rows(tae, set(), {"faces"}, 20)] == ["b"]  # labels kept: no family column
+
+
+def test_repeat_lists_a_sources_rows_more_often():
+    fm = load_script("tools/family_manifest.py")
+    rows = [_row("real", "faces", "real", "0"), _row("real", "cam", "real", "0"),
+            {"path": "t", "label": "tae-sd", "source": "tae-sd:faces"}]
+    out = fm.repeated(rows, {"faces": 3})
+    assert [r["source"] for r in out] == ["faces"] * 3 + ["cam"] + ["tae-sd:faces"] * 3

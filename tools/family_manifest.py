@@ -10,7 +10,9 @@ handful of images); a contrastive embedder learns families, not fine-tunes, so t
 data set's images so that the manifest's relative paths stay valid. Rows of excluded families or sources are
 left out entirely (never trained on, never enrolled), so a model trained on the view is held out from them. A
 source written `tae-sd:owner+repo` or `reposted:owner+repo` (copies made by tools/tae_pairs.py) counts as `owner+repo`. A
-manifest without a `family` column (the TAE set) keeps its labels. No image is copied.
+manifest without a `family` column (the TAE set) keeps its labels. `--repeat SOURCE=N` lists the rows of a
+source N times, so that a sampler drawing rows uniformly shows them N times as often (for training views only:
+a starter index wants each image once). No image is copied.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def family_rows(rows: list[dict], exclude_families: set[str], exclude_sources: s
     return out
 
 
+def repeated(rows: list[dict], times: dict[str, int]) -> list[dict]:
+    return [r for r in rows for _ in range(times.get(original_source(r["source"]), 1))]
+
+
 def main() -> None:
     from imgscan_core.errors import UsageError, run_script
 
@@ -59,6 +65,7 @@ def main() -> None:
     ap.add_argument("--exclude-families", default="", help="comma-separated families left out")
     ap.add_argument("--exclude-sources", default="", help="comma-separated sources left out")
     ap.add_argument("--min-class", type=int, default=20, help="smaller families are pooled as `modern-other`")
+    ap.add_argument("--repeat", default="", help="comma-separated SOURCE=N: list that source's rows N times")
     args = ap.parse_args()
 
     def work():
@@ -68,6 +75,11 @@ def main() -> None:
             fields, rows = reader.fieldnames, list(reader)
         split = lambda s: {x for x in s.split(",") if x}  # noqa: E731
         out_rows = family_rows(rows, split(args.exclude_families), split(args.exclude_sources), args.min_class)
+        try:
+            repeat = {k: int(n) for k, _, n in (x.partition("=") for x in split(args.repeat))}
+        except ValueError as exc:
+            raise UsageError(f"--repeat {args.repeat}: expected SOURCE=N,...") from exc
+        out_rows = repeated(out_rows, repeat)
         if not out_rows:
             raise UsageError(f"{src}: nothing left after the exclusions")
         args.out.mkdir(parents=True, exist_ok=True)

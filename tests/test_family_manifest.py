@@ -36,3 +36,16 @@ def test_repeat_lists_a_sources_rows_more_often():
             {"path": "t", "label": "tae-sd", "source": "tae-sd:faces"}]
     out = fm.repeated(rows, {"faces": 3})
     assert [r["source"] for r in out] == ["faces"] * 3 + ["cam"] + ["tae-sd:faces"] * 3
+
+
+def test_the_starter_index_keeps_a_views_own_paths_through_its_linked_images(tmp_path):
+    """tools/starter_index.py names support items relative to their data set; a view made by family_manifest
+    links images/ elsewhere, and following the link would leave a bare file name."""
+    si = load_script("tools/starter_index.py")
+    (tmp_path / "data" / "images" / "sd1").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "sd1" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "view").mkdir()
+    (tmp_path / "view" / "images").symlink_to(tmp_path / "data" / "images", target_is_directory=True)
+    (tmp_path / "kit").mkdir()
+    roots = [(tmp_path / "kit").resolve(), (tmp_path / "view").resolve()]
+    assert si._relative((tmp_path / "view").resolve() / "images/sd1/a.jpg", roots) == "view/images/sd1/a.jpg"

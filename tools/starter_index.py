@@ -33,8 +33,9 @@ from train.data import load_samples
 
 def _relative(path: Path, roots: list[Path]) -> str:
     """The path relative to its data set's folder; with several data sets, prefixed by that folder's name
-    (kit/images/real/x.jpg, photos/images/real/y.jpg), since their layouts repeat."""
-    resolved = Path(path).resolve()
+    (kit/images/real/x.jpg, photos/images/real/y.jpg), since their layouts repeat. Links inside a data set
+    are not followed: a view whose images/ links elsewhere (tools/family_manifest.py) keeps its own paths."""
+    resolved = Path(os.path.abspath(path))
     for root in roots:
         if resolved.is_relative_to(root):
             rel = str(resolved.relative_to(root))

@@ -6,7 +6,9 @@
 `model` judges an imgscan model and its starter index (embeddings cached as benchmarks/modern_proxies.py caches
 them); `frozen` the DINOv2-head candidate c1 of benchmarks/frozen_features.py (heads trained once, reused for every
 threshold). Each threshold re-runs the whole protocol of modern_proxies.py with `is_ai = ai_score > t` instead of
-the product's 0.5 (scanner/verdict.py), nothing else changed. A model whose held-out people photos and AI images
+the product's 0.5 (scanner/verdict.py), nothing else changed; `--ai-shares 0.5,0.2,0.1` instead re-calibrates
+ai_score for a crawl with that share of generated images and keeps the product's rule: the operating point a user
+gets from `imgscan index calibrate --ai-share`. A model whose held-out people photos and AI images
 cannot both beat another model's at any threshold needs a better embedding, not another operating point.
 """
 
@@ -37,17 +39,24 @@ def at_threshold(threshold: float):
     return judged
 
 
-def sweep(u, embedded_without, thresholds, seed: int = 0, families=None, sources=None) -> dict:
+def sweep(u, embedded_without, thresholds, seed: int = 0, families=None, sources=None, ai_shares=False) -> dict:
+    """The protocol at each point of `thresholds`: an is_ai threshold, or (`ai_shares`) a starter-index prior
+    with the product's own rule, is_ai = ai_score > 0.5 (`imgscan index calibrate --ai-share`)."""
+    import dataclasses
+
     shipped_judge, out = mp.judge, {}
     try:
         for t in thresholds:
-            mp.judge = at_threshold(t)
-            result = mp.run_proxies(u, embedded_without, seed, families, sources)
+            if ai_shares:
+                judged_by = lambda **held_out: dataclasses.replace(embedded_without(**held_out), ai_share=t)  # noqa: E731
+            else:
+                mp.judge, judged_by = at_threshold(t), embedded_without
+            result = mp.run_proxies(u, judged_by, seed, families, sources)
             out[str(t)] = {"native": result["native"], "reposted": result["reposted"], "summary": mp.summary(result),
                            "families": {f: {"out_of_box": v["out_of_box"], "shots_50": v["shots_50"]}
                                         for f, v in result["families"].items()}}
             n = result["native"]
-            print(f"t={t}: AI caught {n['ai_caught']:.3f}, real kept {n['real_kept']:.3f}, people kept "
+            print(f"{'ai_share' if ai_shares else 't'}={t}: AI caught {n['ai_caught']:.3f}, real kept {n['real_kept']:.3f}, people kept "
                   f"{n['people_kept']:.3f}, graphics kept {n['graphics_kept']:.3f}, balanced {n['balanced']:.3f}, "
                   f"re-posted balanced {result['reposted']['balanced']:.3f}", flush=True)
     finally:
@@ -61,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
+    ap.add_argument("--ai-shares", default="",
+                    help="instead of thresholds: starter-index priors (e.g. 0.5,0.2,0.1), judged by the product's rule")
     sub = ap.add_subparsers(dest="what", required=True)
     m = sub.add_parser("model", help="an imgscan model and its starter index")
     m.add_argument("--model", type=Path, default=HERE.parent / "scanner" / "default_model")
@@ -88,7 +99,9 @@ def main() -> None:
                 seed=0, people_class=False))
         split = lambda s: tuple(x for x in s.split(",") if x) or None  # noqa: E731
         held = ((split(args.held_out_families), split(args.held_out_sources)) if args.what == "model" else (None, None))
-        result = sweep(u, embedded_without, [float(t) for t in args.thresholds.split(",")], 0, *held)
+        points = args.ai_shares or args.thresholds
+        result = sweep(u, embedded_without, [float(t) for t in points.split(",")], 0, *held,
+                       ai_shares=bool(args.ai_shares))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
 

@@ -111,17 +111,18 @@ def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def judge(support: np.ndarray, support_labels: np.ndarray, queries: np.ndarray, detail: np.ndarray | None,
-          k: int = K):
+          k: int = K, ai_share: float = 0.5):
     """Scan's verdicts for `queries` against a support set: exact cosine neighbours, and the calibration an
-    enrollment would fit (leave-one-out on the support set)."""
-    from indexes.manifest import OpenSetCalibration
+    enrollment would fit (leave-one-out on the support set, for the starter index's share of AI images)."""
+    from indexes.manifest import AiScoreCalibration, OpenSetCalibration, prior_for
     from scanner.verdict import VerdictRule, calibrate, decide
 
     support_labels = np.asarray(support_labels, dtype=object)
     self_sims = support @ support.T
     np.fill_diagonal(self_sims, -np.inf)
     loo_idx, loo_sims = _top_k(self_sims, k)
-    ai_cal, open_set = calibrate(support_labels[loo_idx], loo_sims, support_labels, OpenSetCalibration(k=k))
+    ai_cal, open_set = calibrate(support_labels[loo_idx], loo_sims, support_labels, OpenSetCalibration(k=k),
+                                 AiScoreCalibration(prior=prior_for(ai_share)))
     idx, sims = _top_k(queries @ support.T, k)
     return decide(support_labels[idx], sims, VerdictRule(open_set.threshold, ai_cal), detail)
 
@@ -145,6 +146,7 @@ class Embedded:
     starter: np.ndarray
     starter_labels: np.ndarray
     starter_sources: np.ndarray  # the universe source of each starter item, "" where it is not from the universe
+    ai_share: float = 0.5  # the starter index's calibration prior (`imgscan index calibrate --ai-share`)
 
 
 def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -160,16 +162,16 @@ def family_proxy(u: Universe, e: Embedded, family: str, seed: int = 0) -> dict:
     base, base_labels = e.starter[keep], e.starter_labels[keep]
     queries = np.flatnonzero(mine & ~np.isin(u.fold, SHOT_FOLDS))
     out = {"queries": int(queries.size)}
-    v = judge(base, base_labels, e.clean[queries], e.detail[queries])
+    v = judge(base, base_labels, e.clean[queries], e.detail[queries], ai_share=e.ai_share)
     out["out_of_box"] = round(float(v.is_ai.mean()), 4)
     rq = queries[~np.isnan(e.reposted[queries, 0])]
-    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq])
+    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq], ai_share=e.ai_share)
     out["reposted_queries"], out["out_of_box_reposted"] = int(rq.size), round(float(v.is_ai.mean()), 4)
     pool = np.flatnonzero(mine & np.isin(u.fold, SHOT_FOLDS))
     for shots in SHOTS:
         chosen = _sample(pool, shots, seed)
         v = judge(np.concatenate([base, e.clean[chosen]]), np.concatenate([base_labels, u.labels[chosen]]),
-                  e.clean[queries], e.detail[queries])
+                  e.clean[queries], e.detail[queries], ai_share=e.ai_share)
         out[f"shots_{shots}"] = round(float(v.is_ai.mean()), 4)
         out[f"shots_{shots}_enrolled"] = int(chosen.size)
     return out
@@ -197,10 +199,10 @@ def source_proxy(u: Universe, e: Embedded, source: str, seed: int = 0) -> dict:
     for setting, (sup, labs) in (("out_of_box", (base, base_labels)),
                                  ("others_enrolled", tuple(np.concatenate(p) for p in
                                                            zip((base, base_labels), _enrolled_others(u, e, source, seed))))):
-        v = judge(sup, labs, e.clean[queries], e.detail[queries])
+        v = judge(sup, labs, e.clean[queries], e.detail[queries], ai_share=e.ai_share)
         out[setting] = {"photos": share(~u.graphic[queries], v.is_ai), "graphics": share(u.graphic[queries], v.is_ai)}
     rq = queries[~np.isnan(e.reposted[queries, 0])]
-    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq])
+    v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq], ai_share=e.ai_share)
     out["out_of_box_reposted"] = {"photos": share(~u.graphic[rq], v.is_ai), "graphics": share(u.graphic[rq], v.is_ai)}
     return out
 
@@ -332,7 +334,7 @@ def embed_model(u: Universe, model: Path, index: Path, cache_dir: Path, runtime:
         return emb
 
     return Embedded(masked(clean), masked(reposted), clean.detail, reposted.detail, support.vectors(rows),
-                    np.asarray(support.table.label, dtype=object), starter_sources)
+                    np.asarray(support.table.label, dtype=object), starter_sources, support.manifest.ai_score.ai_share)
 
 
 def main() -> None:
@@ -380,6 +382,7 @@ def main() -> None:
             result = run_proxies(u, lambda **held_out: e, args.seed, families, sources)
             result["summary"] = summary(result)
             result["model"], result["index"], result["trained_on"] = str(args.model), str(args.index), args.trained_on
+            result["ai_share"] = e.ai_share
         result["elapsed_s"] = round(time.time() - started, 1)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "modern_proxies.json").write_text(json.dumps(result, indent=1))

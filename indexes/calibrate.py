@@ -13,9 +13,10 @@ import numpy as np
 
 from indexes.manifest import AiScoreCalibration, OpenSetCalibration
 
-# (neighbour labels [n, k], neighbour similarities [n, k], the items' own labels [n], the current open-set
-# settings) -> (ai_score calibration, open-set calibration)
-Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, OpenSetCalibration],
+# (neighbour labels [n, k], neighbour similarities [n, k], the items' own labels [n], the current open-set and
+# ai_score calibrations, whose settings (target_accept, k, prior) the new ones keep) -> (ai_score calibration,
+# open-set calibration)
+Calibrator = Callable[[np.ndarray, np.ndarray, np.ndarray, OpenSetCalibration, AiScoreCalibration],
                       tuple[AiScoreCalibration, OpenSetCalibration]]
 
 # Calibration needs quantiles and a monotone fit, not every neighbour exactly: a 2,000-item sample (the 95th

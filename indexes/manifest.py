@@ -29,6 +29,9 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 MAX_DIM = 8192
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ITEMS = 1 << 40
+BALANCED_PRIOR = "balanced"
+AI_SHARE_PRIOR = "ai-share"
+MIN_AI_SHARE = 0.01
 
 
 def _check_int(value, what: str, lo: int, hi: int) -> int:
@@ -70,16 +73,47 @@ class AiScoreCalibration:
     """The map from the verdict rule's AI evidence to `ai_score`, a probability (scanner/verdict.py).
 
     `method` "isotonic": piecewise-linear through the knots (`evidence` increasing, `probability` non-decreasing),
-    fitted leave-one-out on the support set with real and AI items weighted to equal totals (`prior`
-    "balanced": ai_score is P(AI) for a crawl with as many real as generated images). "none" (indexes written
-    before calibration existed): ai_score = (evidence + 1) / 2.
+    fitted leave-one-out on the support set with real and AI items weighted to the totals `prior` names:
+    "balanced" (ai_score is P(AI) for a crawl with as many real as generated images) or "ai-share S" (P(AI) for a
+    crawl where a share S of the images is generated). `is_ai` is ai_score > 0.5 either way, so a prior of
+    "ai-share 0.1" accuses only where the evidence is nine times likelier from a generated image than from a real
+    one: the operating point for users to whom a false "AI" costs most. The knots carry the prior, so a reader
+    needs nothing else to apply it. "none" (indexes written before calibration existed): ai_score =
+    (evidence + 1) / 2.
     """
 
     method: str = "none"
     evidence: list[float] = field(default_factory=list)
     probability: list[float] = field(default_factory=list)
-    prior: str = "balanced"
+    prior: str = BALANCED_PRIOR
     calibrated_on: int = 0
+
+    @property
+    def ai_share(self) -> float:
+        """The share of generated images the calibration assumes (0.5 for "balanced")."""
+        return ai_share_of(self.prior)
+
+
+def prior_for(ai_share: float) -> str:
+    """The `prior` text of an ai_score calibration fitted for a crawl with this share of generated images."""
+    if not (isinstance(ai_share, (int, float)) and MIN_AI_SHARE <= ai_share <= 1 - MIN_AI_SHARE):
+        raise UsageError(f"ai share: expected a number in [{MIN_AI_SHARE}, {1 - MIN_AI_SHARE}], got {ai_share!r}")
+    return BALANCED_PRIOR if ai_share == 0.5 else f"{AI_SHARE_PRIOR} {ai_share:g}"
+
+
+def ai_share_of(prior: str) -> float:
+    """Inverse of prior_for; ValueError on any other text."""
+    if prior == BALANCED_PRIOR:
+        return 0.5
+    head, _, value = prior.partition(" ")
+    try:
+        share = float(value) if head == AI_SHARE_PRIOR else math.nan
+    except ValueError:
+        share = math.nan
+    if not MIN_AI_SHARE <= share <= 1 - MIN_AI_SHARE:
+        raise ValueError(f"ai_score.prior: expected 'balanced' or 'ai-share S' with S in [{MIN_AI_SHARE}, "
+                         f"{1 - MIN_AI_SHARE}], got {prior!r:.80}")
+    return share
 
 
 @dataclass
@@ -164,6 +198,7 @@ class IndexManifest:
         if any(b < a_ for a_, b in zip(xs, xs[1:])) or any(b < a_ for a_, b in zip(ys, ys[1:])):
             raise ValueError("ai_score: evidence and probability must be non-decreasing")
         _check_str(a.prior, "ai_score.prior")
+        ai_share_of(a.prior)
         _check_int(a.calibrated_on, "ai_score.calibrated_on", 0, MAX_ITEMS)
 
     @classmethod

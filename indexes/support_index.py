@@ -33,7 +33,7 @@ from imgscan_core.files import atomic_path, sha256_file
 from imgscan_core.labels import check_label
 from imgscan_core.locks import exclusive_lock
 from indexes.calibrate import Calibrator, leave_one_out_neighbours
-from indexes.manifest import FileEntry, IndexManifest, read_manifest, write_manifest
+from indexes.manifest import AiScoreCalibration, FileEntry, IndexManifest, prior_for, read_manifest, write_manifest
 
 HISTORY_DIR = "history"  # manifest-gNNNNNN.json of the last generations: `imgscan index history` / `rollback`
 HISTORY_GENERATIONS = 5
@@ -327,7 +327,8 @@ def _write_generation(index: SupportIndex, table: SupportTable, hnsw, calibrate:
             for role, name in (("support", support_name), ("hnsw", hnsw_name))
         }
         rows, loo_labels, loo_sims = leave_one_out_neighbours(hnsw, table.label, manifest.open_set.k)
-        manifest.ai_score, manifest.open_set = calibrate(loo_labels, loo_sims, table.label[rows], manifest.open_set)
+        manifest.ai_score, manifest.open_set = calibrate(loo_labels, loo_sims, table.label[rows], manifest.open_set,
+                                                         manifest.ai_score)
     return _publish(directory, manifest, old)
 
 
@@ -445,6 +446,19 @@ def enroll_embeddings(
                        np.arange(len(table), len(table) + len(fresh)))
         manifest = _write_generation(index, table.concat(new_rows), hnsw, calibrate)
         return EnrollResult(len(fresh), duplicates, manifest)
+
+
+def recalibrate(directory: str | os.PathLike, ai_share: float, *, calibrate: Calibrator) -> IndexManifest:
+    """Fit the ai_score map again for a crawl with this share of generated images (a new generation; the support
+    set is unchanged). Later enrollments keep the share."""
+    directory = Path(directory)
+    prior = prior_for(ai_share)
+    with exclusive_lock(directory):
+        index = SupportIndex.open(directory)
+        if not len(index.table):
+            raise UsageError(f"{directory}: the index is empty; enroll first")
+        index.manifest = dataclasses.replace(index.manifest, ai_score=AiScoreCalibration(prior=prior))
+        return _write_generation(index, index.table, index.hnsw, calibrate)
 
 
 def remove_label(directory: str | os.PathLike, label: str, *, calibrate: Calibrator) -> tuple[int, IndexManifest]:

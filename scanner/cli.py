@@ -341,6 +341,31 @@ def index_remove(
     err_console.print(f"removed {removed} support image(s) of {label!r}; {m.total} left (generation {m.generation})")
 
 
+@index_app.command("calibrate")
+def index_calibrate(
+    ai_share: Annotated[float, typer.Option(
+        "--ai-share", min=0.01, max=0.99,
+        help="The share of generated images the ai_score assumes. is_ai is ai_score > 0.5, so 0.5 accuses at even "
+             "odds and 0.1 only where the evidence is 9 times likelier from a generated image than from a real "
+             "photo: fewer real photos called AI, fewer AI images caught (docs/benchmarks.md measures both).",
+        show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Fit the ai_score calibration again for another share of generated images (new generation; nothing
+    re-embedded). Later enrollments keep the share; `imgscan index show` prints it.
+
+    \b
+    imgscan index calibrate --ai-share 0.1    # a false "AI" costs 9 times a missed one
+    imgscan index calibrate --ai-share 0.5    # back to balanced
+    """
+    from scanner.enroll import recalibrate
+
+    index_dir = index_dir_for_writing(index, _model_sha(None))
+    m = recalibrate(index_dir, ai_share)
+    err_console.print(f"ai_score recalibrated ({m.ai_score.prior} prior, {len(m.ai_score.evidence)} knots, "
+                      f"{m.ai_score.calibrated_on} support images left out in turn); generation {m.generation}")
+
+
 @index_app.command("history")
 def index_history(index: IndexOpt = None) -> None:
     """List the kept generations of the index (the last 5): when, how many images, which classes."""

@@ -36,6 +36,10 @@ def remove_label(directory: str | os.PathLike, label: str):
     return support_index.remove_label(directory, label, calibrate=calibrate)
 
 
+def recalibrate(directory: str | os.PathLike, ai_share: float):
+    return support_index.recalibrate(directory, ai_share, calibrate=calibrate)
+
+
 @dataclass
 class EmbeddedFiles:
     embeddings: list[np.ndarray] = field(default_factory=list)

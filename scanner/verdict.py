@@ -9,7 +9,9 @@ Ray engine, so they cannot drift). First real vs AI, then, for AI only, which ge
                           AI neighbours at similarity 0.6 are weaker evidence than 11 at 0.95).
 - ai_score                the index's calibration of ai_evidence (`AiScoreCalibration` in the manifest): a
                           probability of "AI-generated", fitted at enrollment leave-one-out on the support set
-                          with real and AI weighted equally (isotonic). Old uncalibrated indexes: (e + 1) / 2.
+                          with real and AI weighted equally (isotonic), or to the share of AI images the index's
+                          prior names ("ai-share 0.1": a crawl where one image in ten is generated; `imgscan index
+                          calibrate --ai-share`). Old uncalibrated indexes: (e + 1) / 2.
 - pixel detail floor      an image whose views hold almost no pixel-level detail (scanner/detail.py: detail <
                           min_detail, default 2.0; `--min-detail 0` turns it off) is never accused: its ai_score is
                           capped at 0.5. The embedder reads generator traces from neighbouring pixels; on flat
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgscan_core.labels import REAL_LABEL, UNKNOWN_LABEL
-from indexes.manifest import AiScoreCalibration, OpenSetCalibration
+from indexes.manifest import AiScoreCalibration, OpenSetCalibration, prior_for
 from scanner.detail import DEFAULT_MIN_DETAIL
 from scanner.near_duplicate import NEAR_DUPLICATE_BITS
 
@@ -168,27 +170,31 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarra
     return (np.array(lo) + np.array(hi)) / 2, np.array(sums) / wsum, wsum
 
 
-def fit_ai_calibration(evidence: np.ndarray, is_ai: np.ndarray) -> AiScoreCalibration:
-    """Isotonic map evidence -> P(AI), real and AI weighted to equal totals; each block's mean is shrunk toward
-    0.5 by one pseudo-observation, so a block of a few items never claims certainty (exactly 0 or 1)."""
+def fit_ai_calibration(evidence: np.ndarray, is_ai: np.ndarray, ai_share: float = 0.5) -> AiScoreCalibration:
+    """Isotonic map evidence -> P(AI), AI items weighted to a total share `ai_share` and real ones to the rest
+    (0.5: equal totals); each block's mean is shrunk toward `ai_share` (what no evidence says) by one
+    pseudo-observation, so a block of a few items never claims certainty (exactly 0 or 1)."""
+    prior = prior_for(ai_share)
     y = np.asarray(is_ai, dtype=bool)
     if y.all() or not y.any():
-        return AiScoreCalibration(method="none", calibrated_on=int(y.size))
-    w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum()) * y.size
+        return AiScoreCalibration(method="none", prior=prior, calibrated_on=int(y.size))
+    w = np.where(y, ai_share / y.sum(), (1.0 - ai_share) / (~y).sum()) * y.size
     xs, ys, ws = isotonic_fit(np.asarray(evidence, dtype=np.float64), y, w)
     # shrinking blocks of unequal weight can undo their order: keep the map non-decreasing
-    ys = np.maximum.accumulate((ys * ws + 0.5) / (ws + 1.0))
+    ys = np.maximum.accumulate((ys * ws + ai_share) / (ws + 1.0))
     return AiScoreCalibration(method="isotonic", evidence=[round(float(v), 6) for v in xs],
-                              probability=[round(float(v), 6) for v in ys], calibrated_on=int(y.size))
+                              probability=[round(float(v), 6) for v in ys], prior=prior, calibrated_on=int(y.size))
 
 
 def calibrate(loo_labels: np.ndarray, loo_sims: np.ndarray, true_labels: np.ndarray,
-              open_set: OpenSetCalibration) -> tuple[AiScoreCalibration, OpenSetCalibration]:
-    """Both calibrations from leave-one-out neighbours of support items (`true_labels`: their own classes).
+              open_set: OpenSetCalibration,
+              ai_score: AiScoreCalibration = AiScoreCalibration()) -> tuple[AiScoreCalibration, OpenSetCalibration]:
+    """Both calibrations from leave-one-out neighbours of support items (`true_labels`: their own classes), with
+    the settings of the current ones: the ai_score map's prior, the open-set `target_accept` and k.
     The open-set threshold is the `target_accept` quantile of the AI items' open-set scores (only AI verdicts
     can become `unknown`)."""
     true_labels = np.asarray(true_labels, dtype=object)
-    ai_cal = fit_ai_calibration(ai_evidence(loo_labels, loo_sims), true_labels != REAL_LABEL)
+    ai_cal = fit_ai_calibration(ai_evidence(loo_labels, loo_sims), true_labels != REAL_LABEL, ai_score.ai_share)
     v = decide(loo_labels, loo_sims, VerdictRule(2.0, ai_cal))
     scores = v.open_set_score[true_labels != REAL_LABEL]
     threshold = 2.0 if scores.size == 0 else float(np.quantile(scores, open_set.target_accept))

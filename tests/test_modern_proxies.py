@@ -104,6 +104,10 @@ def test_operating_points_rethreshold_the_same_protocol():
     kept = [swept[t]["native"]["real_kept"] for t in ("0.5", "0.9", "0.999")]
     assert caught == sorted(caught, reverse=True) and kept == sorted(kept)
     assert caught[-1] < caught[0]  # the threshold does move the verdicts
+    priors = ops.sweep(u, lambda **held_out: e, [0.5, 0.1], ai_shares=True)  # the index's prior, the product's rule
+    assert priors["0.5"]["native"] == swept["0.5"]["native"]
+    assert priors["0.1"]["native"]["real_kept"] >= priors["0.5"]["native"]["real_kept"]
+    assert priors["0.1"]["native"]["ai_caught"] <= priors["0.5"]["native"]["ai_caught"]
 
 
 def test_runs_that_held_out_different_parts_combine_into_one_table():
@@ -126,3 +130,17 @@ def test_runs_that_held_out_different_parts_combine_into_one_table():
     assert both["summary"] == mp.summary(whole)
     with pytest.raises(ValueError, match="sdxl"):
         mp.combine([a, a])
+
+
+def test_a_starter_index_calibrated_for_few_generated_images_accuses_fewer_real_photos():
+    """Embedded.ai_share (the starter index's prior) reaches every verdict: the photos that enrolling drags among
+    generated images are called AI less often, and a family whose neighbours all agree is still caught."""
+    import dataclasses
+
+    mp = load_script("benchmarks/modern_proxies.py")
+    u, e = _setup(mp)
+    cautious = dataclasses.replace(e, ai_share=0.1)
+    balanced_cam, cautious_cam = mp.source_proxy(u, e, "cam-a"), mp.source_proxy(u, cautious, "cam-a")
+    assert (cautious_cam["others_enrolled"]["photos"]["called_ai"]
+            < balanced_cam["others_enrolled"]["photos"]["called_ai"])
+    assert mp.family_proxy(u, cautious, "sdxl")["out_of_box"] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 import zlib
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from conftest import RED, coloured, encode
+from conftest import BLUE, RED, coloured, encode, write_class_dir
 from indexes.manifest import AiScoreCalibration
 from scanner.cli import app
 from scanner.evaluation.metrics import expected_calibration_error
@@ -73,6 +74,55 @@ def test_isotonic_calibration_recovers_a_known_probability_with_unequal_class_si
     assert cal.method == "isotonic" and np.all(np.diff(cal.probability) >= 0)
     assert p(-0.6) < 0.03 and abs(p(0.0) - 0.5) < 0.08 and p(0.6) > 0.97
     assert 0 < min(cal.probability) and max(cal.probability) < 1  # never claims certainty
+
+
+def test_calibration_for_a_crawl_with_few_generated_images_accuses_only_on_strong_evidence():
+    # the same evidence as above fitted for a crawl where one image in ten is generated: on the overlap (likelihood
+    # ratio 1) P(AI) is the prior, 0.1, so nothing there is called AI; outside it the evidence still decides
+    rng = np.random.default_rng(0)
+    real, ai = rng.uniform(-1, 0.2, 1000), rng.uniform(-0.2, 1, 9000)
+    evidence, is_ai = np.concatenate([real, ai]), np.r_[np.zeros(1000, bool), np.ones(9000, bool)]
+    cal = fit_ai_calibration(evidence, is_ai, ai_share=0.1)
+    p = lambda e: float(np.interp(e, cal.evidence, cal.probability))  # noqa: E731
+    assert cal.prior == "ai-share 0.1" and cal.ai_share == 0.1 and np.all(np.diff(cal.probability) >= 0)
+    assert p(-0.6) < 0.03 and abs(p(0.0) - 0.1) < 0.05 and p(0.6) > 0.9
+    balanced = fit_ai_calibration(evidence, is_ai)
+    called = lambda c: np.interp(evidence, c.evidence, c.probability) > 0.5  # noqa: E731
+    assert balanced.prior == "balanced" and not (called(cal) & ~called(balanced)).any()  # accuses a subset
+    assert called(cal)[~is_ai].mean() < called(balanced)[~is_ai].mean() / 5
+
+
+def test_index_calibrate_sets_the_prior_and_enrollment_keeps_it(two_class_index, tmp_path, tiny_model_dir):
+    from indexes import SupportIndex
+
+    before = SupportIndex.open(two_class_index).manifest
+    r = runner.invoke(app, ["index", "calibrate", "--ai-share", "0.1", "--index", str(two_class_index)])
+    assert r.exit_code == 0, r.output
+    after = SupportIndex.open(two_class_index).manifest
+    assert after.generation == before.generation + 1 and after.counts == before.counts
+    assert before.ai_score.prior == "balanced" and after.ai_score.prior == "ai-share 0.1"
+    assert after.ai_score.method == "isotonic" and min(after.ai_score.probability) < min(before.ai_score.probability)
+    more = write_class_dir(tmp_path / "more_blue", BLUE, 5, seed0=500)
+    r = runner.invoke(app, ["enroll", "gen_navy", str(more), "--index", str(two_class_index), "--model",
+                            str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert SupportIndex.open(two_class_index).manifest.ai_score.prior == "ai-share 0.1"
+    r = runner.invoke(app, ["index", "show", "--index", str(two_class_index)])
+    assert "ai-share 0.1 prior" in r.output
+    r = runner.invoke(app, ["index", "calibrate", "--ai-share", "1", "--index", str(two_class_index)])
+    assert r.exit_code == 2 and "--ai-share" in r.output
+
+
+def test_a_manifest_with_an_unreadable_prior_is_refused(two_class_index):
+    from imgscan_core.errors import UsageError
+    from indexes.manifest import IndexManifest
+
+    text = (two_class_index / "manifest.json").read_text()
+    for prior in ("ai-share 1.5", "ai-share x", "mostly real"):
+        data = json.loads(text)
+        data["ai_score"]["prior"], data["checksum"] = prior, ""
+        with pytest.raises(UsageError, match="ai_score.prior"):
+            IndexManifest.from_json(json.dumps(data), "manifest.json")
 
 
 def test_calibration_error_is_measured_right():

@@ -27,7 +27,7 @@ import numpy as np
 from imgscan_core.labels import REAL_LABEL
 from indexes import SupportIndex
 from scanner.embed import Embedder
-from scanner.enroll import embed_files, enroll_embeddings
+from scanner.enroll import embed_files, enroll_embeddings, recalibrate
 from train.data import load_samples
 
 
@@ -44,7 +44,8 @@ def _relative(path: Path, roots: list[Path]) -> str:
 
 
 def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, exclude_fold: int | None, seed: int,
-          exclude_sources: list[str] | None = None, real_per_class: int | None = None) -> dict[str, int]:
+          exclude_sources: list[str] | None = None, real_per_class: int | None = None,
+          ai_share: float = 0.5) -> dict[str, int]:
     datas = [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
     samples = load_samples(datas)
     by_label: dict[str, list] = defaultdict(list)
@@ -67,6 +68,8 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
                                    np.concatenate(found.hashes))
         counts[label] = result.added
         print(f"{label}: {result.added} enrolled", flush=True)
+    if ai_share != 0.5:
+        recalibrate(out, ai_share)
     # A packaged index is never written in place: no lock file, and no previous generation kept for readers.
     (out / ".lock").unlink(missing_ok=True)
     shutil.rmtree(out / "history", ignore_errors=True)
@@ -87,10 +90,13 @@ def main() -> None:
                     help="support images of `real` (default: --per-class); real photos are the most varied class")
     ap.add_argument("--exclude-fold", type=int, default=4)
     ap.add_argument("--exclude-sources", default="", help="comma-separated manifest sources never enrolled")
+    ap.add_argument("--ai-share", type=float, default=0.5,
+                    help="calibrate ai_score for a crawl with this share of generated images (`imgscan index "
+                         "calibrate`); 0.5: balanced")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     build(args.data, args.model, args.out, args.per_class, args.exclude_fold, args.seed,
-          [x for x in args.exclude_sources.split(",") if x], args.real_per_class)
+          [x for x in args.exclude_sources.split(",") if x], args.real_per_class, args.ai_share)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,20 @@ def _relative(path: Path, roots: list[Path]) -> str:
     return resolved.name
 
 
+def _per_source(shuffled: list, n: int) -> list:
+    """Up to n of each source, taken in turn (one of each, then a second of each, ...), so that a cap on the
+    total still leaves every source in: real photos differ most between collections, and a support set drawn
+    from a few large ones leaves the others' photos (people, phones, scans) without real neighbours."""
+    by_source: dict[str, list] = defaultdict(list)
+    for s in shuffled:
+        by_source[s.source].append(s)
+    rounds = [[items[i] for items in by_source.values() if i < len(items)] for i in range(n)]
+    return [s for r in rounds for s in r]
+
+
 def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, exclude_fold: int | None, seed: int,
           exclude_sources: list[str] | None = None, real_per_class: int | None = None,
-          ai_share: float = 0.5) -> dict[str, int]:
+          ai_share: float = 0.5, real_per_source: int | None = None) -> dict[str, int]:
     datas = [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
     samples = load_samples(datas)
     by_label: dict[str, list] = defaultdict(list)
@@ -60,6 +71,8 @@ def build(data: Path | list[Path], model_dir: Path, out: Path, per_class: int, e
     for label in sorted(by_label):
         chosen = sorted(by_label[label], key=lambda s: str(s.path))
         random.Random(f"{seed}:{label}").shuffle(chosen)
+        if label == REAL_LABEL and real_per_source:
+            chosen = _per_source(chosen, real_per_source)
         chosen = chosen[:real_per_class if label == REAL_LABEL and real_per_class else per_class]
         rel = {str(s.path): _relative(s.path, roots) for s in chosen}
         found = embed_files([os.fsencode(p) for p in rel], embedder, batch_size=32)
@@ -90,13 +103,16 @@ def main() -> None:
                     help="support images of `real` (default: --per-class); real photos are the most varied class")
     ap.add_argument("--exclude-fold", type=int, default=4)
     ap.add_argument("--exclude-sources", default="", help="comma-separated manifest sources never enrolled")
+    ap.add_argument("--real-per-source", type=int, default=None,
+                    help="draw `real` support evenly over the data sets' sources, up to this many each (then "
+                         "--real-per-class caps the total); default: at random over all real images")
     ap.add_argument("--ai-share", type=float, default=0.5,
                     help="calibrate ai_score for a crawl with this share of generated images (`imgscan index "
                          "calibrate`); 0.5: balanced")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     build(args.data, args.model, args.out, args.per_class, args.exclude_fold, args.seed,
-          [x for x in args.exclude_sources.split(",") if x], args.real_per_class, args.ai_share)
+          [x for x in args.exclude_sources.split(",") if x], args.real_per_class, args.ai_share, args.real_per_source)
 
 
 if __name__ == "__main__":

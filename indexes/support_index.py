@@ -453,6 +453,7 @@ def recalibrate(directory: str | os.PathLike, ai_share: float, *, calibrate: Cal
     set is unchanged). Later enrollments keep the share."""
     directory = Path(directory)
     prior = prior_for(ai_share)
+    SupportIndex.open(directory)  # a missing or damaged index is refused in one line before the lock is taken
     with exclusive_lock(directory):
         index = SupportIndex.open(directory)
         if not len(index.table):

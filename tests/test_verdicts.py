@@ -111,6 +111,8 @@ def test_index_calibrate_sets_the_prior_and_enrollment_keeps_it(two_class_index,
     assert "ai-share 0.1 prior" in r.output
     r = runner.invoke(app, ["index", "calibrate", "--ai-share", "1", "--index", str(two_class_index)])
     assert r.exit_code == 2 and "--ai-share" in r.output
+    r = runner.invoke(app, ["index", "calibrate", "--ai-share", "0.2", "--index", str(tmp_path / "no_index")])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "no_index" in r.output
 
 
 def test_a_manifest_with_an_unreadable_prior_is_refused(two_class_index):

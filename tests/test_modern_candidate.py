@@ -1,0 +1,81 @@
+"""benchmarks/modern_candidate.py: the halves partition the protocol, and a half's parts never reach training."""
+
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+
+from conftest import load_script
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _args(tmp_path: Path, shared: Path, half: str) -> argparse.Namespace:
+    return argparse.Namespace(half=half, work=tmp_path / "work", shared=shared, threads=2, epochs=30,
+                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, device="cpu")
+
+
+def test_halves_hold_out_every_family_once():
+    mc = load_script("benchmarks/modern_candidate.py")
+    held = [f for half in ("A", "B") for f in mc.HALVES[half][0]]
+    mp = load_script("benchmarks/modern_proxies.py")
+    assert sorted(held) == sorted(mp.FAMILIES)
+    assert not set(mc.HALVES["A"][1]) & set(mc.HALVES["B"][1])
+    assert mc.HALVES["all"] == ((), ())
+
+
+@pytest.mark.skipif(not (SHARED / "modern" / "manifest.csv").exists(), reason="needs ../shared/data")
+def test_halves_hold_out_every_real_source_once():
+    mc = load_script("benchmarks/modern_candidate.py")
+    sources = mc.modern_sources(SHARED / "modern")
+    with open(SHARED / "photos" / "manifest.csv", newline="") as f:
+        sources |= {r["source"] for r in csv.DictReader(f) if r["is_ai"] == "0"}
+    assert sorted(mc.HALVES["A"][1] + mc.HALVES["B"][1]) == sorted(sources)
+
+
+def _fake_shared(root: Path) -> Path:
+    rows = {"kit": [], "photos": [("real", "0", "", "camera:drewnoakes"), ("real", "0", "", "dreambooth")],
+            "modern": [("real", "0", "real", s) for s in ("google+mediapipe", "open-mmlab+mmpose",
+                                                          "photoprism+photoprism", "NVlabs+instant-ngp")]
+            + [("sd1", "1", "sd1", "civitai")]}
+    for name, items in rows.items():
+        (root / name).mkdir(parents=True)
+        with open(root / name / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "is_ai", "family", "source", "group", "fold"])
+            for i, (label, is_ai, family, source) in enumerate(items):
+                w.writerow([f"images/{i}.jpg", label, is_ai, family, source, f"g{i}", 0])
+    return root
+
+
+def test_a_half_never_trains_on_or_enrolls_what_it_holds_out(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    shared = _fake_shared(tmp_path / "shared")
+    families, held = mc.HALVES["B"]
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B"))}
+    assert list(plan) == ["view", "view-train", "tae-people", "tae-rest", "train", "index", "proxies"]
+
+    def value(cmd, option):
+        return cmd[cmd.index(option) + 1].split(",")
+
+    for view in ("view", "view-train"):
+        assert value(plan[view], "--exclude-families") == list(families)
+        assert set(held) <= set(value(plan[view], "--exclude-sources"))
+    # people crops made into TAE pairs come only from the people sources this half trains on
+    assert "google+mediapipe" not in value(plan["tae-people"], "--exclude-sources")
+    assert {"open-mmlab+mmpose", "photoprism+photoprism"} <= set(value(plan["tae-people"], "--exclude-sources"))
+    assert set(held) <= set(value(plan["tae-rest"], "--exclude-sources"))
+    assert value(plan["view-train"], "--repeat") == [f"{s}=4" for s in sorted(mc.PEOPLE_SOURCES - set(held))]
+    # the photos set's held-out source is out of training and of the starter index
+    assert value(plan["train"], "--holdout-sources") == ["dreambooth"]
+    assert value(plan["index"], "--exclude-sources") == ["dreambooth"]
+    assert value(plan["proxies"], "--held-out-families") == list(families)
+    assert str(shared / "modern") not in plan["train"]  # trains on the view, never on the whole set
+
+
+def test_the_shipping_recipe_holds_nothing_out_and_judges_nothing(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, _fake_shared(tmp_path / "shared"), "all"))}
+    assert "proxies" not in plan and "--holdout-sources" not in plan["train"]
+    assert "--exclude-families" not in plan["view"]

@@ -17,7 +17,9 @@ WORK/recipe.log; a stage whose output is complete is skipped, so a killed run co
 2. `tae-people`, `tae-rest`: `tools/tae_pairs.py`: the kept people crops, and --rest-limit other real crops
    (modern and photos), through the SD, SDXL and FLUX.1 tiny autoencoders: content-matched AI images;
 3. `train`: `imgscan train` (Lite0 fine-tuned at 128 px, soft-supcon, real anchors weighted --real-weight);
-4. `index`: `tools/starter_index.py` (150 per class, 450 `real`) at the prior --ai-share;
+4. `index`: `tools/starter_index.py` (150 per class, 450 `real`) at the prior --ai-share; with --index-held-real,
+   `real` up to 150 from every source, the held-out half's included (`view-held-real`): the proxies drop the
+   judged source's own items, so this measures real support from collections the embedder never trained on;
 5. `proxies`: `benchmarks/modern_proxies.py` on the held-out half.
 
 Derived images and models stay under WORK, outside the repository. `--half all` holds nothing out (the
@@ -97,16 +99,28 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
           "--batch-size", "32", "--images-per-class", "4", "--real-per-batch", "8", "--image-size", "128",
           "--export-size", "256", "--scan-views", "5", "--freeze-blocks", "2", "--eval-every", "100",
           *threads, "--workers", "1", "--seed", str(args.seed), "--device", args.device]),
-        ("index", w / "index" / "manifest.json",
-         [py, ROOT / "tools/starter_index.py", kit, photos, w / "modern", "--model", w / "model", "--out",
-          w / "index", "--per-class", "150", "--real-per-class", "450", "--exclude-fold", "4",
-          *(["--exclude-sources", ",".join(photo_holdout)] if photo_holdout else []),
-          "--ai-share", str(args.ai_share)]),
     ]
+    held_real_support = bool(args.index_held_real and held_sources)
+    if held_real_support:
+        # Real collections the embedder never trained on, as support only; the proxies drop the judged
+        # source's own items, so each source is still judged by a support that never held it.
+        out.append(("view-held-real", w / "held_real" / "manifest.csv",
+                    [py, ROOT / "tools/family_manifest.py", modern, "--out", w / "held_real", "--real-only",
+                     "--only-sources", held]))
+        index_data, real_side = [kit, photos, w / "modern", w / "held_real"], [
+            "--real-per-source", "150", "--real-per-class", "5000"]
+    else:
+        index_data = [kit, photos, w / "modern"]
+        real_side = ["--real-per-class", "450", *(["--exclude-sources", ",".join(photo_holdout)] if photo_holdout else [])]
+    # each starter-index setting its own folders, so that a work folder can hold both
+    index, proxies = (w / "index_held_real", w / "proxies_held_real") if held_real_support else (w / "index", w / "proxies")
+    out.append(("index", index / "manifest.json",
+                [py, ROOT / "tools/starter_index.py", *index_data, "--model", w / "model", "--out", index,
+                 "--per-class", "150", *real_side, "--exclude-fold", "4", "--ai-share", str(args.ai_share)]))
     if families:
-        out.append(("proxies", w / "proxies" / "modern_proxies.json",
-                    [py, HERE / "modern_proxies.py", "--model", w / "model", "--index", w / "index", "--out",
-                     w / "proxies", "--held-out-families", ",".join(families), "--held-out-sources", held,
+        out.append(("proxies", proxies / "modern_proxies.json",
+                    [py, HERE / "modern_proxies.py", "--model", w / "model", "--index", index, "--out",
+                     proxies, "--held-out-families", ",".join(families), "--held-out-sources", held,
                      "--trained-on", f"modern_candidate.py --half {args.half}"]))
     return [(name, done, [str(c) for c in cmd]) for name, done, cmd in out]
 
@@ -124,6 +138,9 @@ def main() -> None:
     ap.add_argument("--rest-limit", type=int, default=500, help="other real crops through the autoencoders")
     ap.add_argument("--real-weight", type=float, default=3.0)
     ap.add_argument("--ai-share", type=float, default=0.1, help="the starter index's prior (index calibrate)")
+    ap.add_argument("--index-held-real", action="store_true",
+                    help="put the held-out half's real photos in the starter index too (up to 150 per source), "
+                         "with every source's up to 150: real support the embedder never trained on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dry-run", action="store_true", help="print the stages' commands and what is done")

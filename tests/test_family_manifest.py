@@ -49,3 +49,11 @@ def test_the_starter_index_keeps_a_views_own_paths_through_its_linked_images(tmp
     (tmp_path / "kit").mkdir()
     roots = [(tmp_path / "kit").resolve(), (tmp_path / "view").resolve()]
     assert si._relative((tmp_path / "view").resolve() / "images/sd1/a.jpg", roots) == "view/images/sd1/a.jpg"
+
+
+def test_a_support_only_view_keeps_the_not_ai_images_of_chosen_collections():
+    fm = load_script("tools/family_manifest.py")
+    rows = [_row("sdxl", "faces"), _row("real", "faces", "real", "0"), _row("graphic", "faces", "real", "0"),
+            _row("real", "cam", "real", "0")]
+    out = fm.family_rows(rows, set(), set(), 20, only_sources={"faces"}, real_only=True)
+    assert [(r["family"], r["source"], r["label"]) for r in out] == [("real", "faces", "real"), ("graphic", "faces", "real")]

@@ -11,9 +11,10 @@ from conftest import load_script
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _args(tmp_path: Path, shared: Path, half: str) -> argparse.Namespace:
+def _args(tmp_path: Path, shared: Path, half: str, index_held_real: bool = False) -> argparse.Namespace:
     return argparse.Namespace(half=half, work=tmp_path / "work", shared=shared, threads=2, epochs=30,
-                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, device="cpu")
+                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, device="cpu",
+                              index_held_real=index_held_real)
 
 
 def test_halves_hold_out_every_family_once():
@@ -79,3 +80,16 @@ def test_the_shipping_recipe_holds_nothing_out_and_judges_nothing(tmp_path):
     plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, _fake_shared(tmp_path / "shared"), "all"))}
     assert "proxies" not in plan and "--holdout-sources" not in plan["train"]
     assert "--exclude-families" not in plan["view"]
+
+
+def test_held_out_real_collections_can_be_support_but_never_training(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    shared = _fake_shared(tmp_path / "shared")
+    families, held = mc.HALVES["B"]
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B", index_held_real=True))}
+    assert list(plan) == ["view", "view-train", "tae-people", "tae-rest", "train", "view-held-real", "index", "proxies"]
+    view = plan["view-held-real"]
+    assert "--real-only" in view and view[view.index("--only-sources") + 1].split(",") == list(held)
+    held_real = str(tmp_path / "work" / "held_real")
+    assert held_real in plan["index"] and held_real not in plan["train"]
+    assert "--exclude-sources" not in plan["index"]  # the proxies drop the judged source's own items

@@ -12,7 +12,8 @@ left out entirely (never trained on, never enrolled), so a model trained on the 
 source written `tae-sd:owner+repo` or `reposted:owner+repo` (copies made by tools/tae_pairs.py) counts as `owner+repo`. A
 manifest without a `family` column (the TAE set) keeps its labels. `--repeat SOURCE=N` lists the rows of a
 source N times, so that a sampler drawing rows uniformly shows them N times as often (for training views only:
-a starter index wants each image once). No image is copied.
+a starter index wants each image once). `--only-sources` and `--real-only` make a support-only view: the not-AI
+images of chosen collections. No image is copied.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def original_source(source: str) -> str:
     return rest if rest and (prefix.startswith("tae-") or prefix == "reposted") else source
 
 
-def family_rows(rows: list[dict], exclude_families: set[str], exclude_sources: set[str], min_class: int) -> list[dict]:
+def family_rows(rows: list[dict], exclude_families: set[str], exclude_sources: set[str], min_class: int,
+                only_sources: set[str] | None = None, real_only: bool = False) -> list[dict]:
     kept = [r for r in rows if r.get("family", "") not in exclude_families
-            and original_source(r["source"]) not in exclude_sources]
+            and original_source(r["source"]) not in exclude_sources
+            and (only_sources is None or original_source(r["source"]) in only_sources)
+            and not (real_only and r["is_ai"] == "1")]
     if not kept or "family" not in kept[0]:
         return kept
     sizes = Counter(r["family"] for r in kept if r["family"] not in NOT_AI_FAMILIES)
@@ -66,6 +70,8 @@ def main() -> None:
     ap.add_argument("--exclude-sources", default="", help="comma-separated sources left out")
     ap.add_argument("--min-class", type=int, default=20, help="smaller families are pooled as `modern-other`")
     ap.add_argument("--repeat", default="", help="comma-separated SOURCE=N: list that source's rows N times")
+    ap.add_argument("--only-sources", default="", help="comma-separated sources: keep only their rows")
+    ap.add_argument("--real-only", action="store_true", help="leave generated images out (a support-only view)")
     args = ap.parse_args()
 
     def work():
@@ -74,7 +80,8 @@ def main() -> None:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, list(reader)
         split = lambda s: {x for x in s.split(",") if x}  # noqa: E731
-        out_rows = family_rows(rows, split(args.exclude_families), split(args.exclude_sources), args.min_class)
+        out_rows = family_rows(rows, split(args.exclude_families), split(args.exclude_sources), args.min_class,
+                               split(args.only_sources) or None, args.real_only)
         try:
             repeat = {k: int(n) for k, _, n in (x.partition("=") for x in split(args.repeat))}
         except ValueError as exc:

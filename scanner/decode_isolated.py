@@ -11,8 +11,8 @@ batch of ordinary images takes a small fraction of it), else, or when the child 
 again one image per round trip in fresh children, each image within its own timeout; the image in flight when
 something goes wrong gets `decode: decoder crashed ...` or `decode: timed out after T s`, the others their
 pixels. A child whose DALI failed on a file finishes that batch with Pillow, says so in its reply and exits:
-DALI is not safe to run again in that process (scanner.decode.DaliImageDecoder). A fresh child says it is ready (decoder built) before anything is sent, so its start-up (`startup_s`)
-is never charged to an image. One image per round trip costs about 0.6 ms per image (DALI's per-run overhead
+DALI is not safe to run again in that process (scanner.decode.DaliImageDecoder). A fresh child says it is ready (decoder built) before anything is sent, so its start-up (`startup_s`; a child
+that misses it gets one more try with twice the time) is never charged to an image. One image per round trip costs about 0.6 ms per image (DALI's per-run overhead
 and the pipe), which is why the batch goes first.
 
 The child also reads each file's provenance evidence (C2PA, XMP, PNG text, EXIF) when asked: metadata parsers
@@ -189,9 +189,21 @@ class IsolatedImageDecoder:
 
     # -- child lifecycle
     def _start(self) -> subprocess.Popen:
-        """The running child, or a fresh one once it has said it is ready (within startup_s)."""
+        """The running child, or a fresh one once it has said it is ready. A machine busy with other work can
+        take longer than startup_s to import DALI: a child that does not start gets one more try with twice the
+        time before the batch's images are failed."""
         if self._child is not None and self._child.poll() is None:
             return self._child
+        try:
+            return self._spawn(self.startup_s)
+        except DecoderChildFailed as first:
+            try:
+                return self._spawn(2 * self.startup_s)
+            except DecoderChildFailed as second:
+                reason = first.reason if first.reason == second.reason else f"{first.reason}; again: {second.reason}"
+                raise DecoderChildFailed(reason, at_start=True) from None
+
+    def _spawn(self, startup_s: float) -> subprocess.Popen:
         self._kill()
         self._child = subprocess.Popen(
             [*self.child_command, str(self.size), str(self.max_batch), str(self.max_pixels), str(self.spec.views),
@@ -200,9 +212,9 @@ class IsolatedImageDecoder:
             pass_fds=(self._request_fd, self._reply_fd),
             env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
         )
-        deadline = time.monotonic() + self.startup_s
+        deadline = time.monotonic() + startup_s
         fd = self._child.stdout.fileno()
-        late = f"decoder did not start within {self.startup_s:g} s"
+        late = f"decoder did not start within {startup_s:g} s"
         try:
             (hlen,) = _U32.unpack(self._read_exact(fd, 4, deadline, late))
             ready = self._read_exact(fd, hlen, deadline, late)

@@ -1,6 +1,7 @@
 """A decoder child for tests: the real child loop, with Pillow's decode patched to abort the process on one
 marked image, to hang on another and to be slow (SLOW_S, SLOWISH_S seconds) on others, and the provenance reader to
-hang on a file marked HANG-PROVENANCE; FAULTY_CHILD_SLOW_START=S makes its start-up S seconds longer. Started by IsolatedImageDecoder(child_command=...) in the tests."""
+hang on a file marked HANG-PROVENANCE; FAULTY_CHILD_SLOW_START=S makes its start-up S seconds longer;
+FAULTY_CHILD_HANG_FIRST_START=FILE makes the first child (the one that finds no FILE) hang at start-up. Started by IsolatedImageDecoder(child_command=...) in the tests."""
 
 import os
 import sys
@@ -41,4 +42,8 @@ provenance.read_provenance = _faulty_read_provenance
 
 if __name__ == "__main__":
     time.sleep(float(os.environ.get("FAULTY_CHILD_SLOW_START", "0")))
+    once = os.environ.get("FAULTY_CHILD_HANG_FIRST_START")  # a marker file: only the first child to start hangs
+    if once and not os.path.exists(once):
+        open(once, "w").close()
+        time.sleep(3600)
     isolated.child_main(sys.argv[1:])

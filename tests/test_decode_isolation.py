@@ -78,6 +78,19 @@ def test_a_decoder_that_cannot_start_fails_the_batch_in_one_line_each():
     assert batch.errors == ["decode: decoder exited (status 3)"] * 2 and batch.pixels.shape[0] == 0
 
 
+def test_a_child_that_does_not_start_in_time_gets_one_more_try(tmp_path, monkeypatch):
+    """A busy machine can take longer than the start-up bound to import DALI once: the batch still decodes."""
+    monkeypatch.setenv("FAULTY_CHILD_HANG_FIRST_START", str(tmp_path / "started-once"))
+    decoder = IsolatedImageDecoder(ViewSpec(32), 8, timeout_s=5.0, startup_s=4.0,
+                                   child_command=[sys.executable, str(HERE / "faulty_decoder_child.py")])
+    try:
+        batch = decoder.decode([encode(coloured(RED, seed=1)), encode(coloured(BLUE, seed=2))])
+    finally:
+        decoder.close()
+    assert (tmp_path / "started-once").exists()  # the first child did hang
+    assert batch.errors == [None, None] and batch.pixels.shape == (2, 32, 32, 3)
+
+
 def test_a_file_dali_fails_on_retires_the_child_and_a_fresh_one_takes_the_next_batch():
     """DALI is not safe to run again in a process after it failed (scanner.decode.DaliImageDecoder): the child
     finishes that batch with Pillow, says so and exits; the next batch starts a fresh child. A good batch keeps

@@ -55,15 +55,20 @@ HALVES = {
            "debian-sway-backgrounds", "dreambooth", "Stability-AI+stablediffusion", "openMVG+SfM_quality_evaluation")),
     "all": ((), ()),
 }
-PHOTOS_SOURCES = ("camera:drewnoakes", "dreambooth")  # the photos set's sources (its manifest)
 DECODERS = "sd,sdxl,flux1"
 
 
-def modern_sources(modern: Path) -> set[str]:
+def real_sources_of(data: Path) -> set[str]:
+    """The sources of a data set's not-AI images (its manifest)."""
     import csv
 
-    with open(modern / "manifest.csv", newline="") as f:
+    with open(data / "manifest.csv", newline="") as f:
         return {r["source"] for r in csv.DictReader(f) if r["is_ai"] == "0"}
+
+
+def train_work_dir(work: Path) -> Path:
+    """Where training keeps its checkpoint (passed as --work-dir, so that a re-run finds it to resume)."""
+    return work / "model" / "train_work"
 
 
 def stages(args) -> list[tuple[str, Path, list[str]]]:
@@ -72,12 +77,12 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
     w, py = args.work, sys.executable
     kit, photos, modern = args.shared / "kit", args.shared / "photos", args.shared / "modern"
     kept_people = sorted(PEOPLE_SOURCES - set(held_sources))
-    others = sorted(modern_sources(modern) - set(kept_people))
+    others = sorted(real_sources_of(modern) - set(kept_people))
     held = ",".join(held_sources)
     exclude = ["--exclude-families", ",".join(families)] if families else []
     exclude += ["--exclude-sources", held] if held else []
     threads = ["--threads", str(args.threads)]
-    photo_holdout = [s for s in held_sources if s in PHOTOS_SOURCES]
+    photo_holdout = [s for s in held_sources if s in real_sources_of(photos)]
     out = [
         ("view", w / "modern" / "manifest.csv",
          [py, ROOT / "tools/family_manifest.py", modern, "--out", w / "modern", *exclude]),
@@ -93,7 +98,7 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
           "--limit", str(args.rest_limit), *threads, "--seed", "3"]),
         ("train", w / "model" / "model_card.json",
          [py, "-m", "train", "train", kit, photos, w / "modern_train", w / "tae_people", w / "tae_rest",
-          "--out", w / "model", *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
+          "--out", w / "model", "--work-dir", train_work_dir(w), *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
           "--loss", "soft-supcon", "--real-weight", str(args.real_weight), "--val-fold", "4",
           "--holdout", "glid-3,gaugan", "--epochs", str(args.epochs), "--batches-per-epoch", "143",
           "--batch-size", "32", "--images-per-class", "4", "--real-per-batch", "8", "--image-size", "128",
@@ -157,7 +162,7 @@ def main() -> None:
             if done.exists():
                 print(f"[{name}] done ({done})")
                 continue
-            if name == "train" and (args.work / "model" / "train_work" / "checkpoint.pt").exists():
+            if name == "train" and (train_work_dir(args.work) / "checkpoint.pt").exists():
                 cmd.append("--resume")
                 line = shlex.join(cmd)
             print(f"[{name}] {line}", flush=True)

@@ -29,9 +29,8 @@ def test_halves_hold_out_every_family_once():
 @pytest.mark.skipif(not (SHARED / "modern" / "manifest.csv").exists(), reason="needs ../shared/data")
 def test_halves_hold_out_every_real_source_once():
     mc = load_script("benchmarks/modern_candidate.py")
-    sources = mc.modern_sources(SHARED / "modern")
-    with open(SHARED / "photos" / "manifest.csv", newline="") as f:
-        sources |= {r["source"] for r in csv.DictReader(f) if r["is_ai"] == "0"}
+    mp = load_script("benchmarks/modern_proxies.py")
+    sources = mp.real_sources(mp.load_universe(SHARED / "modern", SHARED / "photos"))  # what the proxies judge
     assert sorted(mc.HALVES["A"][1] + mc.HALVES["B"][1]) == sorted(sources)
 
 
@@ -73,6 +72,7 @@ def test_a_half_never_trains_on_or_enrolls_what_it_holds_out(tmp_path):
     assert value(plan["index"], "--exclude-sources") == ["dreambooth"]
     assert value(plan["proxies"], "--held-out-families") == list(families)
     assert str(shared / "modern") not in plan["train"]  # trains on the view, never on the whole set
+    assert value(plan["train"], "--work-dir") == [str(mc.train_work_dir(tmp_path / "work"))]  # where resume looks
 
 
 def test_the_shipping_recipe_holds_nothing_out_and_judges_nothing(tmp_path):

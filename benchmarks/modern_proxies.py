@@ -27,7 +27,8 @@ calibration (open-set threshold, ai_score) fitted leave-one-out on each support 
 
 A model trained on part of the set (the same recipe trained twice, each run holding out different families and
 sources) is judged on what each run held out: `--held-out-families` / `--held-out-sources` per run, then
-`--combine RUN_A RUN_B --out BOTH` merges the runs into one table, pooled figures recomputed.
+`--combine RUN_A RUN_B --out BOTH` merges the runs into one table, pooled figures recomputed. `--against BASE_RUN`
+lists every figure where the run (or the combined runs) does worse than a baseline run, e.g. the shipped model's.
 
 Writes OUT/modern_proxies.json and prints a table.
 """
@@ -281,6 +282,37 @@ def summary(result: dict) -> dict:
             "balanced_native": result["native"]["balanced"], "balanced_reposted": result["reposted"]["balanced"]}
 
 
+FAMILY_FIGURES = ("out_of_box", "out_of_box_reposted", "shots_20", "shots_50")
+SOURCE_SETTINGS = ("out_of_box", "others_enrolled", "out_of_box_reposted")
+POOLED_FIGURES = ("ai_caught", "real_kept", "people_kept", "graphics_kept", "balanced")
+
+
+def worse_than(candidate: dict, base: dict) -> list[dict]:
+    """The issue's shipping rule, "beats the baseline on every modern proxy", checked: every figure both runs
+    judged where the candidate does worse (a family caught less, a source's photos or graphics called AI more
+    often, a pooled figure lower). Rows carry n, since one photo of a 20-photo source is 5 points."""
+    rows = []
+    for name, f in candidate["families"].items():
+        b = base["families"].get(name)
+        for key in FAMILY_FIGURES if b else ():
+            if f[key] < b[key]:
+                rows.append({"proxy": f"family {name} {key}", "candidate": f[key], "base": b[key], "n": f["queries"]})
+    for name, s in candidate["sources"].items():
+        b = base["sources"].get(name)
+        for setting in SOURCE_SETTINGS if b else ():
+            for kind in ("photos", "graphics"):
+                c, o = s[setting][kind], b[setting][kind]
+                if c["n"] and o["n"] and c["called_ai"] > o["called_ai"]:
+                    rows.append({"proxy": f"source {name} {kind} {setting} (called AI)", "candidate": c["called_ai"],
+                                 "base": o["called_ai"], "n": c["n"]})
+    for setting in ("native", "reposted"):
+        for key in POOLED_FIGURES:
+            c, o = candidate[setting][key], base[setting][key]
+            if c < o:
+                rows.append({"proxy": f"pooled {setting} {key}", "candidate": c, "base": o, "n": None})
+    return rows
+
+
 def format_table(result: dict) -> str:
     lines = ["| held-out family | queries | out of the box | 20 shots | 50 shots |", "|---|---:|---:|---:|---:|"]
     for name, f in result["families"].items():
@@ -355,6 +387,9 @@ def main() -> None:
                     help="comma-separated real sources the model never saw: judge only these (default: all)")
     ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="RUN",
                     help="instead of a model: merge the OUT folders of runs that held out different parts")
+    ap.add_argument("--against", type=Path, default=None, metavar="BASE_RUN",
+                    help="the OUT folder of a baseline run (e.g. the shipped model): list every family, source and "
+                         "pooled figure where this run does worse (the issue's shipping rule)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
@@ -384,10 +419,21 @@ def main() -> None:
             result["model"], result["index"], result["trained_on"] = str(args.model), str(args.index), args.trained_on
             result["ai_share"] = e.ai_share
         result["elapsed_s"] = round(time.time() - started, 1)
+        if args.against:
+            if not (args.against / "modern_proxies.json").is_file():
+                raise UsageError(f"--against: no modern_proxies.json in {args.against}")
+            base = json.loads((args.against / "modern_proxies.json").read_text())
+            result["worse_than_base"] = {"base": str(args.against), "rows": worse_than(result, base)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "modern_proxies.json").write_text(json.dumps(result, indent=1))
         print(format_table(result))
         print(json.dumps(result["summary"]))
+        if args.against:
+            rows = result["worse_than_base"]["rows"]
+            print(f"\nworse than {args.against} on {len(rows)} figure(s)" + (":" if rows else ": beats it on every proxy"))
+            for r in rows:
+                n = "" if r["n"] is None else f" (n={r['n']})"
+                print(f"  {r['proxy']}: {r['candidate']:.3f} against {r['base']:.3f}{n}")
 
     run_script(work)
 

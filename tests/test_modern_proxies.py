@@ -144,3 +144,31 @@ def test_a_starter_index_calibrated_for_few_generated_images_accuses_fewer_real_
     assert (cautious_cam["others_enrolled"]["photos"]["called_ai"]
             < balanced_cam["others_enrolled"]["photos"]["called_ai"])
     assert mp.family_proxy(u, cautious, "sdxl")["out_of_box"] == 1.0
+
+
+def test_a_candidate_is_checked_against_the_baseline_on_every_figure():
+    """worse_than lists each family, source and pooled figure where the candidate does worse, and nothing where
+    it does as well or better: the shipping rule "beats the shipped model on every modern proxy"."""
+    import dataclasses
+
+    mp = load_script("benchmarks/modern_proxies.py")
+    u, e = _setup(mp)
+    same = lambda **held_out: e  # noqa: E731
+    base = mp.run_proxies(u, same, families=("sdxl", "sd1"))
+    assert mp.worse_than(base, base) == []
+    # a model whose people photos move off the generated images but whose sdxl images move among the real photos
+    moved = e.clean.copy()
+    people = u.source == "open-mmlab+mmpose"
+    sdxl = u.family == "sdxl"
+    real_dir, ai_dir = np.eye(8)[0], np.eye(8)[1]
+    moved[people | sdxl] = _unit(moved[people | sdxl] - ai_dir + real_dir)
+    candidate = mp.run_proxies(u, lambda **held_out: dataclasses.replace(e, clean=moved, reposted=moved),
+                               families=("sdxl", "sd1"))
+    rows = {r["proxy"]: r for r in mp.worse_than(candidate, base)}
+    assert rows["family sdxl out_of_box"]["candidate"] < rows["family sdxl out_of_box"]["base"]
+    assert rows["family sdxl out_of_box"]["n"] == 24
+    assert "pooled native ai_caught" in rows
+    assert not any("open-mmlab+mmpose" in p for p in rows)  # its photos are called AI less now: not a regression
+    assert "pooled native people_kept" not in rows
+    assert all(r["candidate"] < r["base"] if "family" in p or "pooled" in p else r["candidate"] > r["base"]
+               for p, r in rows.items())

@@ -290,7 +290,8 @@ POOLED_FIGURES = ("ai_caught", "real_kept", "people_kept", "graphics_kept", "bal
 def worse_than(candidate: dict, base: dict) -> list[dict]:
     """The issue's shipping rule, "beats the baseline on every modern proxy", checked: every figure both runs
     judged where the candidate does worse (a family caught less, a source's photos or graphics called AI more
-    often, a pooled figure lower). Rows carry n, since one photo of a 20-photo source is 5 points."""
+    often, a pooled figure lower), the baseline's pooled figures taken over the parts the candidate judged. Rows
+    carry n, since one photo of a 20-photo source is 5 points."""
     rows = []
     for name, f in candidate["families"].items():
         b = base["families"].get(name)
@@ -305,9 +306,12 @@ def worse_than(candidate: dict, base: dict) -> list[dict]:
                 if c["n"] and o["n"] and c["called_ai"] > o["called_ai"]:
                     rows.append({"proxy": f"source {name} {kind} {setting} (called AI)", "candidate": c["called_ai"],
                                  "base": o["called_ai"], "n": c["n"]})
+    # the baseline pooled over what the candidate judged, so that a run on one half compares like with like
+    shared_parts = with_pooled({kind: {k: v for k, v in base[kind].items() if k in candidate[kind]}
+                                for kind in ("families", "sources")})
     for setting in ("native", "reposted"):
         for key in POOLED_FIGURES:
-            c, o = candidate[setting][key], base[setting][key]
+            c, o = candidate[setting][key], shared_parts[setting][key]
             if c < o:
                 rows.append({"proxy": f"pooled {setting} {key}", "candidate": c, "base": o, "n": None})
     return rows

@@ -172,3 +172,7 @@ def test_a_candidate_is_checked_against_the_baseline_on_every_figure():
     assert "pooled native people_kept" not in rows
     assert all(r["candidate"] < r["base"] if "family" in p or "pooled" in p else r["candidate"] > r["base"]
                for p, r in rows.items())
+    # a run that judged part of the set is compared with the baseline pooled over that part only
+    part = mp.run_proxies(u, same, families=("sd1",), sources=("cam-a",))
+    assert part["native"]["ai_caught"] < base["native"]["ai_caught"]  # sd1 alone: the family it misses
+    assert mp.worse_than(part, base) == []

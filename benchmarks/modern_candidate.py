@@ -15,7 +15,8 @@ WORK/recipe.log; a stage whose output is complete is skipped, so a killed run co
    lists the people sources it keeps --people-repeat times: a model that sees many AI portraits and few real ones
    learns "a retouched face is AI");
 2. `tae-people`, `tae-rest`: `tools/tae_pairs.py`: the kept people crops, and --rest-limit other real crops
-   (modern and photos), through the SD, SDXL and FLUX.1 tiny autoencoders: content-matched AI images;
+   (modern and photos), through the SD, SDXL and FLUX.1 tiny autoencoders: content-matched AI images, and each
+   original and its decoders' images re-posted alike (`--no-repost-ai`: the real copies only, as A3, B3, A4 were);
 3. `train`: `imgscan train` (Lite0 fine-tuned at 128 px, soft-supcon, real anchors weighted --real-weight);
 4. `index`: `tools/starter_index.py` (150 per class, 450 `real`) at the prior --ai-share; with --index-held-real,
    `real` up to 150 from every source, the held-out half's included (`view-held-real`): the proxies drop the
@@ -82,6 +83,7 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
     exclude = ["--exclude-families", ",".join(families)] if families else []
     exclude += ["--exclude-sources", held] if held else []
     threads = ["--threads", str(args.threads)]
+    repost = ["--no-repost-ai"] if args.no_repost_ai else []
     photo_holdout = [s for s in held_sources if s in real_sources_of(photos)]
     out = [
         ("view", w / "modern" / "manifest.csv",
@@ -91,11 +93,11 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
           "--repeat", ",".join(f"{s}={args.people_repeat}" for s in kept_people)]),
         ("tae-people", w / "tae_people" / "pairs.json",
          [py, ROOT / "tools/tae_pairs.py", modern, "--out", w / "tae_people", "--exclude-fold", "4",
-          "--exclude-sources", ",".join(others), "--decoders", DECODERS, *threads]),
+          "--exclude-sources", ",".join(others), "--decoders", DECODERS, *threads, *repost]),
         ("tae-rest", w / "tae_rest" / "pairs.json",
          [py, ROOT / "tools/tae_pairs.py", modern, photos, "--out", w / "tae_rest", "--exclude-fold", "4",
           "--exclude-sources", ",".join([*held_sources, *kept_people]), "--decoders", DECODERS,
-          "--limit", str(args.rest_limit), *threads, "--seed", "3"]),
+          "--limit", str(args.rest_limit), *threads, "--seed", "3", *repost]),
         ("train", w / "model" / "model_card.json",
          [py, "-m", "train", "train", kit, photos, w / "modern_train", w / "tae_people", w / "tae_rest",
           "--out", w / "model", "--work-dir", train_work_dir(w), *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
@@ -146,6 +148,8 @@ def main() -> None:
     ap.add_argument("--index-held-real", action="store_true",
                     help="put the held-out half's real photos in the starter index too (up to 150 per source), "
                          "with every source's up to 150: real support the embedder never trained on")
+    ap.add_argument("--no-repost-ai", action="store_true",
+                    help="TAE sets with re-posted real copies only (how A3, B3 and A4 were made)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dry-run", action="store_true", help="print the stages' commands and what is done")

@@ -11,10 +11,11 @@ from conftest import load_script
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _args(tmp_path: Path, shared: Path, half: str, index_held_real: bool = False) -> argparse.Namespace:
+def _args(tmp_path: Path, shared: Path, half: str, index_held_real: bool = False,
+          no_repost_ai: bool = False) -> argparse.Namespace:
     return argparse.Namespace(half=half, work=tmp_path / "work", shared=shared, threads=2, epochs=30,
                               people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, device="cpu",
-                              index_held_real=index_held_real)
+                              index_held_real=index_held_real, no_repost_ai=no_repost_ai)
 
 
 def test_halves_hold_out_every_family_once():
@@ -93,3 +94,12 @@ def test_held_out_real_collections_can_be_support_but_never_training(tmp_path):
     held_real = str(tmp_path / "work" / "held_real")
     assert held_real in plan["index"] and held_real not in plan["train"]
     assert "--exclude-sources" not in plan["index"]  # the proxies drop the judged source's own items
+
+
+def test_the_autoencoder_sets_re_post_both_sides_unless_told_otherwise(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    shared = _fake_shared(tmp_path / "shared")
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B"))}
+    assert "--no-repost-ai" not in plan["tae-people"] and "--no-repost-ai" not in plan["tae-rest"]
+    older = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B", no_repost_ai=True))}
+    assert "--no-repost-ai" in older["tae-people"] and "--no-repost-ai" in older["tae-rest"]

@@ -37,19 +37,26 @@ def test_reconstructions_keep_content_and_pairs_keep_group_and_fold(tmp_path):
                       "--exclude-sources", "unseen", "--threads", "1"]) == 0
     with open(out / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
-    # three originals outside fold 4 and the unseen source, each through two decoders and re-posted once
+    # three originals outside fold 4 and the unseen source, each through two decoders; the original and each
+    # decoder's image re-posted once
     assert sorted((r["label"], r["group"], r["fold"]) for r in rows) == sorted(
-        [(lab, g, f) for lab in ("tae-sd", "tae-flux2", "real") for g, f in (("g1", "0"), ("g1", "0"), ("g2", "1"))])
+        [(lab, g, f) for lab in ("tae-sd", "tae-sd", "tae-flux2", "tae-flux2", "real")
+         for g, f in (("g1", "0"), ("g1", "0"), ("g2", "1"))])
     assert {(r["label"], r["is_ai"], r["source"].split(":")[0]) for r in rows} == {
         ("tae-sd", "1", "tae-sd"), ("tae-flux2", "1", "tae-flux2"), ("real", "0", "reposted")}
     originals = {Path(p).stem: Image.open(p).size for p in (data / "images" / "real").glob("*.jpg")}
+    sizes = {}
     for r in rows:
         w, h = Image.open(out / r["path"]).size
-        ow, oh = originals[r["path"].split("/")[-1].rsplit("-", 1)[0]]
-        if r["label"] == "real":
+        stem = r["path"].split("/")[-1].rsplit("-", 1)[0]
+        ow, oh = originals[stem]
+        if r["label"] == "real" or "-reposted/" in r["path"]:
             assert 0.45 * ow <= w <= 0.8 * ow  # re-posted at 0.5-0.75x
+            sizes.setdefault(stem, set()).add(w)
         else:
             assert (w, h) == (ow // 8 * 8, oh // 8 * 8)
+    # each original's real copy and its decoders' copies re-posted alike (within the decoders' crop to 8 px)
+    assert all(max(ws) - min(ws) <= 6 for ws in sizes.values()) and len(sizes) == 3
     info = json.loads((out / "pairs.json").read_text())
     assert set(info["weights_sha256"]) == {"taesd_encoder.safetensors", "taesd_decoder.safetensors",
                                            "taef2_encoder.pth", "taef2_decoder.pth"}

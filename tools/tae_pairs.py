@@ -9,8 +9,11 @@ excluded folds and sources:
 
 - through each decoder in `--decoders` (at native pixels, cropped to a multiple of 8): label `tae-<name>`
   (`tae-sd`, `tae-sdxl`, `tae-sd3`, `tae-flux1`, `tae-flux2`), is_ai 1, source `tae-<name>:<source>`;
-- re-posted as people post photos (a random 0.5-0.75x, JPEG q70-95): label `real`, source `reposted:<source>`,
-  so that size and compression say nothing either.
+- re-posted as people post photos (a random 0.5-0.75x, JPEG q70-95): label `real`, source `reposted:<source>`;
+- each decoder's image re-posted at the same scale and quality as that original's copy: label `tae-<name>`, under
+  images/tae-<name>-reposted/ (`--no-repost-ai` leaves these out). Re-posting only the real side would teach
+  "shrunk and recompressed means real", and a re-posted generated image would pass as a photo; with both sides
+  re-posted alike, size and compression say nothing.
 
 The decoders are distilled stand-ins (≈1.2M parameters, nearest-neighbour up-sampling), not the generators' full
 VAEs: their traces are LDM-decoder-like, which is why each keeps a class of its own. Weights: ../shared/weights/tae
@@ -126,15 +129,20 @@ def reconstruct(img: np.ndarray, enc: nn.Module, dec: nn.Module) -> tuple[np.nda
     return out, 10 * np.log10(255 ** 2 / max(mse, 1e-9))
 
 
-def reposted(img: np.ndarray, rng: np.random.Generator) -> bytes:
-    """As people post photos: shrunk to a random 0.5-0.75x (bilinear), JPEG at a random quality 70-95."""
+def repost_setting(rng: np.random.Generator) -> tuple[float, int]:
+    """As people post photos: a random 0.5-0.75x and a JPEG quality 70-95."""
+    return float(rng.uniform(0.5, 0.75)), int(rng.integers(70, 96))
+
+
+def reposted(img: np.ndarray, setting: tuple[float, int]) -> bytes:
+    """The image shrunk by the setting's scale (bilinear) and saved as JPEG at its quality."""
     from PIL import Image
 
+    scale, quality = setting
     im = Image.fromarray(img)
-    scale = rng.uniform(0.5, 0.75)
     im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=int(rng.integers(70, 96)))
+    im.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quality", type=int, default=95)
+    ap.add_argument("--no-repost-ai", action="store_true",
+                    help="re-post only the real copies (the sets made before the decoders' images were re-posted too)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from PIL import Image
@@ -167,20 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     pairs = {n: load_pair(n, args.weights) for n in names}
     t0 = time.time()
     rows, psnr = [], {n: [] for n in names}
-    for label in [f"tae-{n}" for n in names] + [REAL_LABEL]:
-        (args.out / "images" / label).mkdir(parents=True, exist_ok=True)
+    folders = [f"tae-{n}" for n in names] + [REAL_LABEL] + ([] if args.no_repost_ai else [f"tae-{n}-reposted" for n in names])
+    for folder in folders:
+        (args.out / "images" / folder).mkdir(parents=True, exist_ok=True)
     for count, (path, source, group, fold) in enumerate(originals, 1):
         img = np.asarray(open_rgb(path))
         if min(img.shape[:2]) < 64:
             continue
         name = derived_name(path)
+        setting = repost_setting(rng)
         for n, (enc, dec, _) in pairs.items():
             out, db = reconstruct(img, enc, dec)
             psnr[n].append(db)
             Image.fromarray(out).save(args.out / "images" / f"tae-{n}" / name, quality=args.quality, subsampling="4:2:0")
-            rows.append({"path": f"images/tae-{n}/{name}", "label": f"tae-{n}", "is_ai": 1,
-                         "source": f"tae-{n}:{source}", "group": group, "fold": fold, "upscaled": 0})
-        (args.out / "images" / REAL_LABEL / name).write_bytes(reposted(img, rng))
+            row = {"path": f"images/tae-{n}/{name}", "label": f"tae-{n}", "is_ai": 1, "source": f"tae-{n}:{source}",
+                   "group": group, "fold": fold, "upscaled": 0}
+            rows.append(row)
+            if not args.no_repost_ai:
+                (args.out / "images" / f"tae-{n}-reposted" / name).write_bytes(reposted(out, setting))
+                rows.append({**row, "path": f"images/tae-{n}-reposted/{name}"})
+        (args.out / "images" / REAL_LABEL / name).write_bytes(reposted(img, setting))
         rows.append({"path": f"images/{REAL_LABEL}/{name}", "label": REAL_LABEL, "is_ai": 0,
                      "source": f"reposted:{source}", "group": group, "fold": fold, "upscaled": 0})
         if count % 50 == 0:
@@ -190,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded),
         "decoders": names, "weights_sha256": {f: s for n in names for f, s in pairs[n][2].items()},
         "originals": len(originals), "limit": args.limit, "seed": args.seed, "quality": args.quality,
+        "repost_ai": not args.no_repost_ai,
         "psnr_db_mean": {n: round(float(np.mean(v)), 2) for n, v in psnr.items() if v},
         "seconds": round(time.time() - t0, 1),
     }, indent=1))

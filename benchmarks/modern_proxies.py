@@ -400,6 +400,8 @@ def main() -> None:
 
     def work():
         started = time.time()
+        if args.against and not (args.against / "modern_proxies.json").is_file():  # before minutes of embedding
+            raise UsageError(f"--against: no modern_proxies.json in {args.against}")
         if args.combine:
             try:
                 result = combine([json.loads((d / "modern_proxies.json").read_text()) for d in args.combine])
@@ -424,8 +426,6 @@ def main() -> None:
             result["ai_share"] = e.ai_share
         result["elapsed_s"] = round(time.time() - started, 1)
         if args.against:
-            if not (args.against / "modern_proxies.json").is_file():
-                raise UsageError(f"--against: no modern_proxies.json in {args.against}")
             base = json.loads((args.against / "modern_proxies.json").read_text())
             result["worse_than_base"] = {"base": str(args.against), "rows": worse_than(result, base)}
         args.out.mkdir(parents=True, exist_ok=True)

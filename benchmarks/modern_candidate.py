@@ -84,7 +84,8 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
     exclude += ["--exclude-sources", held] if held else []
     threads = ["--threads", str(args.threads)]
     repost = ["--no-repost-ai"] if args.no_repost_ai else []
-    photo_holdout = [s for s in held_sources if s in real_sources_of(photos)]
+    photos_sources = real_sources_of(photos)
+    photo_holdout = [s for s in held_sources if s in photos_sources]
     out = [
         ("view", w / "modern" / "manifest.csv",
          [py, ROOT / "tools/family_manifest.py", modern, "--out", w / "modern", *exclude]),

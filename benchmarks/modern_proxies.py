@@ -297,15 +297,15 @@ def worse_than(candidate: dict, base: dict) -> list[dict]:
         b = base["families"].get(name)
         for key in FAMILY_FIGURES if b else ():
             if f[key] < b[key]:
-                rows.append({"proxy": f"family {name} {key}", "candidate": f[key], "base": b[key], "n": f["queries"]})
+                rows.append(_row(f"family {name} {key}", f[key], b[key], f["queries"]))
     for name, s in candidate["sources"].items():
         b = base["sources"].get(name)
         for setting in SOURCE_SETTINGS if b else ():
             for kind in ("photos", "graphics"):
                 c, o = s[setting][kind], b[setting][kind]
                 if c["n"] and o["n"] and c["called_ai"] > o["called_ai"]:
-                    rows.append({"proxy": f"source {name} {kind} {setting} (called AI)", "candidate": c["called_ai"],
-                                 "base": o["called_ai"], "n": c["n"]})
+                    rows.append(_row(f"source {name} {kind} {setting} (called AI)", c["called_ai"], o["called_ai"],
+                                     c["n"]))
     # the baseline pooled over what the candidate judged, so that a run on one half compares like with like
     shared_parts = with_pooled({kind: {k: v for k, v in base[kind].items() if k in candidate[kind]}
                                 for kind in ("families", "sources")})
@@ -313,8 +313,14 @@ def worse_than(candidate: dict, base: dict) -> list[dict]:
         for key in POOLED_FIGURES:
             c, o = candidate[setting][key], shared_parts[setting][key]
             if c < o:
-                rows.append({"proxy": f"pooled {setting} {key}", "candidate": c, "base": o, "n": None})
+                rows.append(_row(f"pooled {setting} {key}", c, o, None))
     return rows
+
+
+def _row(proxy: str, candidate: float, base: float, n: int | None) -> dict:
+    # `images`: how many images the gap is (both runs judge the same images), so that one photo of 22 reads as one
+    images = None if n is None else round(abs(candidate - base) * n)
+    return {"proxy": proxy, "candidate": candidate, "base": base, "n": n, "images": images}
 
 
 def format_table(result: dict) -> str:
@@ -436,7 +442,7 @@ def main() -> None:
             rows = result["worse_than_base"]["rows"]
             print(f"\nworse than {args.against} on {len(rows)} figure(s)" + (":" if rows else ": beats it on every proxy"))
             for r in rows:
-                n = "" if r["n"] is None else f" (n={r['n']})"
+                n = "" if r["n"] is None else f" ({r['images']} of {r['n']} images)"
                 print(f"  {r['proxy']}: {r['candidate']:.3f} against {r['base']:.3f}{n}")
 
     run_script(work)

@@ -167,6 +167,8 @@ def test_a_candidate_is_checked_against_the_baseline_on_every_figure():
     rows = {r["proxy"]: r for r in mp.worse_than(candidate, base)}
     assert rows["family sdxl out_of_box"]["candidate"] < rows["family sdxl out_of_box"]["base"]
     assert rows["family sdxl out_of_box"]["n"] == 24
+    gap = rows["family sdxl out_of_box"]["base"] - rows["family sdxl out_of_box"]["candidate"]
+    assert rows["family sdxl out_of_box"]["images"] == round(gap * 24) > 0
     assert "pooled native ai_caught" in rows
     assert not any("open-mmlab+mmpose" in p for p in rows)  # its photos are called AI less now: not a regression
     assert "pooled native people_kept" not in rows

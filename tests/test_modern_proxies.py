@@ -48,6 +48,10 @@ def test_held_out_families_and_sources_are_judged_as_the_protocol_says():
     sd1 = mp.family_proxy(u, e, "sd1")
     assert sd1["out_of_box"] == 0.0  # among the real photos: missed, as an unseen family is
     assert sd1["shots_20"] == 0.0  # 12 shots among 45 real items near it cannot outvote them
+    # the other families and every real source enrolled, sd1 itself still unseen (had its own images been
+    # enrolled, each query would sit among 29 of them and be called AI)
+    assert sd1["others_enrolled"] == 0.0
+    assert sdxl["others_enrolled"] > 0.0
     cam = mp.source_proxy(u, e, "cam-a")
     assert cam["out_of_box"]["photos"] == {"n": 30, "called_ai": 0.0}
     assert cam["out_of_box"]["graphics"] == {"n": 10, "called_ai": 0.0}

@@ -170,8 +170,7 @@ def family_proxy(u: Universe, e: Embedded, family: str, seed: int = 0) -> dict:
     rq = queries[~np.isnan(e.reposted[queries, 0])]
     v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq], ai_share=e.ai_share)
     out["reposted_queries"], out["out_of_box_reposted"] = int(rq.size), round(float(v.is_ai.mean()), 4)
-    others, other_labels = _enrolled_others(u, e, seed, held_family=family)
-    v = judge(np.concatenate([base, others]), np.concatenate([base_labels, other_labels]), e.clean[queries],
+    v = judge(*_with_others_enrolled(u, e, base, base_labels, seed, held_family=family), e.clean[queries],
               e.detail[queries], ai_share=e.ai_share)
     out["others_enrolled"] = round(float(v.is_ai.mean()), 4)
     pool = np.flatnonzero(mine & np.isin(u.fold, SHOT_FOLDS))
@@ -184,9 +183,11 @@ def family_proxy(u: Universe, e: Embedded, family: str, seed: int = 0) -> dict:
     return out
 
 
-def _enrolled_others(u: Universe, e: Embedded, seed: int, held_source: str | None = None,
-                     held_family: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ENROLL_PER_CLASS images of every other modern family and every other real source (as `real`)."""
+def _with_others_enrolled(u: Universe, e: Embedded, base: np.ndarray, base_labels: np.ndarray, seed: int,
+                          held_source: str | None = None, held_family: str | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A support set and its labels: `base` plus up to ENROLL_PER_CLASS images of every other modern family and
+    every other real source (as `real`)."""
     ok = ~np.isnan(e.clean[:, 0])
     picked = []
     for fam in np.unique(u.family[u.is_ai]):
@@ -197,7 +198,8 @@ def _enrolled_others(u: Universe, e: Embedded, seed: int, held_source: str | Non
         if src != held_source:
             picked.append(_sample(np.flatnonzero(ok & ~u.is_ai & (u.source == src)), ENROLL_PER_CLASS, seed))
     rows = np.concatenate(picked)
-    return e.clean[rows], np.where(u.is_ai[rows], u.labels[rows], REAL_LABEL)
+    return (np.concatenate([base, e.clean[rows]]),
+            np.concatenate([base_labels, np.where(u.is_ai[rows], u.labels[rows], REAL_LABEL)]))
 
 
 def source_proxy(u: Universe, e: Embedded, source: str, seed: int = 0) -> dict:
@@ -207,8 +209,8 @@ def source_proxy(u: Universe, e: Embedded, source: str, seed: int = 0) -> dict:
     base, base_labels = e.starter[keep], e.starter_labels[keep]
     out = {"people": bool(source in PEOPLE_SOURCES)}
     for setting, (sup, labs) in (("out_of_box", (base, base_labels)),
-                                 ("others_enrolled", tuple(np.concatenate(p) for p in
-                                                           zip((base, base_labels), _enrolled_others(u, e, seed, held_source=source))))):
+                                 ("others_enrolled", _with_others_enrolled(u, e, base, base_labels, seed,
+                                                                           held_source=source))):
         v = judge(sup, labs, e.clean[queries], e.detail[queries], ai_share=e.ai_share)
         out[setting] = {"photos": share(~u.graphic[queries], v.is_ai), "graphics": share(u.graphic[queries], v.is_ai)}
     rq = queries[~np.isnan(e.reposted[queries, 0])]

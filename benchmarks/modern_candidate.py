@@ -18,6 +18,10 @@ WORK/recipe.log; a stage whose output is complete is skipped, so a killed run co
    (modern and photos), through the SD, SDXL and FLUX.1 tiny autoencoders: content-matched AI images, and each
    original and its decoders' images re-posted alike (`--no-repost-ai`: the real copies only, as A3, B3, A4 were);
 3. `train`: `imgscan train` (Lite0 fine-tuned at 128 px, soft-supcon, real anchors weighted --real-weight);
+   with --members N, N trainings that differ only in their seed (`train-seed1` ... into WORK/model_seedS), then
+   `ensemble`: `imgscan ensemble` of them into WORK/ensemble_xN, the model the later stages judge (index_xN,
+   proxies_xN). On 2 cores one seed moved the operating point more than any recipe change; the ensemble averages
+   those accidents away (docs/benchmarks.md, twentieth session);
 4. `index`: `tools/starter_index.py` (150 per class, 450 `real`) at the prior --ai-share; with --index-held-real,
    `real` up to 150 from every source, the held-out half's included (`view-held-real`): the proxies drop the
    judged source's own items, so this measures real support from collections the embedder never trained on;
@@ -67,9 +71,14 @@ def real_sources_of(data: Path) -> set[str]:
         return {r["source"] for r in csv.DictReader(f) if r["is_ai"] == "0"}
 
 
-def train_work_dir(work: Path) -> Path:
-    """Where training keeps its checkpoint (passed as --work-dir, so that a re-run finds it to resume)."""
-    return work / "model" / "train_work"
+def train_work_dir(model: Path) -> Path:
+    """Where a training keeps its checkpoint (passed as --work-dir, so that a re-run finds it to resume)."""
+    return model / "train_work"
+
+
+def member_dirs(work: Path, seed: int, members: int) -> list[tuple[int, Path]]:
+    """(seed, model folder) of each training: the first is WORK/model, as a single-member run writes it."""
+    return [(seed + i, work / ("model" if i == 0 else f"model_seed{seed + i}")) for i in range(members)]
 
 
 def stages(args) -> list[tuple[str, Path, list[str]]]:
@@ -99,15 +108,23 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
          [py, ROOT / "tools/tae_pairs.py", modern, photos, "--out", w / "tae_rest", "--exclude-fold", "4",
           "--exclude-sources", ",".join([*held_sources, *kept_people]), "--decoders", DECODERS,
           "--limit", str(args.rest_limit), *threads, "--seed", "3", *repost]),
-        ("train", w / "model" / "model_card.json",
-         [py, "-m", "train", "train", kit, photos, w / "modern_train", w / "tae_people", w / "tae_rest",
-          "--out", w / "model", "--work-dir", train_work_dir(w), *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
-          "--loss", "soft-supcon", "--real-weight", str(args.real_weight), "--val-fold", "4",
-          "--holdout", "glid-3,gaugan", "--epochs", str(args.epochs), "--batches-per-epoch", "143",
-          "--batch-size", "32", "--images-per-class", "4", "--real-per-batch", "8", "--image-size", "128",
-          "--export-size", "256", "--scan-views", "5", "--freeze-blocks", "2", "--eval-every", "100",
-          *threads, "--workers", "1", "--seed", str(args.seed), "--device", args.device]),
     ]
+    for seed, model in member_dirs(w, args.seed, args.members):
+        out.append(("train" if model.name == "model" else f"train-seed{seed}", model / "model_card.json",
+                    [py, "-m", "train", "train", kit, photos, w / "modern_train", w / "tae_people", w / "tae_rest",
+                     "--out", model, "--work-dir", train_work_dir(model),
+                     *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
+                     "--loss", "soft-supcon", "--real-weight", str(args.real_weight), "--val-fold", "4",
+                     "--holdout", "glid-3,gaugan", "--epochs", str(args.epochs), "--batches-per-epoch", "143",
+                     "--batch-size", "32", "--images-per-class", "4", "--real-per-batch", "8", "--image-size", "128",
+                     "--export-size", "256", "--scan-views", "5", "--freeze-blocks", "2", "--eval-every", "100",
+                     *threads, "--workers", "1", "--seed", str(seed), "--device", args.device]))
+    model, suffix = w / "model", ""
+    if args.members > 1:
+        suffix = f"_x{args.members}"
+        model = w / f"ensemble{suffix}"
+        out.append(("ensemble", model / "model_card.json",
+                    [py, "-m", "train", "ensemble", model, *(m for _, m in member_dirs(w, args.seed, args.members))]))
     held_real_support = bool(args.index_held_real and held_sources)
     if held_real_support:
         # Real collections the embedder never trained on, as support only; the proxies drop the judged
@@ -122,14 +139,16 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
         real_side = ["--real-per-class", "450", *(["--exclude-sources", ",".join(photo_holdout)] if photo_holdout else [])]
     # each starter-index setting its own folders, so that a work folder can hold both
     index, proxies = (w / "index_held_real", w / "proxies_held_real") if held_real_support else (w / "index", w / "proxies")
+    index, proxies = index.with_name(index.name + suffix), proxies.with_name(proxies.name + suffix)
     out.append(("index", index / "manifest.json",
-                [py, ROOT / "tools/starter_index.py", *index_data, "--model", w / "model", "--out", index,
+                [py, ROOT / "tools/starter_index.py", *index_data, "--model", model, "--out", index,
                  "--per-class", "150", *real_side, "--exclude-fold", "4", "--ai-share", str(args.ai_share)]))
     if families:
         out.append(("proxies", proxies / "modern_proxies.json",
-                    [py, HERE / "modern_proxies.py", "--model", w / "model", "--index", index, "--out",
+                    [py, HERE / "modern_proxies.py", "--model", model, "--index", index, "--out",
                      proxies, "--held-out-families", ",".join(families), "--held-out-sources", held,
-                     "--trained-on", f"modern_candidate.py --half {args.half}"]))
+                     "--trained-on", f"modern_candidate.py --half {args.half}" + (
+                         f" --seed {args.seed} --members {args.members}" if args.members > 1 else "")]))
     return [(name, done, [str(c) for c in cmd]) for name, done, cmd in out]
 
 
@@ -151,12 +170,16 @@ def main() -> None:
                          "with every source's up to 150: real support the embedder never trained on")
     ap.add_argument("--no-repost-ai", action="store_true",
                     help="TAE sets with re-posted real copies only (how A3, B3 and A4 were made)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the (first) training's seed")
+    ap.add_argument("--members", type=int, default=1,
+                    help="train N models, seeds --seed ... --seed + N - 1, and judge their `imgscan ensemble`")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dry-run", action="store_true", help="print the stages' commands and what is done")
     args = ap.parse_args()
 
     def work():
+        if args.members < 1:
+            raise UsageError(f"--members {args.members}: at least 1")
         for name in ("kit", "photos", "modern"):
             if not (args.shared / name / "manifest.csv").is_file():
                 raise UsageError(f"--shared {args.shared}: no {name}/manifest.csv there")
@@ -167,7 +190,7 @@ def main() -> None:
             if done.exists():
                 print(f"[{name}] done ({done})")
                 continue
-            if name == "train" and (train_work_dir(args.work) / "checkpoint.pt").exists():
+            if name.startswith("train") and (Path(cmd[cmd.index("--work-dir") + 1]) / "checkpoint.pt").exists():
                 cmd.append("--resume")
                 line = shlex.join(cmd)
             print(f"[{name}] {line}", flush=True)

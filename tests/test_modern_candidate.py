@@ -12,10 +12,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _args(tmp_path: Path, shared: Path, half: str, index_held_real: bool = False,
-          no_repost_ai: bool = False) -> argparse.Namespace:
+          no_repost_ai: bool = False, members: int = 1) -> argparse.Namespace:
     return argparse.Namespace(half=half, work=tmp_path / "work", shared=shared, threads=2, epochs=30,
-                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, device="cpu",
-                              index_held_real=index_held_real, no_repost_ai=no_repost_ai)
+                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, members=members,
+                              device="cpu", index_held_real=index_held_real, no_repost_ai=no_repost_ai)
 
 
 def test_halves_hold_out_every_family_once():
@@ -73,7 +73,7 @@ def test_a_half_never_trains_on_or_enrolls_what_it_holds_out(tmp_path):
     assert value(plan["index"], "--exclude-sources") == ["dreambooth"]
     assert value(plan["proxies"], "--held-out-families") == list(families)
     assert str(shared / "modern") not in plan["train"]  # trains on the view, never on the whole set
-    assert value(plan["train"], "--work-dir") == [str(mc.train_work_dir(tmp_path / "work"))]  # where resume looks
+    assert value(plan["train"], "--work-dir") == [str(mc.train_work_dir(tmp_path / "work" / "model"))]  # where resume looks
 
 
 def test_the_shipping_recipe_holds_nothing_out_and_judges_nothing(tmp_path):
@@ -103,3 +103,29 @@ def test_the_autoencoder_sets_re_post_both_sides_unless_told_otherwise(tmp_path)
     assert "--no-repost-ai" not in plan["tae-people"] and "--no-repost-ai" not in plan["tae-rest"]
     older = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B", no_repost_ai=True))}
     assert "--no-repost-ai" in older["tae-people"] and "--no-repost-ai" in older["tae-rest"]
+
+
+def _without_values(cmd: list[str], *options: str) -> list[str]:
+    return [c for i, c in enumerate(cmd) if not (i and cmd[i - 1] in options)]
+
+
+def test_several_seeds_are_judged_as_one_ensemble(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    work = tmp_path / "work"
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, _fake_shared(tmp_path / "shared"), "B", members=3))}
+    assert list(plan)[4:] == ["train", "train-seed1", "train-seed2", "ensemble", "index", "proxies"]
+    members = [work / "model", work / "model_seed1", work / "model_seed2"]
+    for name, seed, model in zip(("train", "train-seed1", "train-seed2"), range(3), members):
+        cmd = plan[name]
+        assert cmd[cmd.index("--seed") + 1] == str(seed) and cmd[cmd.index("--out") + 1] == str(model)
+        assert cmd[cmd.index("--work-dir") + 1] == str(mc.train_work_dir(model))  # each resumes its own run
+        # the members differ in their seed (and where they are written) only
+        assert _without_values(cmd, "--seed", "--out", "--work-dir") == _without_values(
+            plan["train"], "--seed", "--out", "--work-dir")
+    ensemble = work / "ensemble_x3"
+    assert plan["ensemble"][-4:] == [str(ensemble), *map(str, members)]
+    for name in ("index", "proxies"):
+        cmd = plan[name]
+        assert cmd[cmd.index("--model") + 1] == str(ensemble)
+    assert plan["index"][plan["index"].index("--out") + 1] == str(work / "index_x3")
+    assert plan["proxies"][plan["proxies"].index("--out") + 1] == str(work / "proxies_x3")

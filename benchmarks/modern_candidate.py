@@ -109,8 +109,9 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
           "--exclude-sources", ",".join([*held_sources, *kept_people]), "--decoders", DECODERS,
           "--limit", str(args.rest_limit), *threads, "--seed", "3", *repost]),
     ]
-    for seed, model in member_dirs(w, args.seed, args.members):
-        out.append(("train" if model.name == "model" else f"train-seed{seed}", model / "model_card.json",
+    members = member_dirs(w, args.seed, args.members)
+    for i, (seed, model) in enumerate(members):
+        out.append(("train" if i == 0 else f"train-seed{seed}", model / "model_card.json",
                     [py, "-m", "train", "train", kit, photos, w / "modern_train", w / "tae_people", w / "tae_rest",
                      "--out", model, "--work-dir", train_work_dir(model),
                      *(["--holdout-sources", ",".join(photo_holdout)] if photo_holdout else []),
@@ -124,7 +125,7 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
         suffix = f"_x{args.members}"
         model = w / f"ensemble{suffix}"
         out.append(("ensemble", model / "model_card.json",
-                    [py, "-m", "train", "ensemble", model, *(m for _, m in member_dirs(w, args.seed, args.members))]))
+                    [py, "-m", "train", "ensemble", model, *(m for _, m in members)]))
     held_real_support = bool(args.index_held_real and held_sources)
     if held_real_support:
         # Real collections the embedder never trained on, as support only; the proxies drop the judged

@@ -62,6 +62,8 @@ def test_reconstructions_keep_content_and_pairs_keep_group_and_fold(tmp_path):
                                            "taef2_encoder.pth", "taef2_decoder.pth"}
     # the fixture's photos are noise (the hardest content to keep): the decoders still reproduce their means
     assert all(v > 5 for v in info["psnr_db_mean"].values())
+    # a model trained on the pairs names the licence of the photos they were made from
+    assert json.loads((out / "derived_from.json").read_text())["data"] == [str(data.resolve())]
 
 
 @needs_tae

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from imgscan_core.labels import REAL_LABEL  # noqa: E402
+from train.data_licence import record_derivation  # noqa: E402
 
 OTHER = "modern-other"
 NOT_AI_FAMILIES = frozenset({"real", "graphic"})
@@ -97,6 +98,7 @@ def main() -> None:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(out_rows)
+        record_derivation(args.out, [src], "tools/family_manifest.py")
         print(f"{args.out / 'manifest.csv'}: {len(out_rows)} of {len(rows)} rows; "
               + ", ".join(f"{k} {v}" for k, v in sorted(Counter(r['label'] for r in out_rows).items())))
 

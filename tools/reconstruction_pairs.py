@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from imgscan_core.errors import run_script
 from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
+from train.data_licence import record_derivation
 
 RECON_LABEL = "ae-recon"
 DOWNSAMPLE = 8  # three stride-2 stages
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"path": f"images/{label}/{name}", "label": label, "is_ai": 1,
                      "source": f"{model.source_prefix}:{source}", "group": group, "fold": fold, "upscaled": 0})
     write_manifest(args.out, rows)
+    record_derivation(args.out, args.data, "tools/reconstruction_pairs.py")
     (args.out / "autoencoder.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded_sources),
         "steps": args.steps, "batch": args.batch, "crop": args.crop, "seed": args.seed, "quality": args.quality,

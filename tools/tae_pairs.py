@@ -44,6 +44,7 @@ from imgscan_core.files import sha256_file
 from imgscan_core.labels import REAL_LABEL
 from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
+from train.data_licence import record_derivation
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "tae"
 # name -> (file stem, latent channels, FLUX.2's pooled branches)
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if count % 50 == 0:
             print(f"{count}/{len(originals)} originals, {time.time() - t0:.0f} s", flush=True)
     write_manifest(args.out, rows)
+    record_derivation(args.out, args.data, "tools/tae_pairs.py")
     (args.out / "pairs.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded),
         "decoders": names, "weights_sha256": {f: s for n in names for f, s in pairs[n][2].items()},

@@ -42,6 +42,7 @@ from imgscan_core.errors import run_script
 from imgscan_core.labels import REAL_LABEL
 from scanner.dataset import derived_name, real_photos, write_manifest
 from train.data import open_rgb
+from train.data_licence import record_derivation
 
 TRACE_LABEL = "upsampler-trace"
 _BILINEAR = np.array([0.25, 0.75, 0.75, 0.25])
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"path": f"images/{label}/{name}", "label": label, "is_ai": is_ai,
                          "source": f"{prefix}:{source}", "group": group, "fold": fold, "upscaled": 0})
     write_manifest(args.out, rows)
+    record_derivation(args.out, args.data, "tools/upsampling_pairs.py")
     (args.out / "pairs.json").write_text(json.dumps({
         "data": args.data, "exclude_fold": args.exclude_fold, "exclude_sources": sorted(excluded_sources),
         "sigma": args.sigma, "four_x": args.four_x, "seed": args.seed, "quality": args.quality,

@@ -39,6 +39,7 @@ from train.data import (
     load_samples,
     make_split,
 )
+from train.data_licence import data_licences
 from train.ema import WeightAverage
 from train.losses import build_loss, relation_distillation
 from train.model import EMBEDDING_DIM, build_embedder, has_fixed_input_size, script_embedder
@@ -51,19 +52,6 @@ CHECKPOINT_FORMAT = 1
 RESUME_MUST_MATCH = ("data", "holdout_sources", "real_per_batch", "paired_real", "aug_camera", "backbone", "input_filter", "residual_branch", "loss", "image_size", "holdout", "val_fold", "batch_size",
                      "images_per_class", "freeze_blocks", "embedding_dim", "temperature", "seed", "ema", "min_crop_detail",
                      "distil_from", "distil_weight", "soft_alpha", "real_weight")
-KIT_LICENCE = (
-    "Trained on the imgscan development kit, whose originals are research / non-commercial: ImageNet sample "
-    "photos (ImageNet terms of access), BSDS500 photos, ForenSynths/CNNDetection samples (CC BY-NC-SA 4.0), "
-    "text-to-image renders from dcsan/imagen (no licence stated). The images are not shipped; these weights are "
-    "derived from them, so treat the model as research / non-commercial unless you retrain on data you may use."
-)
-
-
-PHOTOS_LICENCE = (
-    "Real camera photos (the photos set): drewnoakes/metadata-extractor-images sample photos (\"free to use these "
-    "media files however you wish\") and google/dreambooth dataset photos (CC BY 4.0, photos by its authors and "
-    "from Unsplash). The images are not shipped; these weights are derived from them."
-)
 
 
 @dataclass
@@ -504,19 +492,6 @@ def train(cfg: TrainConfig, show_progress: bool = True, log=print) -> ModelCard:
                   teacher_id=run.teacher_id)
 
 
-def _data_licence(data: Path) -> str:
-    """The licence text of a known data set, recognised by its README; a generic warning otherwise."""
-    root = data.parent if data.is_file() else data
-    readme = root / "README.md"
-    text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
-    if "AI-generated image kit" in text:
-        return KIT_LICENCE
-    if "Real camera photos" in text:
-        return PHOTOS_LICENCE
-    return (f"{data}: derived from training data whose licence was not recorded: check it before distributing "
-            "these weights.")
-
-
 def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
     counts = Counter(s.label for s in split.train)
     sources = Counter(s.source for s in split.train if s.source)
@@ -526,7 +501,7 @@ def _describe_data(cfg: TrainConfig, split) -> tuple[str, str]:
         what += f"; sources: {', '.join(f'{c} {n}' for c, n in sorted(sources.items()))}"
     if cfg.holdout_sources:
         what += f"; sources held out (never trained on): {', '.join(cfg.holdout_sources)}"
-    licence = " ".join(dict.fromkeys(_data_licence(Path(d)) for d in cfg.data))
+    licence = " ".join(dict.fromkeys(t for d in cfg.data for t in data_licences(Path(d))))
     return what, licence
 
 

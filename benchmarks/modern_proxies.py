@@ -30,7 +30,9 @@ calibration (open-set threshold, ai_score) fitted leave-one-out on each support 
 A model trained on part of the set (the same recipe trained twice, each run holding out different families and
 sources) is judged on what each run held out: `--held-out-families` / `--held-out-sources` per run, then
 `--combine RUN_A RUN_B --out BOTH` merges the runs into one table, pooled figures recomputed. `--against BASE_RUN`
-lists every figure where the run (or the combined runs) does worse than a baseline run, e.g. the shipped model's.
+lists every figure where the run (or the combined runs) does worse than a baseline run, e.g. the shipped model's,
+and judges the crowded index once more at the baseline's share of real images called AI there (each model's
+calibration puts it at its own operating point; this compares the embeddings at one).
 
 Writes OUT/modern_proxies.json and prints a table.
 """
@@ -173,6 +175,7 @@ def family_proxy(u: Universe, e: Embedded, family: str, seed: int = 0) -> dict:
     v = judge(*_with_others_enrolled(u, e, base, base_labels, seed, held_family=family), e.clean[queries],
               e.detail[queries], ai_share=e.ai_share)
     out["others_enrolled"] = round(float(v.is_ai.mean()), 4)
+    out["others_enrolled_evidence"] = _accusable_evidence(v, e.detail[queries])
     pool = np.flatnonzero(mine & np.isin(u.fold, SHOT_FOLDS))
     for shots in SHOTS:
         chosen = _sample(pool, shots, seed)
@@ -213,10 +216,53 @@ def source_proxy(u: Universe, e: Embedded, source: str, seed: int = 0) -> dict:
                                                                            held_source=source))):
         v = judge(sup, labs, e.clean[queries], e.detail[queries], ai_share=e.ai_share)
         out[setting] = {"photos": share(~u.graphic[queries], v.is_ai), "graphics": share(u.graphic[queries], v.is_ai)}
+        if setting == "others_enrolled":
+            out["others_enrolled_evidence"] = _accusable_evidence(v, e.detail[queries])
     rq = queries[~np.isnan(e.reposted[queries, 0])]
     v = judge(base, base_labels, e.reposted[rq], e.detail_reposted[rq], ai_share=e.ai_share)
     out["out_of_box_reposted"] = {"photos": share(~u.graphic[rq], v.is_ai), "graphics": share(u.graphic[rq], v.is_ai)}
     return out
+
+
+def _accusable_evidence(v, detail: np.ndarray | None) -> list[float]:
+    """Each query's ai_evidence, the statistic every index's calibration maps to ai_score, with the images the
+    pixel-detail floor never accuses set to the lowest value (-1): one scale across the settings' indexes, so
+    that a crowded index's verdicts can be re-thresholded at another model's share of real photos called AI."""
+    from scanner.detail import DEFAULT_MIN_DETAIL
+
+    ev = np.asarray(v.ai_evidence, dtype=np.float64)
+    if detail is not None:
+        ev = np.where(np.asarray(detail) < DEFAULT_MIN_DETAIL, -1.0, ev)
+    return [round(float(x), 5) for x in ev]
+
+
+def crowded_at_base_share(candidate: dict, base: dict) -> dict | None:
+    """The crowded index (everything else enrolled) compared at one operating point: the baseline's share of
+    held-out real photos and graphics called AI there, pooled over the sources the candidate judged; the
+    candidate's held-out families caught at the evidence threshold where its own real images are called AI at
+    most that often. The crowded figures of `worse_than` compare each model at its own calibration, which a
+    strict prior moves far from the baseline's; this says whether the embedding or the operating point loses.
+    None where either run predates the stored evidence."""
+    fams = [f for f in candidate["families"] if f in base["families"]]
+    srcs = [s for s in candidate["sources"] if s in base["sources"]]
+    if not fams or not srcs or any("others_enrolled_evidence" not in candidate["families"][f] for f in fams) \
+            or any("others_enrolled_evidence" not in candidate["sources"][s] for s in srcs):
+        return None
+    cells = [base["sources"][s]["others_enrolled"][kind] for s in srcs for kind in ("photos", "graphics")]
+    n_real = sum(c["n"] for c in cells)
+    base_share = sum(c["called_ai"] * c["n"] for c in cells if c["n"]) / n_real if n_real else 0.0
+    n_ai = sum(base["families"][f]["queries"] for f in fams)
+    base_caught = sum(base["families"][f]["others_enrolled"] * base["families"][f]["queries"] for f in fams) / n_ai
+    real = np.concatenate([candidate["sources"][s]["others_enrolled_evidence"] for s in srcs])
+    ai = np.concatenate([candidate["families"][f]["others_enrolled_evidence"] for f in fams])
+    # the lowest threshold (among the values themselves) at which no more than base_share of real is above it
+    candidates = np.unique(np.concatenate([real, [1.0]]))
+    above = (real[None, :] > candidates[:, None]).mean(axis=1)
+    threshold = float(candidates[np.argmax(above <= base_share + 1e-12)])
+    return {"base_real_called_ai": round(base_share, 4), "base_caught": round(base_caught, 4),
+            "real_called_ai": round(float((real > threshold).mean()), 4),
+            "caught": round(float((ai > threshold).mean()), 4), "evidence_threshold": round(threshold, 5),
+            "real_images": int(real.size), "ai_images": int(ai.size)}
 
 
 def pooled(families: dict, sources: dict, reposted: bool) -> dict:
@@ -450,6 +496,7 @@ def main() -> None:
         if args.against:
             base = json.loads((args.against / "modern_proxies.json").read_text())
             result["worse_than_base"] = {"base": str(args.against), "rows": worse_than(result, base)}
+            result["crowded_at_base_share"] = crowded_at_base_share(result, base)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "modern_proxies.json").write_text(json.dumps(result, indent=1))
         print(format_table(result))
@@ -460,6 +507,11 @@ def main() -> None:
             for r in rows:
                 n = "" if r["n"] is None else f" ({r['images']} of {r['n']} images)"
                 print(f"  {r['proxy']}: {r['candidate']:.3f} against {r['base']:.3f}{n}")
+            m = result["crowded_at_base_share"]
+            if m:
+                print(f"crowded index at the baseline's share of real images called AI ({m['base_real_called_ai']:.3f}; "
+                      f"here {m['real_called_ai']:.3f}): held-out families caught {m['caught']:.3f} against "
+                      f"{m['base_caught']:.3f}")
 
     run_script(work)
 

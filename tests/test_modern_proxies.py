@@ -182,3 +182,37 @@ def test_a_candidate_is_checked_against_the_baseline_on_every_figure():
     part = mp.run_proxies(u, same, families=("sd1",), sources=("cam-a",))
     assert part["native"]["ai_caught"] < base["native"]["ai_caught"]  # sd1 alone: the family it misses
     assert mp.worse_than(part, base) == []
+
+
+
+def test_the_crowded_index_is_compared_again_at_the_baselines_share_of_real_called_ai():
+    """The candidate's crowded-index evidence re-thresholded where its real images are called AI no more often
+    than the baseline's were: its held-out families caught there, beside the baseline's."""
+    mp = load_script("benchmarks/modern_proxies.py")
+    u, e = _setup(mp)
+    run = mp.run_proxies(u, lambda **held_out: e, families=("sdxl", "sd1"))
+    # every crowded verdict carries the evidence it was decided on, one value per query
+    assert len(run["families"]["sdxl"]["others_enrolled_evidence"]) == run["families"]["sdxl"]["queries"]
+    assert len(run["sources"]["cam-a"]["others_enrolled_evidence"]) == 40  # 30 photos and 10 graphics
+
+    def fam(caught, queries, evidence=None):
+        f = {"others_enrolled": caught, "queries": queries}
+        return f if evidence is None else {**f, "others_enrolled_evidence": evidence}
+
+    def src(called, n, evidence=None):
+        s = {"others_enrolled": {"photos": {"n": n, "called_ai": called}, "graphics": {"n": 0, "called_ai": None}}}
+        return s if evidence is None else {**s, "others_enrolled_evidence": evidence}
+
+    base = {"families": {"f1": fam(0.5, 4), "f2": fam(0.0, 4)}, "sources": {"s1": src(0.25, 4), "s2": src(0.25, 4)}}
+    # a strict candidate: its own verdicts catch nothing, but its evidence ranks the families above most real images
+    cand = {"families": {"f1": fam(0.0, 4, [0.9, 0.8, 0.7, 0.1]), "f2": fam(0.0, 4, [0.6, 0.5, -0.2, -0.3])},
+            "sources": {"s1": src(0.0, 4, [0.75, -0.5, -0.6, -0.9]), "s2": src(0.0, 4, [0.4, -0.1, -0.8, -1.0])}}
+    m = mp.crowded_at_base_share(cand, base)
+    assert m["base_real_called_ai"] == 0.25 and m["base_caught"] == 0.25
+    # two of the eight real values may lie above the threshold (0.75, 0.4): -0.1 is the lowest that keeps it so
+    assert m["evidence_threshold"] == -0.1 and m["real_called_ai"] == 0.25
+    assert m["caught"] == 0.75 and (m["real_images"], m["ai_images"]) == (8, 8)
+    # only the parts both runs judged; runs written before the evidence was stored give no figure
+    assert mp.crowded_at_base_share({"families": {"f1": cand["families"]["f1"]}, "sources": cand["sources"]},
+                                    base)["base_caught"] == 0.5
+    assert mp.crowded_at_base_share(base, base) is None

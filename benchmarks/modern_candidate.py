@@ -119,6 +119,7 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
                      "--holdout", "glid-3,gaugan", "--epochs", str(args.epochs), "--batches-per-epoch", "143",
                      "--batch-size", "32", "--images-per-class", "4", "--real-per-batch", "8", "--image-size", "128",
                      "--export-size", "256", "--scan-views", "5", "--freeze-blocks", "2", "--eval-every", "100",
+                     *(["--aug-camera", str(args.aug_camera)] if args.aug_camera else []),
                      *threads, "--workers", "1", "--seed", str(seed), "--device", args.device]))
     model, suffix = w / "model", ""
     if args.members > 1:
@@ -149,7 +150,8 @@ def stages(args) -> list[tuple[str, Path, list[str]]]:
                     [py, HERE / "modern_proxies.py", "--model", model, "--index", index, "--out",
                      proxies, "--held-out-families", ",".join(families), "--held-out-sources", held,
                      "--trained-on", f"modern_candidate.py --half {args.half}" + (
-                         f" --seed {args.seed} --members {args.members}" if args.members > 1 else "")]))
+                         f" --seed {args.seed} --members {args.members}" if args.members > 1 else "") + (
+                         f" --aug-camera {args.aug_camera:g}" if args.aug_camera else "")]))
     return [(name, done, [str(c) for c in cmd]) for name, done, cmd in out]
 
 
@@ -165,6 +167,9 @@ def main() -> None:
     ap.add_argument("--people-repeat", type=int, default=4)
     ap.add_argument("--rest-limit", type=int, default=500, help="other real crops through the autoencoders")
     ap.add_argument("--real-weight", type=float, default=3.0)
+    ap.add_argument("--aug-camera", type=float, default=0.0,
+                    help="`imgscan train --aug-camera P` (upscale 1-2x and sensor noise, every class alike); a trained "
+                         "model counts as done, so give a recipe change its own --work folder")
     ap.add_argument("--ai-share", type=float, default=0.1, help="the starter index's prior (index calibrate)")
     ap.add_argument("--index-held-real", action="store_true",
                     help="put the held-out half's real photos in the starter index too (up to 150 per source), "

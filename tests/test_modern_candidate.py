@@ -12,9 +12,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _args(tmp_path: Path, shared: Path, half: str, index_held_real: bool = False,
-          no_repost_ai: bool = False, members: int = 1) -> argparse.Namespace:
+          no_repost_ai: bool = False, members: int = 1, aug_camera: float = 0.0) -> argparse.Namespace:
     return argparse.Namespace(half=half, work=tmp_path / "work", shared=shared, threads=2, epochs=30,
-                              people_repeat=4, rest_limit=500, real_weight=3.0, ai_share=0.1, seed=0, members=members,
+                              people_repeat=4, rest_limit=500, real_weight=3.0, aug_camera=aug_camera, ai_share=0.1, seed=0, members=members,
                               device="cpu", index_held_real=index_held_real, no_repost_ai=no_repost_ai)
 
 
@@ -129,3 +129,15 @@ def test_several_seeds_are_judged_as_one_ensemble(tmp_path):
         assert cmd[cmd.index("--model") + 1] == str(ensemble)
     assert plan["index"][plan["index"].index("--out") + 1] == str(work / "index_x3")
     assert plan["proxies"][plan["proxies"].index("--out") + 1] == str(work / "proxies_x3")
+
+
+def test_camera_augmentation_reaches_every_member_and_the_record(tmp_path):
+    mc = load_script("benchmarks/modern_candidate.py")
+    shared = _fake_shared(tmp_path / "shared")
+    plain = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B", members=2))}
+    assert all("--aug-camera" not in cmd for cmd in plain.values())  # off unless asked: the recipe as before
+    plan = {name: cmd for name, _, cmd in mc.stages(_args(tmp_path, shared, "B", members=2, aug_camera=0.3))}
+    for name in ("train", "train-seed1"):
+        assert plan[name][plan[name].index("--aug-camera") + 1] == "0.3"
+    trained_on = plan["proxies"][plan["proxies"].index("--trained-on") + 1]
+    assert trained_on.endswith("--members 2 --aug-camera 0.3")
